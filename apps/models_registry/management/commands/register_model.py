@@ -1,0 +1,48 @@
+import json
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from apps.models_registry.services import deployment_set, model_version_register
+
+
+class Command(BaseCommand):
+    help = (
+        "Register a trained model directory (model file, companions and a model_card.json with "
+        "signature and metrics) as the next version of a model; optionally deploy it."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("directory", type=Path)
+        parser.add_argument("--name", help="model name (default: the model card's name)")
+        parser.add_argument(
+            "--deploy",
+            nargs="?",
+            const=settings.INFERENCE_ENVIRONMENT,
+            help="deploy the new version to this environment (default: the running one)",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        directory: Path = options["directory"]
+        card_path = directory / "model_card.json"
+        if not card_path.is_file():
+            raise CommandError(f"{card_path} not found")
+        card = json.loads(card_path.read_text())
+        files = sorted(p for p in directory.iterdir() if p.is_file() and p != card_path)
+        try:
+            version = model_version_register(
+                name=options["name"] or card["name"],
+                files=files,
+                signature=card["signature"],
+                metrics=card.get("metrics", {}),
+                description=card.get("description", ""),
+            )
+            self.stdout.write(f"registered {version} ({len(files)} artifacts)")
+            if options["deploy"]:
+                deployment = deployment_set(version=version, environment=options["deploy"])
+                self.stdout.write(f"deployed {deployment}")
+        except ValidationError as exc:
+            raise CommandError("; ".join(exc.messages)) from exc

@@ -1,0 +1,9 @@
+from django.contrib import admin
+
+from apps.predictions.models import ApiKey
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    list_display = ("name", "prefix", "allowed_models", "is_active", "created_at")
+    readonly_fields = ("prefix", "hashed_key", "created_at")

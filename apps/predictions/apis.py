@@ -1,0 +1,156 @@
+"""HTTP faces of the platform. Async views, thin: parse, authenticate, call a service, render."""
+
+from django.http import HttpRequest, HttpResponse
+from django.views import View
+
+from apps.models_registry import selectors as registry
+from apps.predictions import protocols
+from apps.predictions.authentication import api_key_authenticate
+from apps.predictions.errors import ApiError
+from apps.predictions.health import platform_readiness, served_model_ready
+from apps.predictions.http import api_errors, json_body, json_object, json_response
+from apps.predictions.models import ApiKey
+from apps.predictions.selectors import served_model_get
+from apps.predictions.services import prediction_enqueue, prediction_run, prediction_status
+
+from asgiref.sync import sync_to_async
+
+
+def _owner(key: ApiKey | None) -> str:
+    return str(key.pk) if key else "anonymous"
+
+
+def _scope(key: ApiKey | None, model: str) -> None:
+    if key is not None and not key.allows(model):
+        raise ApiError(403, "forbidden", f"this API key may not call model {model!r}", field="model")
+
+
+# --- health -----------------------------------------------------------------------------------
+
+
+class LivenessApi(View):
+    async def get(self, request: HttpRequest) -> HttpResponse:
+        return json_response({"status": "ok"})
+
+
+class ReadinessApi(View):
+    async def get(self, request: HttpRequest) -> HttpResponse:
+        ready, details = await platform_readiness()
+        return json_response({"ready": ready, **details}, status=200 if ready else 503)
+
+
+# --- native -----------------------------------------------------------------------------------
+
+
+class PredictionCreateApi(View):
+    @api_errors("native")
+    async def post(self, request: HttpRequest) -> HttpResponse:
+        key = await api_key_authenticate(request)
+        payload = protocols.native_request_parse(json_object(json_body(request)))
+        _scope(key, payload.model)
+        served = await served_model_get(name=payload.model, version=payload.version)
+        inputs = protocols.native_inputs(payload, served)
+        if payload.run_async:
+            job_id = await prediction_enqueue(served=served, inputs=inputs, owner=_owner(key))
+            status_url = request.build_absolute_uri(f"/api/v1/predictions/{job_id}")
+            return json_response({"id": job_id, "status": "pending", "status_url": status_url}, status=202)
+        result = await prediction_run(served=served, inputs=inputs)
+        return json_response(protocols.native_response(result, served), headers={"X-Request-ID": result.id})
+
+
+class PredictionDetailApi(View):
+    @api_errors("native")
+    async def get(self, request: HttpRequest, job_id: str) -> HttpResponse:
+        key = await api_key_authenticate(request)
+        status, outcome, job = await prediction_status(job_id=job_id, owner=_owner(key))
+        body: dict[str, object] = {"id": job_id, "status": status, "model": job["model"], "version": job["version"]}
+        if isinstance(outcome, ApiError):
+            body["error"] = {"code": outcome.code, "message": outcome.message}
+        elif outcome is not None:
+            served = await served_model_get(name=job["model"], version=job["version"])
+            body.update(protocols.native_response(outcome, served))
+        return json_response(body)
+
+
+# --- TensorFlow Serving REST ------------------------------------------------------------------
+
+
+class TfServingPredictApi(View):
+    @api_errors("plain")
+    async def post(self, request: HttpRequest, name: str, version: int | None = None) -> HttpResponse:
+        key = await api_key_authenticate(request)
+        _scope(key, name)
+        served = await served_model_get(name=name, version=version)
+        inputs, row_format = protocols.tfserving_inputs(json_object(json_body(request)), served)
+        result = await prediction_run(served=served, inputs=inputs)
+        return json_response(protocols.tfserving_response(result, row_format=row_format), headers={"X-Request-ID": result.id})
+
+
+class TfServingStatusApi(View):
+    @api_errors("plain")
+    async def get(self, request: HttpRequest, name: str, version: int | None = None) -> HttpResponse:
+        await api_key_authenticate(request)
+        served = await served_model_get(name=name, version=version)
+        state = "AVAILABLE" if await served_model_ready(served) else "LOADING"
+        return json_response({
+            "model_version_status": [
+                {"version": str(served.version), "state": state, "status": {"error_code": "OK", "error_message": ""}}
+            ]
+        })
+
+
+# --- Open Inference Protocol (KServe v2) --------------------------------------------------------
+
+
+class V2ServerMetadataApi(View):
+    async def get(self, request: HttpRequest) -> HttpResponse:
+        return json_response({"name": "keras-inference-platform", "version": "1.0", "extensions": []})
+
+
+class V2LiveApi(View):
+    async def get(self, request: HttpRequest) -> HttpResponse:
+        return json_response({"live": True})
+
+
+class V2ReadyApi(View):
+    async def get(self, request: HttpRequest) -> HttpResponse:
+        ready, _ = await platform_readiness()
+        # The protocol: 200 means ready, a 4xx means not ready.
+        return json_response({"ready": ready}, status=200 if ready else 400)
+
+
+class V2ModelMetadataApi(View):
+    @api_errors("plain")
+    async def get(self, request: HttpRequest, name: str, version: int | None = None) -> HttpResponse:
+        await api_key_authenticate(request)
+        served = await served_model_get(name=name, version=version)
+        versions = [served.version] if version else [
+            v.number for v in await sync_to_async(registry.model_version_list)(model_name=name)
+        ]
+        return json_response(protocols.v2_metadata(served, versions))
+
+
+class V2ModelReadyApi(View):
+    @api_errors("plain")
+    async def get(self, request: HttpRequest, name: str, version: int | None = None) -> HttpResponse:
+        await api_key_authenticate(request)
+        served = await served_model_get(name=name, version=version)
+        ready = await served_model_ready(served)
+        return json_response({"name": name, "ready": ready}, status=200 if ready else 400)
+
+
+class V2InferApi(View):
+    @api_errors("plain")
+    async def post(self, request: HttpRequest, name: str, version: int | None = None) -> HttpResponse:
+        key = await api_key_authenticate(request)
+        _scope(key, name)
+        served = await served_model_get(name=name, version=version)
+        body = json_object(json_body(request))
+        inputs, wanted = protocols.v2_inputs(body, served)
+        result = await prediction_run(served=served, inputs=inputs)
+        return json_response(
+            protocols.v2_response(result, request_id=body.get("id"), wanted=wanted),
+            headers={"X-Request-ID": result.id},
+        )
+
+

@@ -1,0 +1,14 @@
+import os
+from typing import Any
+
+from django.core.management.base import BaseCommand
+
+from apps.predictions.authentication import api_key_create
+
+
+class Command(BaseCommand):
+    help = "Create the demo API key from INFERENCE_DEMO_TOKEN (or a new random one); print it."
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        _, raw = api_key_create(name="demo", raw_key=os.environ.get("INFERENCE_DEMO_TOKEN") or None)
+        self.stdout.write(raw)

@@ -1,0 +1,28 @@
+"""API keys: clients authenticate with `Authorization: Bearer <key>`."""
+
+from django.db import models
+
+
+class ApiKey(models.Model):
+    """A client's key. Only its sha256 is stored; the key itself is shown once, at creation.
+
+    Keys are 32 random bytes, so an unsalted sha256 is enough: there is nothing to brute-force.
+    """
+
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=12, db_index=True, help_text="First characters, to tell keys apart")
+    hashed_key = models.CharField(max_length=64, unique=True)
+    # Empty: every model. Otherwise the names of the models this key may call.
+    allowed_models = models.JSONField(default=list, blank=True)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = "API key"
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    def allows(self, model_name: str) -> bool:
+        return not self.allowed_models or model_name in self.allowed_models

@@ -1,0 +1,42 @@
+"""Tensors as they cross the broker: raw little-endian bytes in msgpack, not JSON float lists.
+
+Shared by the API (which encodes inputs, decodes outputs) and the workers (the reverse); it
+imports numpy only.
+"""
+
+from typing import Any, TypedDict
+
+import numpy as np
+
+# Open Inference Protocol datatype names <-> numpy dtypes.
+V2_TO_NUMPY: dict[str, str] = {
+    "BOOL": "bool",
+    "UINT8": "uint8",
+    "UINT16": "uint16",
+    "UINT32": "uint32",
+    "UINT64": "uint64",
+    "INT8": "int8",
+    "INT16": "int16",
+    "INT32": "int32",
+    "INT64": "int64",
+    "FP16": "float16",
+    "FP32": "float32",
+    "FP64": "float64",
+}
+NUMPY_TO_V2 = {value: key for key, value in V2_TO_NUMPY.items()}
+
+
+class WireTensor(TypedDict):
+    dtype: str
+    shape: list[int]
+    data: bytes
+
+
+def tensor_encode(array: np.ndarray) -> WireTensor:
+    array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+    return {"dtype": array.dtype.name, "shape": list(array.shape), "data": array.tobytes()}
+
+
+def tensor_decode(wire: dict[str, Any]) -> np.ndarray:
+    dtype = np.dtype(wire["dtype"]).newbyteorder("<")
+    return np.frombuffer(wire["data"], dtype=dtype).reshape(wire["shape"])

@@ -1,0 +1,12 @@
+"""The Celery application shared by the API (producer) and the workers (consumers)."""
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "inference_project.settings.local")
+
+app = Celery("inference_project")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+# Worker-side modules; the API only sends tasks by name and never imports them.
+app.conf.include = ["workers.tasks"]

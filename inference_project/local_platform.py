@@ -1,0 +1,226 @@
+"""Run the whole platform on one machine, in the foreground: `make run`.
+
+Starts Redis (own data dir, AOF on), applies migrations, on first run trains, registers and
+deploys the demo model, creates the admin user and the demo API key, then starts one Celery
+worker per served model queue, the API under uvicorn, and Flower. Prints the URLs and a working
+curl once /readyz answers 200. Ctrl-C (or SIGTERM) stops every child; if one child dies, all stop.
+
+This process never imports TensorFlow: training runs in a child process.
+"""
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import django
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "inference_project.settings.local")
+django.setup()
+
+from django.conf import settings  # noqa: E402
+from django.contrib.auth import get_user_model  # noqa: E402
+from django.core.management import call_command  # noqa: E402
+
+from apps.models_registry import selectors  # noqa: E402
+from apps.models_registry.services import deployment_set  # noqa: E402
+from apps.predictions.authentication import api_key_create  # noqa: E402
+
+PYTHON = sys.executable
+BIN = Path(PYTHON).parent
+VAR = Path(os.environ.get("INFERENCE_VAR_DIR", settings.VAR_DIR))
+API_HOST = os.environ.get("API_HOST", "127.0.0.1")
+API_PORT = int(os.environ.get("API_PORT", "8000"))
+API_WORKERS = int(os.environ.get("API_WORKERS", "1"))
+FLOWER_PORT = int(os.environ.get("FLOWER_PORT", "5555"))
+WORKER_CONCURRENCY = int(os.environ.get("WORKER_CONCURRENCY", "1"))
+DEMO_DIR = Path(os.environ.get("INFERENCE_DEMO_DIR", VAR / "demo" / "digits"))
+READY_TIMEOUT_S = float(os.environ.get("READY_TIMEOUT_S", "300"))
+
+
+def log(message: str) -> None:
+    print(f"[platform] {message}", flush=True)
+
+
+class Children:
+    """The started processes, stopped in reverse order."""
+
+    def __init__(self) -> None:
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
+        log(f"starting {name}: {' '.join(cmd)}")
+        # Own process group: Ctrl-C reaches us once, and we stop each child deliberately.
+        self.procs[name] = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, start_new_session=True)
+        (VAR / "run").mkdir(parents=True, exist_ok=True)
+        (VAR / "run" / "pids.json").write_text(json.dumps({n: p.pid for n, p in self.procs.items()}))
+
+    def exited(self) -> str | None:
+        return next((name for name, proc in self.procs.items() if proc.poll() is not None), None)
+
+    def stop(self) -> None:
+        for name, proc in reversed(list(self.procs.items())):
+            if proc.poll() is None:
+                log(f"stopping {name}")
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for name, proc in self.procs.items():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log(f"{name} did not stop in time; killing it")
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def redis_start(children: Children) -> None:
+    if shutil.which("redis-server") is None:
+        sys.exit("redis-server not found: install it with `apt-get install -y redis-server`")
+    data = VAR / "redis"
+    data.mkdir(parents=True, exist_ok=True)
+    children.start(
+        "redis",
+        ["redis-server", "--port", str(settings.REDIS_PORT), "--bind", "127.0.0.1", "--dir", str(data),
+         "--appendonly", "yes", "--save", "", "--loglevel", "warning"],
+    )
+    for _ in range(100):
+        if subprocess.run(["redis-cli", "-p", str(settings.REDIS_PORT), "ping"], capture_output=True).stdout.strip() == b"PONG":
+            return
+        if children.exited():
+            sys.exit(f"redis-server exited; is port {settings.REDIS_PORT} already in use? (set REDIS_PORT)")
+        time.sleep(0.1)
+    sys.exit("redis-server did not answer PING")
+
+
+def admin_ensure() -> str | None:
+    """The admin from DJANGO_SUPERUSER_USERNAME/PASSWORD, else a generated one (printed once)."""
+    user_model = get_user_model()
+    username = os.environ.get("DJANGO_SUPERUSER_USERNAME")
+    password = os.environ.get("DJANGO_SUPERUSER_PASSWORD")
+    if username and password:
+        if not user_model.objects.filter(username=username).exists():
+            user_model.objects.create_superuser(username=username, email="", password=password)
+            return f"admin user {username!r} created from DJANGO_SUPERUSER_USERNAME/PASSWORD"
+        return None
+    if user_model.objects.filter(is_superuser=True).exists():
+        return None
+    password = secrets.token_urlsafe(12)
+    user_model.objects.create_superuser(username="admin", email="", password=password)
+    return f"admin user created: admin / {password}  (set DJANGO_SUPERUSER_USERNAME/PASSWORD to choose)"
+
+
+def demo_model_ensure() -> None:
+    """Train, register and deploy the digits demo model unless it is already deployed."""
+    environment = settings.INFERENCE_ENVIRONMENT
+    if selectors.deployment_get_active(model_name="digits", environment=environment):
+        return
+    versions = selectors.model_version_list(model_name="digits")
+    if versions:
+        deployment_set(version=versions[0], environment=environment)
+        log(f"deployed digits v{versions[0].number} to {environment}")
+        return
+    if not (DEMO_DIR / "model_card.json").exists():
+        log("training the demo model (Keras CNN on scikit-learn's digits)")
+        subprocess.run([PYTHON, "-m", "workers.training.digits", "--out", str(DEMO_DIR)], check=True)
+    call_command("register_model", str(DEMO_DIR), deploy=environment)
+
+
+def wait_ready(children: Children) -> None:
+    url = f"http://{API_HOST}:{API_PORT}/readyz"
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if name := children.exited():
+            raise RuntimeError(f"{name} exited during start-up")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} did not answer 200 within {READY_TIMEOUT_S:.0f}s")
+
+
+def banner(token: str, admin_note: str | None) -> None:
+    api = f"http://{API_HOST}:{API_PORT}"
+    lines = [
+        "",
+        "The platform is ready.",
+        f"  API        {api}   (environment: {settings.INFERENCE_ENVIRONMENT})",
+        f"  admin      {api}/admin/",
+        f"  readiness  {api}/readyz",
+        f"  Flower     http://127.0.0.1:{FLOWER_PORT}",
+        f"  demo key   {token}",
+    ]
+    if admin_note:
+        lines.append(f"  {admin_note}")
+    sample = Path(settings.BASE_DIR) / "docs" / "sample-digit.json"
+    lines += [
+        "",
+        "Try it (the sample is a held-out image of a 7):",
+        f"  curl -s {api}/api/v1/predictions -H 'Authorization: Bearer {token}' \\",
+        f"       -H 'Content-Type: application/json' -d @{sample}",
+        "",
+        "Ctrl-C stops everything.",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def main() -> None:
+    children = Children()
+    stopping = False
+
+    def request_stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        redis_start(children)
+        call_command("migrate", interactive=False, verbosity=0)
+        call_command("collectstatic", interactive=False, verbosity=0)
+        admin_note = admin_ensure()
+        demo_model_ensure()
+        _, token = api_key_create(name="demo", raw_key=os.environ.get("INFERENCE_DEMO_TOKEN") or None)
+        deployments = selectors.deployment_list(environment=settings.INFERENCE_ENVIRONMENT)
+        for deployment in deployments:
+            name = deployment.model.name
+            children.start(
+                f"worker-{name}",
+                [str(BIN / "celery"), "-A", "inference_project", "worker", "-Q", deployment.model.queue,
+                 "-n", f"{name}@%h", "--concurrency", str(WORKER_CONCURRENCY), "--loglevel", "INFO"],
+                env={"INFERENCE_WORKER_MODELS": name},
+            )
+        children.start(
+            "api",
+            [str(BIN / "uvicorn"), "inference_project.asgi:application", "--host", API_HOST, "--port", str(API_PORT),
+             "--workers", str(API_WORKERS), "--no-access-log", "--timeout-graceful-shutdown", "10"],
+        )
+        flower = [str(BIN / "celery"), "-A", "inference_project", "flower", f"--port={FLOWER_PORT}", "--address=127.0.0.1"]
+        if os.environ.get("FLOWER_BASIC_AUTH"):
+            flower.append(f"--basic-auth={os.environ['FLOWER_BASIC_AUTH']}")
+        children.start("flower", flower)
+        wait_ready(children)
+        banner(token, admin_note)
+        while not stopping:
+            if name := children.exited():
+                log(f"{name} exited unexpectedly; stopping the platform")
+                break
+            time.sleep(0.5)
+    except (RuntimeError, subprocess.CalledProcessError) as exc:
+        log(f"start-up failed: {exc}")
+        children.stop()
+        sys.exit(1)
+    children.stop()
+    log("stopped")
+
+
+if __name__ == "__main__":
+    main()

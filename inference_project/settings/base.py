@@ -1,0 +1,156 @@
+"""Settings shared by every deployment, read from the environment (see `.env.example`)."""
+
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+VAR_DIR = BASE_DIR / "var"
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+# --- Django -----------------------------------------------------------------------------------
+SECRET_KEY = env("DJANGO_SECRET_KEY", default="dev-insecure-change-me")
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "apps.models_registry",
+    "apps.predictions",
+]
+
+# Every middleware here is async-capable, so an async view runs without a thread hop.
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "inference_project.urls"
+ASGI_APPLICATION = "inference_project.asgi.application"
+WSGI_APPLICATION = "inference_project.wsgi.application"
+APPEND_SLASH = False
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# SQLite by default; DATABASE_URL=postgres://... switches to PostgreSQL.
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # API and workers share the file: wait on locks instead of failing, WAL for concurrent readers.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL;"}
+    )
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = env.path("DJANGO_STATIC_ROOT", default=str(BASE_DIR / "staticfiles"))
+# uvicorn serves no static files; locally Django serves the collected admin assets itself.
+SERVE_STATIC = env.bool("SERVE_STATIC", default=True)
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+}
+
+# --- Redis and Celery -------------------------------------------------------------------------
+REDIS_HOST = env("REDIS_HOST", default="127.0.0.1")
+REDIS_PORT = env.int("REDIS_PORT", default=6379)
+REDIS_URL = env("REDIS_URL", default=f"redis://{REDIS_HOST}:{REDIS_PORT}/0")
+
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL)
+CELERY_RESULT_BACKEND = env("CELERY_RESULT_BACKEND", default=REDIS_URL)
+# Tensors travel as raw bytes inside msgpack, never as JSON float lists.
+CELERY_TASK_SERIALIZER = "msgpack"
+CELERY_RESULT_SERIALIZER = "msgpack"
+CELERY_ACCEPT_CONTENT = ["msgpack", "json"]
+CELERY_RESULT_ACCEPT_CONTENT = ["msgpack", "json"]
+CELERY_RESULT_EXPIRES = env.int("CELERY_RESULT_EXPIRES_S", default=3600)
+CELERY_RESULT_EXTENDED = False
+# At-least-once delivery: ack after the task ran, requeue when a child dies mid-task.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = env.int("CELERY_WORKER_PREFETCH_MULTIPLIER", default=1)
+CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT_S", default=60)
+CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT_S", default=90)
+# Redelivery of unacked tasks happens after this; it must exceed the longest task.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT_S", default=600),
+    "socket_connect_timeout": 2,
+    "socket_timeout": 5,
+}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# The API must fail fast (503) when Redis is down rather than retrying for long.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 2,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.5,
+}
+CELERY_WORKER_SEND_TASK_EVENTS = True
+CELERY_TASK_SEND_SENT_EVENT = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+# --- Inference platform -----------------------------------------------------------------------
+# The environment this deployment serves, and the ordered promotion path.
+INFERENCE_ENVIRONMENTS = env.list("INFERENCE_ENVIRONMENTS", default=["dev", "staging", "prod"])
+INFERENCE_ENVIRONMENT = env("INFERENCE_ENVIRONMENT", default=INFERENCE_ENVIRONMENTS[0])
+# Where artifacts live: a local folder (default) or, later, S3.
+ARTIFACTS_ROOT = env.path("ARTIFACTS_ROOT", default=str(VAR_DIR / "artifacts"))
+# How long a synchronous request waits for its result before answering 504.
+INFERENCE_SYNC_TIMEOUT_S = env.float("INFERENCE_SYNC_TIMEOUT_S", default=30.0)
+# Requests larger than this answer 413; more rows than this in one request answer 400.
+INFERENCE_MAX_BODY_BYTES = env.int("INFERENCE_MAX_BODY_BYTES", default=8 * 1024 * 1024)
+INFERENCE_MAX_BATCH_ROWS = env.int("INFERENCE_MAX_BATCH_ROWS", default=1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = INFERENCE_MAX_BODY_BYTES
+# Prediction and model routes require `Authorization: Bearer <api key>`.
+INFERENCE_AUTH_REQUIRED = env.bool("INFERENCE_AUTH_REQUIRED", default=True)
+# How long the API trusts its in-process copy of the registry (deployed versions, signatures).
+INFERENCE_REGISTRY_CACHE_S = env.float("INFERENCE_REGISTRY_CACHE_S", default=2.0)
+# A worker child refreshes its "serving model X version N" mark this often; marks older than
+# the TTL no longer count for readiness.
+INFERENCE_HEARTBEAT_S = env.float("INFERENCE_HEARTBEAT_S", default=2.0)
+INFERENCE_HEARTBEAT_TTL_S = env.float("INFERENCE_HEARTBEAT_TTL_S", default=10.0)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
+}
+
+# Models a worker process preloads (empty: every model deployed in its environment). The launcher
+# starts one worker per model queue with this set to that model.
+INFERENCE_WORKER_MODELS = env.list("INFERENCE_WORKER_MODELS", default=[])

@@ -1,0 +1,7 @@
+"""Settings for the unit tests: in-memory database, fast hashing, Celery never contacted."""
+
+from inference_project.settings.base import *  # noqa: F403
+
+DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+INFERENCE_REGISTRY_CACHE_S = 0.0

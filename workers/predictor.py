@@ -1,0 +1,90 @@
+"""The inference interface every model runtime implements, and its Keras implementation.
+
+Plain Python: no Celery here, so it is tested directly and reused by the benchmarks.
+"""
+
+import abc
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """Local, checksum-verified files of one model version."""
+
+    model: Path
+    preprocessing: Path | None = None
+    signature: dict[str, Any] = field(default_factory=dict)
+
+
+class Predictor(abc.ABC):
+    """One loaded model version.
+
+    Lifecycle: `load()` once (in the worker child, after the fork), then any number of
+    `predict()` calls from one thread, then `unload()` to release memory. Implementations must
+    accept a batch along the first axis and return one row per input row for every output.
+    """
+
+    def __init__(self, files: ModelFiles) -> None:
+        self.files = files
+
+    @abc.abstractmethod
+    def load(self) -> None:
+        """Load weights and warm up, so the first real request pays no compile cost."""
+
+    @abc.abstractmethod
+    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one batch. `inputs` and the result map signature tensor names to arrays."""
+
+    @abc.abstractmethod
+    def unload(self) -> None:
+        """Drop the model; the predictor cannot be used afterwards."""
+
+
+class KerasPredictor(Predictor):
+    """A Keras 3 model (`.keras` or `.h5`), with an optional preprocessing pickle.
+
+    The pickle is a dict that may hold `scaler` (anything with `.transform`) applied to the
+    single input before the model. It is only ever loaded after the registry checksum matched:
+    unpickling runs code, so only bytes the registry vouches for are unpickled.
+    """
+
+    def __init__(self, files: ModelFiles) -> None:
+        super().__init__(files)
+        self._model: Any = None
+        self._scaler: Any = None
+
+    def load(self) -> None:
+        import keras  # imported here so that only worker children ever load TensorFlow
+
+        self._model = keras.saving.load_model(self.files.model, compile=False)
+        if self.files.preprocessing is not None:
+            with self.files.preprocessing.open("rb") as handle:
+                self._scaler = pickle.load(handle).get("scaler")  # noqa: S301 - checksum verified
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        spec = self.files.signature["inputs"][0]
+        shape = [1, *spec["shape"][1:]]
+        self.predict({spec["name"]: np.zeros(shape, dtype=np.float32)})
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        input_spec = self.files.signature["inputs"][0]
+        output_specs = self.files.signature["outputs"]
+        x = inputs[input_spec["name"]].astype(np.float32, copy=False)
+        if self._scaler is not None:
+            x = self._scaler.transform(x.reshape(len(x), -1)).reshape(x.shape).astype(np.float32)
+        # model(x) rather than model.predict(): no per-call dataset/callback set-up, no leak.
+        result = self._model(x, training=False)
+        outputs = result if isinstance(result, (list, tuple)) else [result]
+        return {
+            spec["name"]: np.asarray(out) for spec, out in zip(output_specs, outputs, strict=True)
+        }
+
+    def unload(self) -> None:
+        self._model = None
+        self._scaler = None

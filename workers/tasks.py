@@ -1,0 +1,33 @@
+"""Celery tasks of the workers: thin wrappers over `workers.runtime`."""
+
+import logging
+from typing import Any
+
+from celery.signals import worker_process_init, worker_process_shutdown
+from django.conf import settings
+
+from inference_project.celery_app import app
+from apps.predictions.services import PREDICT_TASK
+from workers.runtime import heartbeat_start, runtime_get
+
+logger = logging.getLogger(__name__)
+
+
+
+
+@app.task(name=PREDICT_TASK)
+def predict(request: dict[str, Any]) -> dict[str, Any]:
+    return runtime_get().run(request)
+
+
+@worker_process_init.connect
+def _load_models_in_child(**_: Any) -> None:
+    """Each child loads its models once, after the fork; the parent never imports TensorFlow."""
+    runtime = runtime_get()
+    runtime.preload(model_names=settings.INFERENCE_WORKER_MODELS)
+    heartbeat_start(runtime, interval=settings.INFERENCE_HEARTBEAT_S)
+
+
+@worker_process_shutdown.connect
+def _unload_models_in_child(**_: Any) -> None:
+    runtime_get().shutdown()
