@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 
 import django
+import redis
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "inference_project.settings.local")
 django.setup()
@@ -86,12 +87,29 @@ def redis_start(children: Children) -> None:
     data.mkdir(parents=True, exist_ok=True)
     children.start(
         "redis",
-        ["redis-server", "--port", str(settings.REDIS_PORT), "--bind", "127.0.0.1", "--dir", str(data),
-         "--appendonly", "yes", "--save", "", "--loglevel", "warning"],
+        [
+            "redis-server",
+            "--port",
+            str(settings.REDIS_PORT),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--loglevel",
+            "warning",
+        ],
     )
+    client = redis.Redis(host="127.0.0.1", port=settings.REDIS_PORT, socket_connect_timeout=0.5)
     for _ in range(100):
-        if subprocess.run(["redis-cli", "-p", str(settings.REDIS_PORT), "ping"], capture_output=True).stdout.strip() == b"PONG":
-            return
+        try:
+            if client.ping():
+                return
+        except redis.ConnectionError:
+            pass
         if children.exited():
             sys.exit(f"redis-server exited; is port {settings.REDIS_PORT} already in use? (set REDIS_PORT)")
         time.sleep(0.1)
@@ -194,16 +212,46 @@ def main() -> None:
             name = deployment.model.name
             children.start(
                 f"worker-{name}",
-                [str(BIN / "celery"), "-A", "inference_project", "worker", "-Q", deployment.model.queue,
-                 "-n", f"{name}@%h", "--concurrency", str(WORKER_CONCURRENCY), "--loglevel", "INFO"],
+                [
+                    str(BIN / "celery"),
+                    "-A",
+                    "inference_project",
+                    "worker",
+                    "-Q",
+                    deployment.model.queue,
+                    "-n",
+                    f"{name}@%h",
+                    "--concurrency",
+                    str(WORKER_CONCURRENCY),
+                    "--loglevel",
+                    "INFO",
+                ],
                 env={"INFERENCE_WORKER_MODELS": name},
             )
         children.start(
             "api",
-            [str(BIN / "uvicorn"), "inference_project.asgi:application", "--host", API_HOST, "--port", str(API_PORT),
-             "--workers", str(API_WORKERS), "--no-access-log", "--timeout-graceful-shutdown", "10"],
+            [
+                str(BIN / "uvicorn"),
+                "inference_project.asgi:application",
+                "--host",
+                API_HOST,
+                "--port",
+                str(API_PORT),
+                "--workers",
+                str(API_WORKERS),
+                "--no-access-log",
+                "--timeout-graceful-shutdown",
+                "10",
+            ],
         )
-        flower = [str(BIN / "celery"), "-A", "inference_project", "flower", f"--port={FLOWER_PORT}", "--address=127.0.0.1"]
+        flower = [
+            str(BIN / "celery"),
+            "-A",
+            "inference_project",
+            "flower",
+            f"--port={FLOWER_PORT}",
+            "--address=127.0.0.1",
+        ]
         if os.environ.get("FLOWER_BASIC_AUTH"):
             flower.append(f"--basic-auth={os.environ['FLOWER_BASIC_AUTH']}")
         children.start("flower", flower)

@@ -9,6 +9,4 @@ urlpatterns = [
 ]
 
 if settings.SERVE_STATIC:
-    urlpatterns.append(
-        re_path(r"^static/(?P<path>.*)$", serve, {"document_root": settings.STATIC_ROOT})
-    )
+    urlpatterns.append(re_path(r"^static/(?P<path>.*)$", serve, {"document_root": settings.STATIC_ROOT}))

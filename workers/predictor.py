@@ -81,9 +81,7 @@ class KerasPredictor(Predictor):
         # model(x) rather than model.predict(): no per-call dataset/callback set-up, no leak.
         result = self._model(x, training=False)
         outputs = result if isinstance(result, (list, tuple)) else [result]
-        return {
-            spec["name"]: np.asarray(out) for spec, out in zip(output_specs, outputs, strict=True)
-        }
+        return {spec["name"]: np.asarray(out) for spec, out in zip(output_specs, outputs, strict=True)}
 
     def unload(self) -> None:
         self._model = None

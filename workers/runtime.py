@@ -60,9 +60,7 @@ def predictor_build(*, model_name: str, version_number: int) -> Predictor:
     predictor = KerasPredictor(files)
     started = time.perf_counter()
     predictor.load()
-    logger.info(
-        "loaded %s v%s in %.2fs", model_name, version_number, time.perf_counter() - started
-    )
+    logger.info("loaded %s v%s in %.2fs", model_name, version_number, time.perf_counter() - started)
     return predictor
 
 
@@ -99,9 +97,7 @@ class ModelRuntime:
             if model_names and deployment.model.name not in model_names:
                 continue
             try:
-                self.predictor_get(
-                    model_name=deployment.model.name, version=deployment.version.number
-                )
+                self.predictor_get(model_name=deployment.model.name, version=deployment.version.number)
             except Exception:
                 logger.exception("could not preload %s", deployment)
 

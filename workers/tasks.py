@@ -6,13 +6,11 @@ from typing import Any
 from celery.signals import worker_process_init, worker_process_shutdown
 from django.conf import settings
 
-from inference_project.celery_app import app
 from apps.predictions.services import PREDICT_TASK
+from inference_project.celery_app import app
 from workers.runtime import heartbeat_start, runtime_get
 
 logger = logging.getLogger(__name__)
-
-
 
 
 @app.task(name=PREDICT_TASK)

@@ -36,15 +36,11 @@ class ModelVersion(models.Model):
     framework = models.CharField(max_length=64, default="keras")
     notes = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
-    )
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
 
     class Meta:
         ordering = ["model__name", "-number"]
-        constraints = [
-            models.UniqueConstraint(fields=["model", "number"], name="unique_model_version")
-        ]
+        constraints = [models.UniqueConstraint(fields=["model", "number"], name="unique_model_version")]
 
     def __str__(self) -> str:
         return f"{self.model.name} v{self.number}"
@@ -68,9 +64,7 @@ class Artifact(models.Model):
 
     class Meta:
         ordering = ["version", "kind", "filename"]
-        constraints = [
-            models.UniqueConstraint(fields=["version", "filename"], name="unique_artifact_name")
-        ]
+        constraints = [models.UniqueConstraint(fields=["version", "filename"], name="unique_artifact_name")]
 
     def __str__(self) -> str:
         return f"{self.version} {self.filename}"

@@ -4,11 +4,7 @@ from apps.models_registry.models import Deployment, ModelVersion
 
 
 def model_version_get(*, model_name: str, number: int) -> ModelVersion | None:
-    return (
-        ModelVersion.objects.select_related("model")
-        .filter(model__name=model_name, number=number)
-        .first()
-    )
+    return ModelVersion.objects.select_related("model").filter(model__name=model_name, number=number).first()
 
 
 def deployment_get_active(*, model_name: str, environment: str) -> Deployment | None:
@@ -20,9 +16,7 @@ def deployment_get_active(*, model_name: str, environment: str) -> Deployment | 
 
 
 def deployment_list(*, environment: str) -> list[Deployment]:
-    return list(
-        Deployment.objects.select_related("model", "version").filter(environment=environment)
-    )
+    return list(Deployment.objects.select_related("model", "version").filter(environment=environment))
 
 
 def model_version_list(*, model_name: str) -> list[ModelVersion]:

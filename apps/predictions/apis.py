@@ -1,5 +1,6 @@
 """HTTP faces of the platform. Async views, thin: parse, authenticate, call a service, render."""
 
+from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse
 from django.views import View
 
@@ -12,8 +13,6 @@ from apps.predictions.http import api_errors, json_body, json_object, json_respo
 from apps.predictions.models import ApiKey
 from apps.predictions.selectors import served_model_get
 from apps.predictions.services import prediction_enqueue, prediction_run, prediction_status
-
-from asgiref.sync import sync_to_async
 
 
 def _owner(key: ApiKey | None) -> str:
@@ -63,7 +62,12 @@ class PredictionDetailApi(View):
     async def get(self, request: HttpRequest, job_id: str) -> HttpResponse:
         key = await api_key_authenticate(request)
         status, outcome, job = await prediction_status(job_id=job_id, owner=_owner(key))
-        body: dict[str, object] = {"id": job_id, "status": status, "model": job["model"], "version": job["version"]}
+        body: dict[str, object] = {
+            "id": job_id,
+            "status": status,
+            "model": job["model"],
+            "version": job["version"],
+        }
         if isinstance(outcome, ApiError):
             body["error"] = {"code": outcome.code, "message": outcome.message}
         elif outcome is not None:
@@ -83,7 +87,9 @@ class TfServingPredictApi(View):
         served = await served_model_get(name=name, version=version)
         inputs, row_format = protocols.tfserving_inputs(json_object(json_body(request)), served)
         result = await prediction_run(served=served, inputs=inputs)
-        return json_response(protocols.tfserving_response(result, row_format=row_format), headers={"X-Request-ID": result.id})
+        return json_response(
+            protocols.tfserving_response(result, row_format=row_format), headers={"X-Request-ID": result.id}
+        )
 
 
 class TfServingStatusApi(View):
@@ -92,11 +98,17 @@ class TfServingStatusApi(View):
         await api_key_authenticate(request)
         served = await served_model_get(name=name, version=version)
         state = "AVAILABLE" if await served_model_ready(served) else "LOADING"
-        return json_response({
-            "model_version_status": [
-                {"version": str(served.version), "state": state, "status": {"error_code": "OK", "error_message": ""}}
-            ]
-        })
+        return json_response(
+            {
+                "model_version_status": [
+                    {
+                        "version": str(served.version),
+                        "state": state,
+                        "status": {"error_code": "OK", "error_message": ""},
+                    }
+                ]
+            }
+        )
 
 
 # --- Open Inference Protocol (KServe v2) --------------------------------------------------------
@@ -124,9 +136,11 @@ class V2ModelMetadataApi(View):
     async def get(self, request: HttpRequest, name: str, version: int | None = None) -> HttpResponse:
         await api_key_authenticate(request)
         served = await served_model_get(name=name, version=version)
-        versions = [served.version] if version else [
-            v.number for v in await sync_to_async(registry.model_version_list)(model_name=name)
-        ]
+        versions = (
+            [served.version]
+            if version
+            else [v.number for v in await sync_to_async(registry.model_version_list)(model_name=name)]
+        )
         return json_response(protocols.v2_metadata(served, versions))
 
 
@@ -152,5 +166,3 @@ class V2InferApi(View):
             protocols.v2_response(result, request_id=body.get("id"), wanted=wanted),
             headers={"X-Request-ID": result.id},
         )
-
-

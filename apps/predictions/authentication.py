@@ -19,7 +19,9 @@ def api_key_hash(raw_key: str) -> str:
     return hashlib.sha256(raw_key.encode()).hexdigest()
 
 
-def api_key_create(*, name: str, raw_key: str | None = None, models: list[str] | None = None) -> tuple[ApiKey, str]:
+def api_key_create(
+    *, name: str, raw_key: str | None = None, models: list[str] | None = None
+) -> tuple[ApiKey, str]:
     """Create a key (or register a given one, e.g. the demo token); returns it and the raw key."""
     raw_key = raw_key or secrets.token_urlsafe(32)
     key, _ = ApiKey.objects.update_or_create(
@@ -45,7 +47,9 @@ async def api_key_authenticate(request: HttpRequest, *, model_name: str | None =
     raw = _bearer(request.headers.get("Authorization", ""))
     if raw is None:
         raise ApiError(
-            401, "unauthenticated", "send an API key as 'Authorization: Bearer <key>'",
+            401,
+            "unauthenticated",
+            "send an API key as 'Authorization: Bearer <key>'",
             headers={"WWW-Authenticate": "Bearer"},
         )
     hashed = api_key_hash(raw)
@@ -56,7 +60,9 @@ async def api_key_authenticate(request: HttpRequest, *, model_name: str | None =
         _cache[hashed] = cached = (now + KEY_CACHE_S, key)
     key = cached[1]
     if key is None:
-        raise ApiError(401, "unauthenticated", "unknown or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+        raise ApiError(
+            401, "unauthenticated", "unknown or revoked API key", headers={"WWW-Authenticate": "Bearer"}
+        )
     if model_name is not None and not key.allows(model_name):
         raise ApiError(403, "forbidden", f"this API key may not call model {model_name!r}")
     return key

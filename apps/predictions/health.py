@@ -29,7 +29,11 @@ async def platform_readiness() -> tuple[bool, dict[str, object]]:
         return False, {"redis": f"unreachable: {exc or 'timeout'}"}
     served = await served_models_list()
     if not served:
-        return False, {"redis": "ok", "models": {}, "reason": f"no model deployed in {settings.INFERENCE_ENVIRONMENT!r}"}
+        return False, {
+            "redis": "ok",
+            "models": {},
+            "reason": f"no model deployed in {settings.INFERENCE_ENVIRONMENT!r}",
+        }
     models = {}
     for model in served:
         models[model.name] = {
@@ -37,7 +41,11 @@ async def platform_readiness() -> tuple[bool, dict[str, object]]:
             "ready": await served_model_ready(model),
         }
     ready = all(m["ready"] for m in models.values())
-    details: dict[str, object] = {"redis": "ok", "environment": settings.INFERENCE_ENVIRONMENT, "models": models}
+    details: dict[str, object] = {
+        "redis": "ok",
+        "environment": settings.INFERENCE_ENVIRONMENT,
+        "models": models,
+    }
     if not ready:
         waiting = [name for name, m in models.items() if not m["ready"]]
         details["reason"] = f"no worker has loaded {waiting}"

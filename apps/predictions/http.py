@@ -12,6 +12,7 @@ from django.http import HttpRequest, HttpResponse
 
 from apps.predictions.errors import ApiError, bad_request
 
+
 def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> HttpResponse:
     return HttpResponse(
         orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY),

@@ -33,7 +33,12 @@ class NativeRequest:
 def _version_field(value: Any, *, field: str) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).isdigit() or int(value) < 1:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, str))
+        or not str(value).isdigit()
+        or int(value) < 1
+    ):
         raise bad_request("version must be a positive integer", field=field)
     return int(value)
 
@@ -47,7 +52,9 @@ def native_request_parse(body: dict[str, Any]) -> NativeRequest:
     run_async = body.get("async", False)
     if not isinstance(run_async, bool):
         raise bad_request("async must be true or false", field="async")
-    return NativeRequest(model, _version_field(body.get("version"), field="version"), body["inputs"], run_async)
+    return NativeRequest(
+        model, _version_field(body.get("version"), field="version"), body["inputs"], run_async
+    )
 
 
 def native_inputs(request: NativeRequest, served: ServedModel) -> dict[str, np.ndarray]:
@@ -76,7 +83,9 @@ def native_response(result: PredictionResult, served: ServedModel) -> dict[str, 
 def tfserving_inputs(body: dict[str, Any], served: ServedModel) -> tuple[dict[str, np.ndarray], bool]:
     """Inputs by name and whether the request used the row ("instances") format."""
     if ("instances" in body) == ("inputs" in body):
-        raise bad_request("send exactly one of 'instances' (row format) or 'inputs' (columnar format)", field="instances")
+        raise bad_request(
+            "send exactly one of 'instances' (row format) or 'inputs' (columnar format)", field="instances"
+        )
     specs = served.signature["inputs"]
     if "instances" in body:
         instances = body["instances"]
@@ -90,12 +99,16 @@ def tfserving_inputs(body: dict[str, Any], served: ServedModel) -> tuple[dict[st
                 for spec in specs
             }, True
         if len(specs) != 1:
-            raise bad_request("this model has several inputs: send each instance as an object", field="instances")
+            raise bad_request(
+                "this model has several inputs: send each instance as an object", field="instances"
+            )
         return {specs[0]["name"]: tensor_from_json(instances, spec=specs[0], field="instances")}, True
     columns = body["inputs"]
     if isinstance(columns, dict):
         return {
-            spec["name"]: tensor_from_json(columns.get(spec["name"]), spec=spec, field=f"inputs.{spec['name']}")
+            spec["name"]: tensor_from_json(
+                columns.get(spec["name"]), spec=spec, field=f"inputs.{spec['name']}"
+            )
             for spec in specs
         }, False
     if len(specs) != 1:
@@ -144,9 +157,13 @@ def _v2_tensor(item: Any, *, index: int, specs: dict[str, dict[str, Any]]) -> tu
     field = f"inputs.{name}"
     datatype = item.get("datatype")
     if datatype != spec["datatype"]:
-        raise bad_request(f"datatype {datatype!r} does not match the model's {spec['datatype']}", field=f"{field}.datatype")
+        raise bad_request(
+            f"datatype {datatype!r} does not match the model's {spec['datatype']}", field=f"{field}.datatype"
+        )
     shape = item.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
         raise bad_request("shape must be a list of non-negative integers", field=f"{field}.shape")
     data = item.get("data")
     if not isinstance(data, list):
@@ -156,7 +173,10 @@ def _v2_tensor(item: Any, *, index: int, specs: dict[str, dict[str, Any]]) -> tu
     except (ValueError, TypeError, OverflowError):
         raise bad_request("ragged or malformed data", field=f"{field}.data") from None
     if array.size != math.prod(shape):
-        raise bad_request(f"data has {array.size} elements but shape {shape} needs {math.prod(shape)}", field=f"{field}.data")
+        raise bad_request(
+            f"data has {array.size} elements but shape {shape} needs {math.prod(shape)}",
+            field=f"{field}.data",
+        )
     return name, tensor_check(array.reshape(shape), spec=spec, field=f"{field}.data")
 
 
@@ -177,8 +197,12 @@ def v2_inputs(body: dict[str, Any], served: ServedModel) -> tuple[dict[str, np.n
     if requested is None:
         return inputs, None
     known = {spec["name"] for spec in served.signature["outputs"]}
-    if not isinstance(requested, list) or not all(isinstance(o, dict) and o.get("name") in known for o in requested):
-        raise bad_request(f"outputs must be a list of {{'name'}} objects naming {sorted(known)}", field="outputs")
+    if not isinstance(requested, list) or not all(
+        isinstance(o, dict) and o.get("name") in known for o in requested
+    ):
+        raise bad_request(
+            f"outputs must be a list of {{'name'}} objects naming {sorted(known)}", field="outputs"
+        )
     return inputs, [o["name"] for o in requested]
 
 
@@ -193,6 +217,10 @@ def v2_response(result: PredictionResult, *, request_id: Any, wanted: list[str] 
         for name, array in result.outputs.items()
         if wanted is None or name in wanted
     ]
-    body: dict[str, Any] = {"model_name": result.model, "model_version": str(result.version), "outputs": outputs}
+    body: dict[str, Any] = {
+        "model_name": result.model,
+        "model_version": str(result.version),
+        "outputs": outputs,
+    }
     body["id"] = request_id if isinstance(request_id, str) and request_id else result.id
     return body

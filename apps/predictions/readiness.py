@@ -16,9 +16,7 @@ def serving_key(*, environment: str, model: str, version: int) -> str:
     return f"inference:serving:{environment}:{model}:{version}"
 
 
-def serving_mark(
-    client: redis.Redis, *, environment: str, model: str, version: int, worker_id: str
-) -> None:
+def serving_mark(client: redis.Redis, *, environment: str, model: str, version: int, worker_id: str) -> None:
     key = serving_key(environment=environment, model=model, version=version)
     now = time.time()
     pipe = client.pipeline()
@@ -34,8 +32,6 @@ def serving_unmark(
     client.zrem(serving_key(environment=environment, model=model, version=version), worker_id)
 
 
-async def serving_count(
-    client: aioredis.Redis, *, environment: str, model: str, version: int
-) -> int:
+async def serving_count(client: aioredis.Redis, *, environment: str, model: str, version: int) -> int:
     key = serving_key(environment=environment, model=model, version=version)
     return int(await client.zcount(key, time.time() - settings.INFERENCE_HEARTBEAT_TTL_S, "+inf"))

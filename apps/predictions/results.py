@@ -15,6 +15,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from django.conf import settings
 
+from inference_project.celery_app import app as celery_app
+
 logger = logging.getLogger(__name__)
 
 RESULT_PREFIX = "celery-task-meta-"
@@ -41,10 +43,10 @@ class ResultWaiter:
     def forget(self, task_id: str) -> None:
         self._futures.pop(task_id, None)
 
-    async def wait(self, task_id: str, future: asyncio.Future[bytes], timeout: float) -> bytes:
-        """The raw result payload; raises TimeoutError after `timeout` seconds."""
+    async def wait(self, task_id: str, future: asyncio.Future[bytes], within: float) -> bytes:
+        """The raw result payload; raises TimeoutError after `within` seconds."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + within
         try:
             while True:
                 remaining = deadline - loop.time()
@@ -97,6 +99,4 @@ def result_waiter_get() -> ResultWaiter:
 
 def result_payload_decode(payload: bytes) -> dict[str, Any]:
     """Celery's stored meta (`status`, `result`, ...) with failures turned into exceptions."""
-    from inference_project.celery_app import app
-
-    return app.backend.decode_result(payload)
+    return celery_app.backend.decode_result(payload)

@@ -64,7 +64,9 @@ async def served_model_get(*, name: str, version: int | None = None) -> ServedMo
     served = cached[1]
     if served is None:
         if version is None:
-            raise not_found(f"model {name!r} is not deployed in {settings.INFERENCE_ENVIRONMENT!r}", field="model")
+            raise not_found(
+                f"model {name!r} is not deployed in {settings.INFERENCE_ENVIRONMENT!r}", field="model"
+            )
         raise not_found(f"model {name!r} has no version {version}", field="version")
     return served
 

@@ -19,6 +19,7 @@ from apps.predictions.errors import ApiError
 from apps.predictions.results import result_payload_decode, result_waiter_get
 from apps.predictions.selectors import ServedModel
 from apps.predictions.wire import tensor_decode, tensor_encode
+from inference_project.celery_app import app as celery_app
 
 PREDICT_TASK = "inference.predict"
 JOB_PREFIX = "inference:job:"
@@ -39,22 +40,26 @@ class PredictionResult:
 
 def broker_unavailable() -> ApiError:
     return ApiError(
-        503, "unavailable", "the queue is unreachable; retry shortly",
+        503,
+        "unavailable",
+        "the queue is unreachable; retry shortly",
         headers={"Retry-After": RETRY_AFTER_S},
     )
 
 
-def _publish(*, task_id: str, served: ServedModel, inputs: dict[str, np.ndarray], expires: float | None) -> None:
-    from inference_project.celery_app import app
-
+def _publish(
+    *, task_id: str, served: ServedModel, inputs: dict[str, np.ndarray], expires: float | None
+) -> None:
     rows = len(next(iter(inputs.values())))
-    app.send_task(
+    celery_app.send_task(
         PREDICT_TASK,
-        args=[{
-            "model": served.name,
-            "version": served.version,
-            "inputs": {name: tensor_encode(array) for name, array in inputs.items()},
-        }],
+        args=[
+            {
+                "model": served.name,
+                "version": served.version,
+                "inputs": {name: tensor_encode(array) for name, array in inputs.items()},
+            }
+        ],
         queue=served.queue,
         task_id=task_id,
         expires=expires,
@@ -113,7 +118,9 @@ async def prediction_enqueue(*, served: ServedModel, inputs: dict[str, np.ndarra
     """Enqueue without waiting; the job id is then polled with `prediction_status`."""
     waiter = result_waiter_get()
     task_id = waiter.new_task_id()
-    job = json.dumps({"model": served.name, "version": served.version, "owner": owner, "created": time.time()})
+    job = json.dumps(
+        {"model": served.name, "version": served.version, "owner": owner, "created": time.time()}
+    )
     try:
         await waiter.redis.set(JOB_PREFIX + task_id, job, ex=settings.CELERY_RESULT_EXPIRES)
     except (RedisError, OSError) as exc:
@@ -122,7 +129,9 @@ async def prediction_enqueue(*, served: ServedModel, inputs: dict[str, np.ndarra
     return task_id
 
 
-async def prediction_status(*, job_id: str, owner: str) -> tuple[str, PredictionResult | ApiError | None, dict[str, Any]]:
+async def prediction_status(
+    *, job_id: str, owner: str
+) -> tuple[str, PredictionResult | ApiError | None, dict[str, Any]]:
     """(`pending` | `done` | `failed`, result or error, job record); 404 for unknown jobs."""
     redis = result_waiter_get().redis
     try:

@@ -23,7 +23,9 @@ def tensor_from_json(value: Any, *, spec: dict[str, Any], field: str) -> np.ndar
     try:
         array = np.asarray(value)
     except (ValueError, TypeError, OverflowError):
-        raise bad_request("ragged or malformed tensor: every row must have the same length", field=field) from None
+        raise bad_request(
+            "ragged or malformed tensor: every row must have the same length", field=field
+        ) from None
     return tensor_check(array, spec=spec, field=field)
 
 
@@ -36,7 +38,7 @@ def tensor_check(array: np.ndarray, *, spec: dict[str, Any], field: str) -> np.n
         raise bad_request(f"tensor contains {kind}; expected {spec['datatype']} numbers", field=field)
     expected = spec["shape"]
     if array.ndim != len(expected) or any(
-        want != -1 and want != got for want, got in zip(expected, array.shape, strict=True)
+        want not in (-1, got) for want, got in zip(expected, array.shape, strict=True)
     ):
         raise bad_request(f"shape {list(array.shape)} does not match the model's {expected}", field=field)
     if array.shape[0] > settings.INFERENCE_MAX_BATCH_ROWS:
@@ -49,7 +51,9 @@ def tensor_check(array: np.ndarray, *, spec: dict[str, Any], field: str) -> np.n
         with np.errstate(over="ignore", invalid="ignore"):
             converted = array.astype(dtype)
         if not np.isfinite(converted).all():
-            raise bad_request(f"tensor contains NaN, Inf or values outside the {spec['datatype']} range", field=field)
+            raise bad_request(
+                f"tensor contains NaN, Inf or values outside the {spec['datatype']} range", field=field
+            )
         return converted
     info = np.iinfo(dtype)
     if array.dtype.kind == "f" or array.min() < info.min or array.max() > info.max:

@@ -31,9 +31,7 @@ def dataset_split(*, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     digits = load_digits()
     x = digits.data.astype(np.float32)
     y = digits.target.astype(np.int64)
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=360, stratify=y, random_state=seed
-    )
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=360, stratify=y, random_state=seed)
     return x_train, x_test, y_train, y_test
 
 

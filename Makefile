@@ -1,0 +1,42 @@
+# Two commands set everything up on a fresh Debian machine with Python 3.11:
+#   make run    runs the platform (Redis, API, workers, Flower, demo model)
+#   make test   runs lint and the whole test suite against real services
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint format venv system-deps clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
+	  echo "python3 -m venv failed: installing python3-venv"; \
+	  $(SUDO) apt-get update && $(SUDO) apt-get install -y python3-venv && $(PYTHON) -m venv $(VENV); }
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	@touch $@
+
+venv: $(STAMP)
+
+system-deps:
+	@command -v redis-server >/dev/null || { \
+	  echo "redis-server missing: installing it (apt-get install -y redis-server)"; \
+	  $(SUDO) apt-get update && $(SUDO) apt-get install -y redis-server; }
+
+run: venv system-deps
+	$(BIN)/python -m inference_project.local_platform
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: venv system-deps lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf var staticfiles .cache .pytest_cache
