@@ -9,7 +9,7 @@ from apps.predictions import protocols
 from apps.predictions.authentication import api_key_authenticate
 from apps.predictions.errors import ApiError
 from apps.predictions.health import platform_readiness, served_model_ready
-from apps.predictions.http import api_errors, json_body, json_object, json_response
+from apps.predictions.http import api_errors, json_body, json_object, json_response, request_timeout
 from apps.predictions.models import ApiKey
 from apps.predictions.selectors import served_model_get
 from apps.predictions.services import prediction_enqueue, prediction_run, prediction_status
@@ -53,7 +53,7 @@ class PredictionCreateApi(View):
             job_id = await prediction_enqueue(served=served, inputs=inputs, owner=_owner(key))
             status_url = request.build_absolute_uri(f"/api/v1/predictions/{job_id}")
             return json_response({"id": job_id, "status": "pending", "status_url": status_url}, status=202)
-        result = await prediction_run(served=served, inputs=inputs)
+        result = await prediction_run(served=served, inputs=inputs, deadline_s=request_timeout(request))
         return json_response(protocols.native_response(result, served), headers={"X-Request-ID": result.id})
 
 
@@ -86,7 +86,7 @@ class TfServingPredictApi(View):
         _scope(key, name)
         served = await served_model_get(name=name, version=version)
         inputs, row_format = protocols.tfserving_inputs(json_object(json_body(request)), served)
-        result = await prediction_run(served=served, inputs=inputs)
+        result = await prediction_run(served=served, inputs=inputs, deadline_s=request_timeout(request))
         return json_response(
             protocols.tfserving_response(result, row_format=row_format), headers={"X-Request-ID": result.id}
         )
@@ -161,7 +161,7 @@ class V2InferApi(View):
         served = await served_model_get(name=name, version=version)
         body = json_object(json_body(request))
         inputs, wanted = protocols.v2_inputs(body, served)
-        result = await prediction_run(served=served, inputs=inputs)
+        result = await prediction_run(served=served, inputs=inputs, deadline_s=request_timeout(request))
         return json_response(
             protocols.v2_response(result, request_id=body.get("id"), wanted=wanted),
             headers={"X-Request-ID": result.id},

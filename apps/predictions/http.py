@@ -77,3 +77,21 @@ def api_errors(render: str) -> Callable[[ViewFunc], ViewFunc]:
         return wrapper
 
     return decorate
+
+
+TIMEOUT_HEADER = "X-Request-Timeout"
+
+
+def request_timeout(request: HttpRequest) -> float:
+    """Seconds this client will wait: `X-Request-Timeout`, capped at `INFERENCE_SYNC_TIMEOUT_S`."""
+    limit = settings.INFERENCE_SYNC_TIMEOUT_S
+    raw = request.headers.get(TIMEOUT_HEADER)
+    if raw is None:
+        return limit
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise bad_request("must be a positive number of seconds", field=TIMEOUT_HEADER)
+    return min(value, limit)

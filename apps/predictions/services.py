@@ -93,20 +93,21 @@ def _result_from_meta(task_id: str, meta: dict[str, Any]) -> PredictionResult:
     )
 
 
-async def prediction_run(*, served: ServedModel, inputs: dict[str, np.ndarray]) -> PredictionResult:
-    """Enqueue and wait up to `INFERENCE_SYNC_TIMEOUT_S`; 504 after that.
+async def prediction_run(
+    *, served: ServedModel, inputs: dict[str, np.ndarray], deadline_s: float
+) -> PredictionResult:
+    """Enqueue and wait up to `deadline_s` seconds; 504 after that.
 
     The task expires at the same deadline, so workers skip it once nobody waits for it.
     """
     waiter = result_waiter_get()
     task_id = waiter.new_task_id()
-    timeout = settings.INFERENCE_SYNC_TIMEOUT_S
     future = waiter.expect(task_id)
     try:
-        await _publish_async(task_id=task_id, served=served, inputs=inputs, expires=timeout)
-        payload = await waiter.wait(task_id, future, timeout)
+        await _publish_async(task_id=task_id, served=served, inputs=inputs, expires=deadline_s)
+        payload = await waiter.wait(task_id, future, deadline_s)
     except TimeoutError:
-        raise ApiError(504, "timeout", f"no result within {timeout:g}s") from None
+        raise ApiError(504, "timeout", f"no result within {deadline_s:g}s") from None
     except (RedisError, OSError) as exc:
         raise broker_unavailable() from exc
     finally:

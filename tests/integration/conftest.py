@@ -1,0 +1,121 @@
+"""A real platform for the integration tests: the same supervisor `make run` uses, started on
+free ports with its own Redis, SQLite file and artifact folder, stopped (and checked to have
+stopped every child) at the end of the session."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT, free_port
+
+START_TIMEOUT_S = 240
+ARTIFACTS_DIR = ROOT / "test-artifacts"
+
+
+@dataclass
+class Platform:
+    base_url: str
+    token: str
+    env: dict[str, str]
+    var_dir: Path
+    log_path: Path
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, headers=self.auth, timeout=60, **kwargs)  # type: ignore[arg-type]
+
+    def manage(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+
+    def pids(self) -> dict[str, int]:
+        return json.loads((self.var_dir / "run" / "pids.json").read_text())
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def platform(tmp_path_factory: pytest.TempPathFactory, demo_model_dir: Path) -> Iterator[Platform]:
+    root = tmp_path_factory.mktemp("platform")
+    api_port = free_port()
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("CELERY_", "REDIS_", "DATABASE_", "INFERENCE_", "DJANGO_"))
+    }
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "inference_project.settings.local",
+            "DATABASE_URL": f"sqlite:///{root / 'db.sqlite3'}",
+            "ARTIFACTS_ROOT": str(root / "artifacts"),
+            "INFERENCE_VAR_DIR": str(root / "var"),
+            "INFERENCE_DEMO_DIR": str(demo_model_dir),
+            "REDIS_PORT": str(free_port()),
+            "API_PORT": str(api_port),
+            "FLOWER_PORT": str(free_port()),
+            "WORKER_CONCURRENCY": "2",
+            "INFERENCE_DEMO_TOKEN": "integration-test-token",
+            "DJANGO_SUPERUSER_USERNAME": "admin",
+            "DJANGO_SUPERUSER_PASSWORD": "admin-password-for-tests",
+            "INFERENCE_HEARTBEAT_S": "0.5",
+            "INFERENCE_HEARTBEAT_TTL_S": "3",
+        }
+    )
+    log_path = root / "platform.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "inference_project.local_platform"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    platform = Platform(
+        f"http://127.0.0.1:{api_port}", env["INFERENCE_DEMO_TOKEN"], env, root / "var", log_path
+    )
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while "The platform is ready." not in platform.log():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"platform did not start:\n{platform.log()[-5000:]}")
+        time.sleep(0.5)
+    yield platform
+
+    pids = platform.pids()
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C in `make run` sends
+    try:
+        code = proc.wait(timeout=60)
+    finally:
+        ARTIFACTS_DIR.mkdir(exist_ok=True)
+        (ARTIFACTS_DIR / "platform.log").write_text(platform.log())
+    survivors = {name: pid for name, pid in pids.items() if _alive(pid)}
+    assert code == 0, platform.log()[-3000:]
+    assert not survivors, f"children still running after Ctrl-C: {survivors}"

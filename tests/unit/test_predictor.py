@@ -1,0 +1,49 @@
+"""The Predictor interface on the real demo model, without Celery."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from workers.predictor import KerasPredictor, ModelFiles
+
+
+@pytest.fixture(scope="module")
+def predictor(demo_model_dir: Path):  # type: ignore[no-untyped-def]
+    card = json.loads((demo_model_dir / "model_card.json").read_text())
+    predictor = KerasPredictor(
+        ModelFiles(
+            model=demo_model_dir / "model.keras",
+            preprocessing=demo_model_dir / "preprocessing.pickle",
+            signature=card["signature"],
+        )
+    )
+    predictor.load()
+    yield predictor
+    predictor.unload()
+
+
+def test_heldout_accuracy_in_one_batch(predictor: KerasPredictor, heldout) -> None:  # type: ignore[no-untyped-def]
+    rows, labels = heldout
+    outputs = predictor.predict({"pixels": np.array(rows, dtype=np.float32)})
+    scores = outputs["scores"]
+    assert scores.shape == (360, 10)
+    np.testing.assert_allclose(scores.sum(axis=1), 1.0, rtol=1e-4)
+    assert np.mean(np.argmax(scores, axis=1) == np.array(labels)) >= 0.95
+
+
+def test_batches_and_single_rows_agree(predictor: KerasPredictor, heldout) -> None:  # type: ignore[no-untyped-def]
+    rows = np.array(heldout[0][:8], dtype=np.float32)
+    batch = predictor.predict({"pixels": rows})["scores"]
+    singles = np.concatenate([predictor.predict({"pixels": rows[i : i + 1]})["scores"] for i in range(8)])
+    np.testing.assert_allclose(batch, singles, atol=1e-5)
+
+
+def test_unload_releases_the_model(demo_model_dir: Path) -> None:
+    card = json.loads((demo_model_dir / "model_card.json").read_text())
+    predictor = KerasPredictor(ModelFiles(model=demo_model_dir / "model.keras", signature=card["signature"]))
+    predictor.load()
+    predictor.unload()
+    with pytest.raises(TypeError):
+        predictor.predict({"pixels": np.zeros((1, 64), dtype=np.float32)})
