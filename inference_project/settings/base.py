@@ -147,8 +147,10 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "filters": {"skip_expected": {"()": "inference_project.logging_filters.SkipExpectedUnavailable"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
+    "loggers": {"django.request": {"level": "WARNING", "filters": ["skip_expected"]}},
 }
 
 # Models a worker process preloads (empty: every model deployed in its environment). The launcher
