@@ -6,6 +6,7 @@ from django.views.static import serve
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("apps.predictions.urls")),
+    path("", include("apps.models_registry.urls")),
 ]
 
 if settings.SERVE_STATIC:

@@ -73,13 +73,17 @@ class KerasPredictor(Predictor):
         self.predict({spec["name"]: np.zeros(shape, dtype=np.float32)})
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # Local references: a concurrent unload() (hot swap) lets an in-flight batch finish.
+        model, scaler = self._model, self._scaler
+        if model is None:
+            raise RuntimeError("predictor is not loaded")
         input_spec = self.files.signature["inputs"][0]
         output_specs = self.files.signature["outputs"]
         x = inputs[input_spec["name"]].astype(np.float32, copy=False)
-        if self._scaler is not None:
-            x = self._scaler.transform(x.reshape(len(x), -1)).reshape(x.shape).astype(np.float32)
+        if scaler is not None:
+            x = scaler.transform(x.reshape(len(x), -1)).reshape(x.shape).astype(np.float32)
         # model(x) rather than model.predict(): no per-call dataset/callback set-up, no leak.
-        result = self._model(x, training=False)
+        result = model(x, training=False)
         outputs = result if isinstance(result, (list, tuple)) else [result]
         return {spec["name"]: np.asarray(out) for spec, out in zip(output_specs, outputs, strict=True)}
 

@@ -1,10 +1,14 @@
-"""The per-process model runtime of a worker child: finds, verifies, loads and runs versions.
+"""The per-process model runtime of a worker child: finds, verifies, loads, swaps and runs versions.
 
-One `ModelRuntime` lives in each worker child (created after the fork). It keeps the loaded
-versions in memory, reports them to Redis for readiness, and turns a task's request into
-outputs. Plain Python: Celery only calls `runtime_get().run(request)`.
+One `ModelRuntime` lives in each worker child (created after the fork). It keeps loaded versions
+in memory, marks them in Redis for readiness, and turns a task's request into outputs. A
+subscriber thread hears about promotions and rollbacks: it loads the new version beside the old
+one (traffic moves once the API sees the new version's readiness mark), then retires the old
+one after a grace period; a batch already running on the old one finishes on it.
+Plain Python: Celery only calls `runtime_get().run(request)`.
 """
 
+import json
 import logging
 import os
 import socket
@@ -17,7 +21,8 @@ import redis
 from django.conf import settings
 
 from apps.models_registry import selectors
-from apps.models_registry.models import Artifact
+from apps.models_registry.models import Artifact, ModelVersion, RegistryEvent
+from apps.models_registry.services import DEPLOYMENTS_CHANNEL, registry_event_record
 from apps.models_registry.storage import ChecksumMismatch, artifact_fetch_verified
 from apps.predictions.readiness import serving_mark, serving_unmark
 from apps.predictions.wire import tensor_decode, tensor_encode
@@ -34,45 +39,63 @@ class ModelUnavailable(Exception):
         self.code = code
 
 
-def predictor_build(*, model_name: str, version_number: int) -> Predictor:
-    """Fetch a registered version's artifacts, verify their checksums and load it."""
+def model_files_get(version: ModelVersion) -> ModelFiles:
+    """Local copies of a version's model and preprocessing files, checksums verified."""
+    artifacts = {a.kind: a for a in version.artifacts.all()}
+
+    def fetch(kind: str) -> Any:
+        artifact = artifacts.get(kind)
+        if artifact is None:
+            return None
+        return artifact_fetch_verified(uri=artifact.uri, sha256=artifact.sha256, filename=artifact.filename)
+
+    return ModelFiles(
+        model=fetch(Artifact.Kind.MODEL),
+        preprocessing=fetch(Artifact.Kind.PREPROCESSING),
+        signature=version.signature,
+    )
+
+
+def predictor_build(*, model_name: str, version_number: int, worker_id: str) -> Predictor:
+    """Fetch a registered version's artifacts, verify their checksums and load it.
+
+    A failure is recorded in the registry's history (visible in the admin) and raised as
+    ModelUnavailable; whatever version was loaded before keeps serving.
+    """
     version = selectors.model_version_get(model_name=model_name, number=version_number)
     if version is None:
         raise ModelUnavailable("not_found", f"model {model_name!r} has no version {version_number}")
-    artifacts = {a.kind: a for a in version.artifacts.all()}
-    try:
-        files = ModelFiles(
-            model=artifact_fetch_verified(
-                uri=artifacts[Artifact.Kind.MODEL].uri, sha256=artifacts[Artifact.Kind.MODEL].sha256
-            ),
-            preprocessing=(
-                artifact_fetch_verified(
-                    uri=artifacts[Artifact.Kind.PREPROCESSING].uri,
-                    sha256=artifacts[Artifact.Kind.PREPROCESSING].sha256,
-                )
-                if Artifact.Kind.PREPROCESSING in artifacts
-                else None
-            ),
-            signature=version.signature,
-        )
-    except (ChecksumMismatch, FileNotFoundError) as exc:
-        raise ModelUnavailable("model_unavailable", str(exc)) from exc
-    predictor = KerasPredictor(files)
     started = time.perf_counter()
-    predictor.load()
+    try:
+        predictor = KerasPredictor(model_files_get(version))
+        predictor.load()
+    except Exception as exc:
+        logger.exception("could not load %s v%s", model_name, version_number)
+        registry_event_record(
+            model=version.model,
+            action=RegistryEvent.Action.LOAD_FAILED,
+            version=version,
+            environment=settings.INFERENCE_ENVIRONMENT,
+            actor=worker_id,
+            details={"error": f"{type(exc).__name__}: {exc}"},
+        )
+        code = "model_unavailable" if isinstance(exc, ChecksumMismatch | OSError) else "load_failed"
+        raise ModelUnavailable(code, f"{model_name} v{version_number} could not be loaded: {exc}") from exc
     logger.info("loaded %s v%s in %.2fs", model_name, version_number, time.perf_counter() - started)
     return predictor
 
 
 class ModelRuntime:
-    """Loaded versions of one worker child, least recently used evicted past `max_loaded`."""
+    """Loaded versions of one worker child; least recently used evicted past `max_loaded`."""
 
-    def __init__(self, *, environment: str, worker_id: str, max_loaded: int = 2) -> None:
+    def __init__(self, *, environment: str, worker_id: str, max_loaded: int = 3) -> None:
         self.environment = environment
         self.worker_id = worker_id
         self.max_loaded = max_loaded
         self._loaded: OrderedDict[tuple[str, int], Predictor] = OrderedDict()
+        self._last_used: dict[tuple[str, int], float] = {}
         self._lock = threading.Lock()
+        self._loading = threading.Lock()
         self._redis = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2)
 
     def predictor_get(self, *, model_name: str, version: int) -> Predictor:
@@ -80,16 +103,30 @@ class ModelRuntime:
         with self._lock:
             if key in self._loaded:
                 self._loaded.move_to_end(key)
+                self._last_used[key] = time.monotonic()
                 return self._loaded[key]
-        predictor = predictor_build(model_name=model_name, version_number=version)
-        with self._lock:
-            self._loaded[key] = predictor
-            while len(self._loaded) > self.max_loaded:
-                (old_name, old_version), old = self._loaded.popitem(last=False)
-                old.unload()
-                self._unmark(old_name, old_version)
+        # One load at a time per process: a swap and a request for the same version load it once.
+        with self._loading:
+            with self._lock:
+                if key in self._loaded:
+                    return self._loaded[key]
+            predictor = predictor_build(
+                model_name=model_name, version_number=version, worker_id=self.worker_id
+            )
+            with self._lock:
+                self._loaded[key] = predictor
+                self._last_used[key] = time.monotonic()
+                evicted = []
+                while len(self._loaded) > self.max_loaded:
+                    evicted.append(self._loaded.popitem(last=False))
+        for (old_name, old_version), old in evicted:
+            self._retire(old_name, old_version, old)
         self.heartbeat()
         return predictor
+
+    def loaded_versions(self) -> list[tuple[str, int]]:
+        with self._lock:
+            return list(self._loaded)
 
     def preload(self, *, model_names: list[str]) -> None:
         """Load the versions deployed in this environment, so the first request is fast."""
@@ -98,8 +135,23 @@ class ModelRuntime:
                 continue
             try:
                 self.predictor_get(model_name=deployment.model.name, version=deployment.version.number)
-            except Exception:
+            except ModelUnavailable:
                 logger.exception("could not preload %s", deployment)
+
+    def swap(self, *, model_name: str, version: int, grace_s: float) -> None:
+        """A new live version: load it beside the old one, then retire the old ones once idle."""
+        self.predictor_get(model_name=model_name, version=version)
+        time.sleep(grace_s)
+        now = time.monotonic()
+        with self._lock:
+            idle = [
+                key
+                for key in self._loaded
+                if key[0] == model_name and key[1] != version and now - self._last_used.get(key, 0) >= grace_s
+            ]
+            retired = [(key, self._loaded.pop(key)) for key in idle]
+        for (name, number), predictor in retired:
+            self._retire(name, number, predictor)
 
     def run(self, request: dict[str, Any]) -> dict[str, Any]:
         """Answer one task: `{"model", "version", "inputs": {name: wire tensor}}`."""
@@ -118,9 +170,7 @@ class ModelRuntime:
         }
 
     def heartbeat(self) -> None:
-        with self._lock:
-            keys = list(self._loaded)
-        for model_name, version in keys:
+        for model_name, version in self.loaded_versions():
             serving_mark(
                 self._redis,
                 environment=self.environment,
@@ -134,10 +184,9 @@ class ModelRuntime:
             loaded = list(self._loaded.items())
             self._loaded.clear()
         for (model_name, version), predictor in loaded:
-            predictor.unload()
-            self._unmark(model_name, version)
+            self._retire(model_name, version, predictor)
 
-    def _unmark(self, model_name: str, version: int) -> None:
+    def _retire(self, model_name: str, version: int, predictor: Predictor) -> None:
         try:
             serving_unmark(
                 self._redis,
@@ -148,6 +197,8 @@ class ModelRuntime:
             )
         except redis.RedisError:
             logger.warning("could not clear the serving mark of %s v%s", model_name, version)
+        predictor.unload()
+        logger.info("unloaded %s v%s", model_name, version)
 
 
 _runtime: ModelRuntime | None = None
@@ -164,15 +215,46 @@ def runtime_get() -> ModelRuntime:
     return _runtime
 
 
-def heartbeat_start(runtime: ModelRuntime, *, interval: float) -> threading.Thread:
-    def beat() -> None:
+def _forever(name: str, loop: Any) -> threading.Thread:
+    def run() -> None:
         while True:
             try:
-                runtime.heartbeat()
-            except redis.RedisError:
-                logger.warning("readiness heartbeat failed; retrying")
-            time.sleep(interval)
+                loop()
+            except Exception:  # a background duty must outlive any single failure
+                logger.exception("%s failed; retrying", name)
+                time.sleep(1)
 
-    thread = threading.Thread(target=beat, name="readiness-heartbeat", daemon=True)
+    thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()
     return thread
+
+
+def heartbeat_start(runtime: ModelRuntime, *, interval: float) -> threading.Thread:
+    def beat() -> None:
+        runtime.heartbeat()
+        time.sleep(interval)
+
+    return _forever("readiness-heartbeat", beat)
+
+
+def deployments_listen(runtime: ModelRuntime, *, model_names: list[str], grace_s: float) -> threading.Thread:
+    """Follow promotions and rollbacks of this environment's models."""
+    channel = DEPLOYMENTS_CHANNEL.format(environment=runtime.environment)
+
+    def listen() -> None:
+        pubsub = redis.Redis.from_url(settings.REDIS_URL).pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(channel)
+        try:
+            for message in pubsub.listen():
+                change = json.loads(message["data"])
+                if model_names and change["model"] not in model_names:
+                    continue
+                logger.info("deployment change: %s", change)
+                try:
+                    runtime.swap(model_name=change["model"], version=int(change["version"]), grace_s=grace_s)
+                except ModelUnavailable:
+                    logger.exception("keeping the loaded versions of %s", change["model"])
+        finally:
+            pubsub.close()
+
+    return _forever("deployment-listener", listen)

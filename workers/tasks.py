@@ -8,7 +8,7 @@ from django.conf import settings
 
 from apps.predictions.services import PREDICT_TASK
 from inference_project.celery_app import app
-from workers.runtime import heartbeat_start, runtime_get
+from workers.runtime import deployments_listen, heartbeat_start, runtime_get
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +22,9 @@ def predict(request: dict[str, Any]) -> dict[str, Any]:
 def _load_models_in_child(**_: Any) -> None:
     """Each child loads its models once, after the fork; the parent never imports TensorFlow."""
     runtime = runtime_get()
+    deployments_listen(
+        runtime, model_names=settings.INFERENCE_WORKER_MODELS, grace_s=settings.INFERENCE_SWAP_GRACE_S
+    )
     runtime.preload(model_names=settings.INFERENCE_WORKER_MODELS)
     heartbeat_start(runtime, interval=settings.INFERENCE_HEARTBEAT_S)
 

@@ -61,6 +61,8 @@ class Artifact(models.Model):
     uri = models.CharField(max_length=1024)
     size = models.PositiveBigIntegerField()
     sha256 = models.CharField(max_length=64)
+    # Set when retention removed the stored bytes; the record (and checksum) stays for history.
+    pruned_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["version", "kind", "filename"]
@@ -71,11 +73,15 @@ class Artifact(models.Model):
 
 
 class Deployment(models.Model):
-    """Which version of a model is live in an environment."""
+    """Which version of a model is live in an environment, and the one it replaced."""
 
     model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="deployments")
     environment = models.CharField(max_length=32)
     version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="deployments")
+    # What a rollback returns to.
+    previous_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     deployed_at = models.DateTimeField(auto_now=True)
     deployed_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
@@ -86,6 +92,70 @@ class Deployment(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["model", "environment"], name="one_live_version_per_env")
         ]
+        permissions = [
+            ("promote_deployment", "Can promote a model version to an environment"),
+            ("rollback_deployment", "Can roll a deployment back to its previous version"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.model.name} v{self.version.number} @ {self.environment}"
+
+
+class RegistryEvent(models.Model):
+    """Append-only audit history: every register, promote, rollback and failed gate or load."""
+
+    class Action(models.TextChoices):
+        REGISTER = "register", "Registered"
+        PROMOTE = "promote", "Promoted"
+        ROLLBACK = "rollback", "Rolled back"
+        GATE_FAILED = "gate_failed", "Gate failed"
+        LOAD_FAILED = "load_failed", "Worker load failed"
+        PRUNE = "prune", "Artifacts pruned"
+
+    model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="events")
+    version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="events"
+    )
+    action = models.CharField(max_length=16, choices=Action.choices)
+    environment = models.CharField(max_length=32, blank=True)
+    from_version = models.PositiveIntegerField(null=True, blank=True)
+    to_version = models.PositiveIntegerField(null=True, blank=True)
+    actor = models.CharField(max_length=150, blank=True, help_text="user name, or the process that acted")
+    reason = models.TextField(blank=True)
+    details = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        arrow = f" {self.from_version}->{self.to_version}" if self.to_version else ""
+        where = f" @ {self.environment}" if self.environment else ""
+        return f"{self.model.name}: {self.get_action_display()}{arrow}{where}"
+
+    def save(self, *args: object, **kwargs: object) -> None:
+        if self.pk is not None:
+            raise ValueError("registry events are append-only")
+        super().save(*args, **kwargs)  # type: ignore[arg-type]
+
+
+class OutboxEvent(models.Model):
+    """A promotion/rollback message, written in the same transaction as the change it reports.
+
+    The release pipeline publishes pending rows to SNS and sets `published_at` once SNS accepted
+    them; the event id doubles as the message deduplication id.
+    """
+
+    event_id = models.UUIDField(unique=True)
+    topic = models.CharField(max_length=32, help_text="the environment whose topic receives it")
+    payload = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    published_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.payload.get('action')} {self.payload.get('model')} v{self.payload.get('version')}"

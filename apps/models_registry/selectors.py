@@ -1,6 +1,6 @@
 """Reads from the registry."""
 
-from apps.models_registry.models import Deployment, ModelVersion
+from apps.models_registry.models import Deployment, ModelVersion, RegisteredModel, RegistryEvent
 
 
 def model_version_get(*, model_name: str, number: int) -> ModelVersion | None:
@@ -9,15 +9,45 @@ def model_version_get(*, model_name: str, number: int) -> ModelVersion | None:
 
 def deployment_get_active(*, model_name: str, environment: str) -> Deployment | None:
     return (
-        Deployment.objects.select_related("model", "version")
+        Deployment.objects.select_related("model", "version", "previous_version")
         .filter(model__name=model_name, environment=environment)
         .first()
     )
 
 
 def deployment_list(*, environment: str) -> list[Deployment]:
-    return list(Deployment.objects.select_related("model", "version").filter(environment=environment))
+    return list(
+        Deployment.objects.select_related("model", "version", "previous_version").filter(
+            environment=environment
+        )
+    )
 
 
 def model_version_list(*, model_name: str) -> list[ModelVersion]:
     return list(ModelVersion.objects.select_related("model").filter(model__name=model_name))
+
+
+def model_version_environments(*, version: ModelVersion) -> set[str]:
+    """Environments this version has been live in (promoted or rolled back to)."""
+    events = RegistryEvent.objects.filter(
+        version=version, action__in=[RegistryEvent.Action.PROMOTE, RegistryEvent.Action.ROLLBACK]
+    )
+    return set(events.values_list("environment", flat=True)) | set(
+        version.deployments.values_list("environment", flat=True)
+    )
+
+
+def model_get(*, name: str) -> RegisteredModel | None:
+    return RegisteredModel.objects.filter(name=name).first()
+
+
+def model_list() -> list[RegisteredModel]:
+    return list(RegisteredModel.objects.prefetch_related("deployments__version"))
+
+
+def registry_history(*, model: RegisteredModel, limit: int = 200) -> list[RegistryEvent]:
+    return list(model.events.select_related("version")[:limit])
+
+
+def version_is_deployed_anywhere(*, model_name: str, number: int) -> bool:
+    return Deployment.objects.filter(model__name=model_name, version__number=number).exists()

@@ -8,10 +8,10 @@ from apps.models_registry import selectors as registry
 from apps.predictions import protocols
 from apps.predictions.authentication import api_key_authenticate
 from apps.predictions.errors import ApiError
-from apps.predictions.health import platform_readiness, served_model_ready
+from apps.predictions.health import platform_readiness
 from apps.predictions.http import api_errors, json_body, json_object, json_response, request_timeout
 from apps.predictions.models import ApiKey
-from apps.predictions.selectors import served_model_get
+from apps.predictions.selectors import served_model_get, served_model_ready
 from apps.predictions.services import prediction_enqueue, prediction_run, prediction_status
 
 

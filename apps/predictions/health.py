@@ -1,23 +1,14 @@
-"""Readiness: Redis answers and a worker has loaded each deployed model's live version."""
+"""Readiness: Redis answers and every deployed model has a worker that can serve it."""
 
 import asyncio
 
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from apps.predictions.readiness import serving_count
 from apps.predictions.results import result_waiter_get
-from apps.predictions.selectors import ServedModel, served_models_list
+from apps.predictions.selectors import route_servable, routes_list
 
 REDIS_PING_TIMEOUT_S = 1.0
-
-
-async def served_model_ready(served: ServedModel) -> bool:
-    redis = result_waiter_get().redis
-    count = await serving_count(
-        redis, environment=settings.INFERENCE_ENVIRONMENT, model=served.name, version=served.version
-    )
-    return count > 0
 
 
 async def platform_readiness() -> tuple[bool, dict[str, object]]:
@@ -27,26 +18,13 @@ async def platform_readiness() -> tuple[bool, dict[str, object]]:
         await asyncio.wait_for(redis.ping(), REDIS_PING_TIMEOUT_S)
     except (RedisError, OSError, TimeoutError) as exc:
         return False, {"redis": f"unreachable: {exc or 'timeout'}"}
-    served = await served_models_list()
-    if not served:
-        return False, {
-            "redis": "ok",
-            "models": {},
-            "reason": f"no model deployed in {settings.INFERENCE_ENVIRONMENT!r}",
-        }
-    models = {}
-    for model in served:
-        models[model.name] = {
-            "version": model.version,
-            "ready": await served_model_ready(model),
-        }
+    environment = settings.INFERENCE_ENVIRONMENT
+    routes = await routes_list()
+    if not routes:
+        return False, {"redis": "ok", "models": {}, "reason": f"no model deployed in {environment!r}"}
+    models = {r.live.name: {"version": r.live.version, "ready": await route_servable(r)} for r in routes}
     ready = all(m["ready"] for m in models.values())
-    details: dict[str, object] = {
-        "redis": "ok",
-        "environment": settings.INFERENCE_ENVIRONMENT,
-        "models": models,
-    }
+    details: dict[str, object] = {"redis": "ok", "environment": environment, "models": models}
     if not ready:
-        waiting = [name for name, m in models.items() if not m["ready"]]
-        details["reason"] = f"no worker has loaded {waiting}"
+        details["reason"] = f"no worker has loaded {[n for n, m in models.items() if not m['ready']]}"
     return ready, details

@@ -1,7 +1,9 @@
 """What the API needs from the registry, cached in-process for `INFERENCE_REGISTRY_CACHE_S`.
 
 The hot path must not query the database per request; a promotion becomes visible to the API
-within the cache period.
+within the cache period. Traffic then moves to the new version only once a worker has it loaded
+(its readiness mark is in Redis); until then, and if it never loads, the previous version keeps
+serving. That is the "load the new one, then switch" half of a hot swap that lives in the API.
 """
 
 import time
@@ -12,7 +14,13 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from apps.models_registry import selectors as registry
+from apps.models_registry.models import ModelVersion
 from apps.predictions.errors import not_found
+from apps.predictions.readiness import serving_count
+from apps.predictions.results import result_waiter_get
+
+# While traffic waits on the previous version, look again this often for the new one.
+SWITCH_RECHECK_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -37,47 +45,91 @@ class ServedModel:
                 return spec
         raise KeyError(name)
 
+    @classmethod
+    def of(cls, version: ModelVersion) -> "ServedModel":
+        return cls(
+            name=version.model.name,
+            version=version.number,
+            signature=version.signature,
+            platform=version.framework,
+        )
 
-_cache: dict[tuple[str, int | None], tuple[float, ServedModel | None]] = {}
+
+@dataclass(frozen=True)
+class Route:
+    live: ServedModel
+    previous: ServedModel | None = None
 
 
-def _load(name: str, version: int | None) -> ServedModel | None:
-    environment = settings.INFERENCE_ENVIRONMENT
+_cache: dict[tuple[str, int | None], tuple[float, Route | None]] = {}
+
+
+def _route_load(name: str, version: int | None) -> Route | None:
     if version is None:
-        deployment = registry.deployment_get_active(model_name=name, environment=environment)
-        found = deployment.version if deployment else None
-    else:
-        found = registry.model_version_get(model_name=name, number=version)
-    if found is None:
+        deployment = registry.deployment_get_active(
+            model_name=name, environment=settings.INFERENCE_ENVIRONMENT
+        )
+        if deployment is None:
+            return None
+        previous = deployment.previous_version
+        return Route(ServedModel.of(deployment.version), ServedModel.of(previous) if previous else None)
+    found = registry.model_version_get(model_name=name, number=version)
+    if found is None or not registry.version_is_deployed_anywhere(model_name=name, number=version):
         return None
-    return ServedModel(name=name, version=found.number, signature=found.signature, platform=found.framework)
+    return Route(ServedModel.of(found))
+
+
+async def served_model_ready(served: ServedModel) -> bool:
+    count = await serving_count(
+        result_waiter_get().redis,
+        environment=settings.INFERENCE_ENVIRONMENT,
+        model=served.name,
+        version=served.version,
+    )
+    return count > 0
 
 
 async def served_model_get(*, name: str, version: int | None = None) -> ServedModel:
-    """The deployed version of `name` in this environment, or the pinned `version`; else 404."""
+    """Where to send a request for `name` (pinned to `version` if given); 404 if nowhere."""
     key = (name, version)
     now = time.monotonic()
     cached = _cache.get(key)
     if cached is None or cached[0] < now:
-        cached = (now + settings.INFERENCE_REGISTRY_CACHE_S, await sync_to_async(_load)(name, version))
+        route = await sync_to_async(_route_load)(name, version)
+        ttl = settings.INFERENCE_REGISTRY_CACHE_S
+        if route is not None and route.previous is not None and not await served_model_ready(route.live):
+            # The new version is not loaded anywhere yet: keep the previous one for a moment.
+            if await served_model_ready(route.previous):
+                route = Route(route.previous, route.previous)
+            ttl = min(ttl, SWITCH_RECHECK_S)
+        cached = (now + ttl, route)
         _cache[key] = cached
-    served = cached[1]
-    if served is None:
+    route = cached[1]
+    if route is None:
         if version is None:
             raise not_found(
                 f"model {name!r} is not deployed in {settings.INFERENCE_ENVIRONMENT!r}", field="model"
             )
-        raise not_found(f"model {name!r} has no version {version}", field="version")
-    return served
+        raise not_found(f"model {name!r} has no deployed version {version}", field="version")
+    return route.live
 
 
-async def served_models_list() -> list[ServedModel]:
+async def routes_list() -> list[Route]:
     """Every model deployed in this environment (uncached: used by readiness, not per request)."""
 
-    def load() -> list[ServedModel]:
+    def load() -> list[Route]:
         return [
-            ServedModel(name=d.model.name, version=d.version.number, signature=d.version.signature)
+            Route(
+                ServedModel.of(d.version), ServedModel.of(d.previous_version) if d.previous_version else None
+            )
             for d in registry.deployment_list(environment=settings.INFERENCE_ENVIRONMENT)
         ]
 
     return await sync_to_async(load)()
+
+
+async def route_servable(route: Route) -> bool:
+    """A worker has the live version loaded, or, during a swap, still the previous one."""
+    return await served_model_ready(route.live) or (
+        route.previous is not None and await served_model_ready(route.previous)
+    )

@@ -23,6 +23,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "rest_framework.authtoken",
     "apps.models_registry",
     "apps.predictions",
 ]
@@ -77,10 +78,14 @@ STATIC_ROOT = env.path("DJANGO_STATIC_ROOT", default=str(BASE_DIR / "staticfiles
 # uvicorn serves no static files; locally Django serves the collected admin assets itself.
 SERVE_STATIC = env.bool("SERVE_STATIC", default=True)
 
+# Registry endpoints: staff sign in to the admin (session) or send `Authorization: Token <key>`
+# (create one with `manage.py drf_create_token <user>`).
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.SessionAuthentication",
+        "rest_framework.authentication.TokenAuthentication",
     ],
+    "EXCEPTION_HANDLER": "inference_project.drf.exception_handler",
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
 }
 
@@ -156,3 +161,23 @@ LOGGING = {
 # Models a worker process preloads (empty: every model deployed in its environment). The launcher
 # starts one worker per model queue with this set to that model.
 INFERENCE_WORKER_MODELS = env.list("INFERENCE_WORKER_MODELS", default=[])
+# After a promotion/rollback, a worker unloads the replaced version once it has been idle this long.
+INFERENCE_SWAP_GRACE_S = env.float("INFERENCE_SWAP_GRACE_S", default=5.0)
+
+# --- Model registry -----------------------------------------------------------------------------
+# Artifact storage: "local" (ARTIFACTS_ROOT) or "s3" (bucket/prefix; endpoint and credentials come
+# from boto3's usual variables: AWS_ENDPOINT_URL, AWS_DEFAULT_REGION, AWS_ACCESS_KEY_ID, ...).
+ARTIFACT_STORAGE = env("ARTIFACT_STORAGE", default="local")
+ARTIFACTS_S3_BUCKET = env("ARTIFACTS_S3_BUCKET", default="")
+ARTIFACTS_S3_PREFIX = env("ARTIFACTS_S3_PREFIX", default="models/")
+ARTIFACTS_S3_MULTIPART_MB = env.int("ARTIFACTS_S3_MULTIPART_MB", default=8)
+# Where hosts keep downloaded artifacts, by checksum.
+ARTIFACT_CACHE_DIR = env.path("ARTIFACT_CACHE_DIR", default=str(VAR_DIR / "artifact-cache"))
+# Companion artifacts up to this size are cached in Redis, keyed by sha256.
+ARTIFACT_REDIS_MAX_BYTES = env.int("ARTIFACT_REDIS_MAX_BYTES", default=4 * 1024 * 1024)
+# Stored bytes of versions deployed nowhere are pruned, keeping the newest N such versions.
+ARTIFACT_RETENTION_VERSIONS = env.int("ARTIFACT_RETENTION_VERSIONS", default=3)
+# Upload limits for the registry's REST endpoint.
+ARTIFACT_MAX_UPLOAD_BYTES = env.int("ARTIFACT_MAX_UPLOAD_BYTES", default=512 * 1024 * 1024)
+# Gate: the candidate loads in a separate process and scores its validation set within this time.
+PROMOTION_GATE_TIMEOUT_S = env.int("PROMOTION_GATE_TIMEOUT_S", default=180)

@@ -45,5 +45,5 @@ def test_unload_releases_the_model(demo_model_dir: Path) -> None:
     predictor = KerasPredictor(ModelFiles(model=demo_model_dir / "model.keras", signature=card["signature"]))
     predictor.load()
     predictor.unload()
-    with pytest.raises(TypeError):
+    with pytest.raises(RuntimeError, match="not loaded"):
         predictor.predict({"pixels": np.zeros((1, 64), dtype=np.float32)})

@@ -1,0 +1,258 @@
+"""Registry REST endpoints: thin DRF views over the registry services (staff only)."""
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.http import Http404
+from rest_framework import serializers, status
+from rest_framework.parsers import JSONParser, MultiPartParser
+from rest_framework.permissions import IsAdminUser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.models_registry import selectors
+from apps.models_registry.models import ModelVersion, RegisteredModel, RegistryEvent
+from apps.models_registry.services import (
+    PromotionRefused,
+    deployment_rollback,
+    model_version_promote,
+    model_version_register,
+)
+
+
+def _model_or_404(name: str) -> RegisteredModel:
+    model = selectors.model_get(name=name)
+    if model is None:
+        raise Http404(f"no model {name!r}")
+    return model
+
+
+class VersionOutputSerializer(serializers.ModelSerializer):
+    artifacts = serializers.SerializerMethodField()
+    environments = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ModelVersion
+        fields = ["number", "signature", "metrics", "notes", "created_at", "artifacts", "environments"]
+
+    def get_artifacts(self, version: ModelVersion) -> list[dict[str, Any]]:
+        return [
+            {
+                "filename": a.filename,
+                "kind": a.kind,
+                "uri": a.uri,
+                "size": a.size,
+                "sha256": a.sha256,
+                "pruned": bool(a.pruned_at),
+            }
+            for a in version.artifacts.all()
+        ]
+
+    def get_environments(self, version: ModelVersion) -> list[str]:
+        return sorted(version.deployments.values_list("environment", flat=True))
+
+
+class ModelOutputSerializer(serializers.ModelSerializer):
+    deployments = serializers.SerializerMethodField()
+
+    class Meta:
+        model = RegisteredModel
+        fields = ["name", "description", "gate_metric", "gate_minimum", "created_at", "deployments"]
+
+    def get_deployments(self, model: RegisteredModel) -> dict[str, Any]:
+        return {
+            d.environment: {
+                "version": d.version.number,
+                "previous_version": d.previous_version.number if d.previous_version else None,
+                "deployed_at": d.deployed_at,
+            }
+            for d in model.deployments.all()
+        }
+
+
+class EventOutputSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = RegistryEvent
+        fields = [
+            "action",
+            "environment",
+            "from_version",
+            "to_version",
+            "actor",
+            "reason",
+            "details",
+            "created_at",
+        ]
+
+
+class ModelListApi(APIView):
+    permission_classes = [IsAdminUser]
+
+    def get(self, request: Request) -> Response:
+        return Response(ModelOutputSerializer(selectors.model_list(), many=True).data)
+
+
+class ModelDetailApi(APIView):
+    permission_classes = [IsAdminUser]
+
+    def get(self, request: Request, name: str) -> Response:
+        model = _model_or_404(name)
+        data = ModelOutputSerializer(model).data
+        data["versions"] = VersionOutputSerializer(model.versions.all(), many=True).data
+        return Response(data)
+
+
+class ModelVersionListCreateApi(APIView):
+    """GET the versions; POST a new one as multipart: `files` (repeated) plus `model_card`
+    (JSON: signature, metrics, description) or the `signature`/`metrics` fields."""
+
+    permission_classes = [IsAdminUser]
+    parser_classes = [MultiPartParser, JSONParser]
+
+    class InputSerializer(serializers.Serializer):
+        files = serializers.ListField(child=serializers.FileField(), allow_empty=False)
+        signature = serializers.JSONField(required=False)
+        metrics = serializers.JSONField(required=False)
+        notes = serializers.CharField(required=False, allow_blank=True, default="")
+
+    def get(self, request: Request, name: str) -> Response:
+        model = _model_or_404(name)
+        return Response(VersionOutputSerializer(model.versions.all(), many=True).data)
+
+    def post(self, request: Request, name: str) -> Response:
+        if not request.user.has_perm("models_registry.add_modelversion"):
+            return Response(
+                {
+                    "error": {
+                        "code": "permission_denied",
+                        "message": "requires models_registry.add_modelversion",
+                    }
+                },
+                status=status.HTTP_403_FORBIDDEN,
+            )
+        serializer = self.InputSerializer(
+            data={**request.data.dict(), "files": request.FILES.getlist("files")}
+        )
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        with tempfile.TemporaryDirectory() as folder:
+            card: dict[str, Any] = {}
+            paths = []
+            for upload in data["files"]:
+                if upload.size > settings.ARTIFACT_MAX_UPLOAD_BYTES:
+                    raise serializers.ValidationError(
+                        {"files": [f"{upload.name} exceeds {settings.ARTIFACT_MAX_UPLOAD_BYTES} bytes"]}
+                    )
+                target = Path(folder) / Path(upload.name).name
+                with target.open("wb") as handle:
+                    for chunk in upload.chunks():
+                        handle.write(chunk)
+                if target.name == "model_card.json":
+                    card = json.loads(target.read_text())
+                    continue
+                paths.append(target)
+            signature = data.get("signature") or card.get("signature")
+            if not signature:
+                raise serializers.ValidationError(
+                    {"signature": ["send a signature field or a model_card.json file"]}
+                )
+            version = model_version_register(
+                name=name,
+                files=paths,
+                signature=signature,
+                metrics=data.get("metrics") or card.get("metrics") or {},
+                description=card.get("description", ""),
+                notes=data["notes"],
+                user=request.user,
+            )
+        return Response(VersionOutputSerializer(version).data, status=status.HTTP_201_CREATED)
+
+
+class PromoteApi(APIView):
+    permission_classes = [IsAdminUser]
+
+    class InputSerializer(serializers.Serializer):
+        version = serializers.IntegerField(min_value=1)
+        environment = serializers.ChoiceField(choices=[], required=False)
+        reason = serializers.CharField(required=False, allow_blank=True, default="")
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.fields["environment"].choices = settings.INFERENCE_ENVIRONMENTS
+
+    def post(self, request: Request, name: str) -> Response:
+        model = _model_or_404(name)
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        version = selectors.model_version_get(model_name=model.name, number=data["version"])
+        if version is None:
+            raise Http404(f"{name} has no version {data['version']}")
+        try:
+            deployment = model_version_promote(
+                version=version, environment=data.get("environment"), user=request.user, reason=data["reason"]
+            )
+        except PromotionRefused as exc:
+            body = {"error": {"code": "promotion_refused", "message": str(exc)}}
+            if exc.report:
+                body["gates"] = exc.report.as_dict()
+            return Response(body, status=status.HTTP_422_UNPROCESSABLE_ENTITY)
+        event = selectors.registry_history(model=model, limit=1)[0]
+        return Response(
+            {
+                "model": name,
+                "environment": deployment.environment,
+                "version": deployment.version.number,
+                "previous_version": deployment.previous_version.number
+                if deployment.previous_version
+                else None,
+                "gates": event.details,
+            }
+        )
+
+
+class RollbackApi(APIView):
+    permission_classes = [IsAdminUser]
+
+    class InputSerializer(serializers.Serializer):
+        environment = serializers.CharField(required=False)
+        reason = serializers.CharField(required=False, allow_blank=True, default="")
+
+    def post(self, request: Request, name: str) -> Response:
+        model = _model_or_404(name)
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        try:
+            deployment = deployment_rollback(
+                model=model,
+                environment=data.get("environment", settings.INFERENCE_ENVIRONMENT),
+                user=request.user,
+                reason=data["reason"],
+            )
+        except PromotionRefused as exc:
+            return Response(
+                {"error": {"code": "rollback_refused", "message": str(exc)}}, status=status.HTTP_409_CONFLICT
+            )
+        return Response(
+            {
+                "model": name,
+                "environment": deployment.environment,
+                "version": deployment.version.number,
+                "previous_version": deployment.previous_version.number
+                if deployment.previous_version
+                else None,
+            }
+        )
+
+
+class HistoryApi(APIView):
+    permission_classes = [IsAdminUser]
+
+    def get(self, request: Request, name: str) -> Response:
+        model = _model_or_404(name)
+        return Response(EventOutputSerializer(selectors.registry_history(model=model), many=True).data)

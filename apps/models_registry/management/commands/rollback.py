@@ -1,0 +1,28 @@
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from apps.models_registry import selectors
+from apps.models_registry.services import PromotionRefused, deployment_rollback
+
+
+class Command(BaseCommand):
+    help = "Roll a model back to its previous version in an environment."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("model")
+        parser.add_argument("--env", dest="environment", default=settings.INFERENCE_ENVIRONMENT)
+        parser.add_argument("--reason", default="")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        model = selectors.model_get(name=options["model"])
+        if model is None:
+            raise CommandError(f"no model {options['model']!r}")
+        try:
+            deployment = deployment_rollback(
+                model=model, environment=options["environment"], reason=options["reason"]
+            )
+        except PromotionRefused as exc:
+            raise CommandError(str(exc)) from exc
+        self.stdout.write(f"rolled back: {deployment}")

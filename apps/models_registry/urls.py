@@ -1,0 +1,12 @@
+from django.urls import path
+
+from apps.models_registry import apis
+
+urlpatterns = [
+    path("api/v1/models", apis.ModelListApi.as_view()),
+    path("api/v1/models/<slug:name>", apis.ModelDetailApi.as_view()),
+    path("api/v1/models/<slug:name>/versions", apis.ModelVersionListCreateApi.as_view()),
+    path("api/v1/models/<slug:name>/promote", apis.PromoteApi.as_view()),
+    path("api/v1/models/<slug:name>/rollback", apis.RollbackApi.as_view()),
+    path("api/v1/models/<slug:name>/history", apis.HistoryApi.as_view()),
+]

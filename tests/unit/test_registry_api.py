@@ -1,0 +1,130 @@
+"""The registry's REST endpoints: multipart upload, promote, rollback, history, permissions."""
+
+import json
+from pathlib import Path
+
+import pytest
+import redis
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
+from django.test import Client
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def registry_settings(settings, tmp_path: Path, redis_server: str):  # type: ignore[no-untyped-def]
+    settings.ARTIFACTS_ROOT = tmp_path / "artifacts"
+    settings.ARTIFACT_CACHE_DIR = tmp_path / "cache"
+    settings.REDIS_URL = redis_server
+    redis.Redis.from_url(redis_server).flushdb()
+
+
+def client_for(*perms: str, staff: bool = True) -> Client:
+    user = get_user_model().objects.create_user(f"user{len(perms)}{staff}", password="pw", is_staff=staff)
+    user.user_permissions.set(Permission.objects.filter(codename__in=perms))
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def upload(client: Client, folder: Path, name: str = "digits"):  # type: ignore[no-untyped-def]
+    handles = [p.open("rb") for p in sorted(folder.iterdir())]
+    try:
+        return client.post(f"/api/v1/models/{name}/versions", {"files": handles, "notes": "from CI"})
+    finally:
+        for handle in handles:
+            handle.close()
+
+
+def test_upload_promote_rollback_history(demo_model_dir: Path) -> None:
+    client = client_for("add_modelversion", "promote_deployment", "rollback_deployment")
+    first = upload(client, demo_model_dir)
+    assert first.status_code == 201, first.content
+    body = first.json()
+    assert body["number"] == 1
+    assert body["notes"] == "from CI"
+    assert {a["kind"] for a in body["artifacts"]} == {"model", "preprocessing", "validation"}
+    assert upload(client, demo_model_dir).json()["number"] == 2
+
+    promoted = client.post("/api/v1/models/digits/promote", {"version": 1}, content_type="application/json")
+    assert promoted.status_code == 200, promoted.content
+    assert promoted.json()["environment"] == "dev"
+    assert promoted.json()["gates"]["passed"] is True
+    second = client.post("/api/v1/models/digits/promote", {"version": 2}, content_type="application/json")
+    assert second.json()["previous_version"] == 1
+
+    listed = client.get("/api/v1/models").json()
+    assert listed[0]["deployments"]["dev"]["version"] == 2
+    rolled = client.post(
+        "/api/v1/models/digits/rollback", {"environment": "dev"}, content_type="application/json"
+    )
+    assert rolled.status_code == 200
+    assert (rolled.json()["version"], rolled.json()["previous_version"]) == (1, 2)
+
+    history = client.get("/api/v1/models/digits/history").json()
+    assert [e["action"] for e in history] == ["rollback", "promote", "promote", "register", "register"]
+    detail = client.get("/api/v1/models/digits").json()
+    assert [v["number"] for v in detail["versions"]] == [2, 1]
+
+
+def test_failed_gate_answers_422_with_the_report(demo_model_dir: Path) -> None:
+    client = client_for("add_modelversion", "promote_deployment")
+    upload(client, demo_model_dir)
+    from apps.models_registry.models import RegisteredModel
+
+    RegisteredModel.objects.filter(name="digits").update(gate_minimum=0.9999)
+    refused = client.post("/api/v1/models/digits/promote", {"version": 1}, content_type="application/json")
+    assert refused.status_code == 422
+    body = refused.json()
+    assert body["error"]["code"] == "promotion_refused"
+    assert [g["passed"] for g in body["gates"]["gates"]] == [True, True, False]
+    assert client.get("/api/v1/models/digits").json()["deployments"] == {}
+
+
+def test_bad_requests_name_the_field(demo_model_dir: Path, tmp_path: Path) -> None:
+    client = client_for("add_modelversion", "promote_deployment")
+    upload(client, demo_model_dir)
+    bad_env = client.post(
+        "/api/v1/models/digits/promote", {"version": 1, "environment": "qa"}, content_type="application/json"
+    )
+    assert bad_env.status_code == 400
+    assert bad_env.json()["error"]["field"] == "environment"
+    missing = client.post("/api/v1/models/digits/promote", {"version": 7}, content_type="application/json")
+    assert missing.status_code == 404
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "model.keras").write_bytes(b"x")
+    (evil / "run.sh").write_text("echo")
+    (evil / "model_card.json").write_text((demo_model_dir / "model_card.json").read_text())
+    refused = upload(client, evil)
+    assert refused.status_code == 400
+    assert "extension not allowed" in refused.json()["error"]["message"]
+    no_card = tmp_path / "nocard"
+    no_card.mkdir()
+    (no_card / "model.keras").write_bytes(b"x")
+    assert upload(client, no_card).json()["error"]["field"] == "signature"
+
+
+def test_writes_need_staff_and_permissions(demo_model_dir: Path) -> None:
+    anonymous = Client()
+    assert anonymous.get("/api/v1/models").status_code == 403
+    assert client_for(staff=False).get("/api/v1/models").status_code == 403
+    reader = client_for()
+    assert reader.get("/api/v1/models").status_code == 200
+    assert upload(reader, demo_model_dir).status_code == 403
+    uploader = client_for("add_modelversion")
+    assert upload(uploader, demo_model_dir).status_code == 201
+    denied = uploader.post("/api/v1/models/digits/promote", {"version": 1}, content_type="application/json")
+    assert denied.status_code == 403
+    assert denied.json()["error"]["code"] == "permission_denied"
+
+
+def test_token_authentication_for_scripts(demo_model_dir: Path) -> None:
+    from rest_framework.authtoken.models import Token
+
+    user = get_user_model().objects.create_superuser("ops", password="pw")
+    token = Token.objects.create(user=user)
+    response = Client().get("/api/v1/models", HTTP_AUTHORIZATION=f"Token {token.key}")
+    assert response.status_code == 200
+    assert json.loads(response.content) == []

@@ -1,0 +1,87 @@
+"""Promotion gate, run in its own process: load a version and score its validation set.
+
+    python -m workers.gates < job.json
+
+Reads the job (verified local paths of the model, preprocessing and validation files, and the
+signature) from stdin; prints one JSON object: {"rows", "metrics": {...}, "load_seconds"}, or
+{"error": "..."} and exits 1.
+Running apart from the API keeps TensorFlow out of it, and a model that crashes or hangs while
+loading only takes this process down (the caller enforces a timeout).
+"""
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BATCH = 256
+
+
+def validation_read(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Feature columns and the last column as labels, from a .csv (with header) or .xlsx."""
+    if path.suffix.lower() == ".xlsx":
+        from openpyxl import load_workbook
+
+        sheet = load_workbook(path, read_only=True, data_only=True).worksheets[0]
+        rows = [list(r) for r in sheet.iter_rows(min_row=2, values_only=True) if r and r[0] is not None]
+        table = np.array(rows, dtype=np.float64)
+    else:
+        table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
+    return table[:, :-1], table[:, -1].astype(np.int64)
+
+
+def accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(np.argmax(scores, axis=1) == labels))
+
+
+METRICS = {"accuracy": accuracy}
+
+
+def evaluate(job: dict[str, Any]) -> dict[str, Any]:
+    """`job`: {"model", "preprocessing"?, "validation", "signature"}: verified local paths."""
+    from workers.predictor import KerasPredictor, ModelFiles
+
+    signature = job["signature"]
+    files = ModelFiles(
+        model=Path(job["model"]),
+        preprocessing=Path(job["preprocessing"]) if job.get("preprocessing") else None,
+        signature=signature,
+    )
+    started = time.perf_counter()
+    predictor = KerasPredictor(files)
+    predictor.load()
+    load_seconds = time.perf_counter() - started
+    features, labels = validation_read(Path(job["validation"]))
+    spec = signature["inputs"][0]
+    output = signature["outputs"][0]["name"]
+    shape = [-1, *spec["shape"][1:]]
+    scores = np.concatenate(
+        [
+            predictor.predict({spec["name"]: features[i : i + BATCH].reshape(shape).astype(np.float32)})[
+                output
+            ]
+            for i in range(0, len(features), BATCH)
+        ]
+    )
+    predictor.unload()
+    return {
+        "rows": len(labels),
+        "metrics": {name: fn(scores, labels) for name, fn in METRICS.items()},
+        "load_seconds": round(load_seconds, 3),
+    }
+
+
+def main() -> None:
+    try:
+        result = evaluate(json.loads(sys.stdin.read()))
+    except Exception as exc:  # report any load/predict failure to the caller as data
+        result = {"error": f"{type(exc).__name__}: {exc}"}
+    print(json.dumps(result))
+    sys.exit(1 if "error" in result else 0)
+
+
+if __name__ == "__main__":
+    main()
