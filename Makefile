@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format venv system-deps clean
+.PHONY: run test lint format venv system-deps test-deps clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
@@ -24,6 +24,12 @@ system-deps:
 	  echo "redis-server missing: installing it (apt-get install -y redis-server)"; \
 	  $(SUDO) apt-get update && $(SUDO) apt-get install -y redis-server; }
 
+# Debian's chromium drives the admin's browser tests (playwright uses it; it downloads nothing).
+test-deps: system-deps
+	@command -v chromium >/dev/null || { \
+	  echo "chromium missing: installing it (apt-get install -y chromium)"; \
+	  $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
+
 run: venv system-deps
 	$(BIN)/python -m inference_project.local_platform
 
@@ -35,7 +41,7 @@ format: venv
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: venv system-deps lint
+test: venv test-deps lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

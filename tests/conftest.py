@@ -1,5 +1,6 @@
 """Fixtures shared by unit and integration tests."""
 
+import logging
 import socket
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache"
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def free_port() -> int:

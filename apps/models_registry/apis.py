@@ -166,6 +166,7 @@ class ModelVersionListCreateApi(APIView):
                 signature=signature,
                 metrics=data.get("metrics") or card.get("metrics") or {},
                 description=card.get("description", ""),
+                gate=card.get("gate"),
                 notes=data["notes"],
                 user=request.user,
             )

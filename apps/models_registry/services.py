@@ -159,11 +159,16 @@ def model_version_register(
     signature: dict[str, Any],
     metrics: dict[str, float] | None = None,
     description: str = "",
+    gate: dict[str, Any] | None = None,
     notes: str = "",
     user: User = None,
     progress: Progress | None = None,
 ) -> ModelVersion:
-    """Store a new version's artifacts (checksummed) and record it as the model's next version."""
+    """Store a new version's artifacts (checksummed) and record it as the model's next version.
+
+    `gate` ({"metric", "minimum"}) configures the promotion gate when the model is new; later it
+    is changed in the admin, not by whoever uploads a version.
+    """
     files = [Path(f) for f in files]
     signature_validate(signature=signature)
     kinds = {path: artifact_kind_for(filename=path.name) for path in files}
@@ -174,7 +179,10 @@ def model_version_register(
     checksums = {path: sha256_file(path) for path in files}
 
     with transaction.atomic():
-        model, _ = RegisteredModel.objects.get_or_create(name=name, defaults={"description": description})
+        defaults: dict[str, Any] = {"description": description}
+        if gate:
+            defaults.update(gate_metric=gate.get("metric", "accuracy"), gate_minimum=float(gate["minimum"]))
+        model, _ = RegisteredModel.objects.get_or_create(name=name, defaults=defaults)
         model = RegisteredModel.objects.select_for_update().get(pk=model.pk)
         latest = model.versions.aggregate(latest=Max("number"))["latest"] or 0
         version = ModelVersion.objects.create(

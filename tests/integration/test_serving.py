@@ -15,12 +15,16 @@ from tests.integration.conftest import Platform
 pytestmark = pytest.mark.integration
 
 
+def live_version(platform: Platform) -> int:
+    return httpx.get(f"{platform.base_url}/readyz").json()["models"]["digits"]["version"]
+
+
 def test_health_and_readiness(platform: Platform) -> None:
     with httpx.Client(base_url=platform.base_url) as client:
         assert client.get("/healthz").json() == {"status": "ok"}
         ready = client.get("/readyz")
         assert ready.status_code == 200
-        assert ready.json()["models"]["digits"] == {"version": 1, "ready": True}
+        assert ready.json()["models"]["digits"]["ready"] is True
         assert client.get("/v2/health/live").json() == {"live": True}
         assert client.get("/v2/health/ready").status_code == 200
 
@@ -32,7 +36,7 @@ def test_heldout_digits_in_one_request(platform: Platform, heldout) -> None:  # 
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["model"] == "digits"
-    assert body["version"] == 1
+    assert body["version"] == live_version(platform)
     assert response.headers["X-Request-ID"] == body["id"]
     scores = np.array(body["predictions"])
     assert scores.shape == (360, 10)
@@ -119,7 +123,7 @@ def test_open_inference_protocol_v2(platform: Platform, heldout) -> None:  # typ
         metadata = client.get("/v2/models/digits").json()
         assert metadata["inputs"] == [{"name": "pixels", "datatype": "FP32", "shape": [-1, 64]}]
         assert metadata["outputs"] == [{"name": "scores", "datatype": "FP32", "shape": [-1, 10]}]
-        assert metadata["versions"] == ["1"]
+        assert "1" in metadata["versions"]
         assert client.get("/v2/models/digits/versions/1").json()["name"] == "digits"
         assert client.get("/v2/models/digits/ready").json() == {"name": "digits", "ready": True}
 

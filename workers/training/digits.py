@@ -101,6 +101,8 @@ def train(*, out: Path, epochs: int, seed: int) -> dict[str, Any]:
         "10 class scores out.",
         "signature": signature(),
         "metrics": {"accuracy": accuracy, "validation_rows": len(y_test)},
+        # Promotion gate: a version must score at least this on its validation set.
+        "gate": {"metric": "accuracy", "minimum": 0.9},
         "framework": {"keras": keras.__version__},
     }
     (out / "model_card.json").write_text(json.dumps(card, indent=2))

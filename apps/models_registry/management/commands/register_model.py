@@ -46,6 +46,7 @@ class Command(BaseCommand):
                     signature=card["signature"],
                     metrics=card.get("metrics", {}),
                     description=card.get("description", ""),
+                    gate=card.get("gate"),
                     notes=options["notes"],
                     progress=bar.update,
                 )
