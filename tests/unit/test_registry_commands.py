@@ -1,0 +1,61 @@
+"""The operators' commands call the same services as the admin and the REST API."""
+
+from io import StringIO
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+from django.core.management import CommandError, call_command
+from openpyxl import Workbook
+
+from apps.models_registry import selectors
+from workers.gates import validation_read
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def registry_settings(settings, tmp_path: Path, redis_server: str):  # type: ignore[no-untyped-def]
+    settings.ARTIFACTS_ROOT = tmp_path / "artifacts"
+    settings.ARTIFACT_CACHE_DIR = tmp_path / "cache"
+    settings.REDIS_URL = redis_server
+    redis.Redis.from_url(redis_server).flushdb()
+
+
+def run(*args: str) -> str:
+    out = StringIO()
+    call_command(*args, stdout=out, verbosity=0)
+    return out.getvalue()
+
+
+def test_register_promote_rollback_fetch(demo_model_dir: Path, tmp_path: Path) -> None:
+    assert "registered digits v1" in run("register_model", str(demo_model_dir))
+    assert "registered digits v2" in run("register_model", str(demo_model_dir))
+    model = selectors.model_get(name="digits")
+    assert (model.gate_metric, model.gate_minimum) == ("accuracy", 0.9)
+    assert "promoted: digits v1 @ dev" in run("promote", "digits", "1")
+    assert "promoted: digits v2 @ dev" in run("promote", "digits", "2", "--to", "dev")
+    assert "rolled back: digits v1 @ dev" in run("rollback", "digits", "--env", "dev")
+    with pytest.raises(CommandError, match="written reason"):
+        run("promote", "digits", "2", "--to", "prod")
+    with pytest.raises(CommandError, match="no version 9"):
+        run("promote", "digits", "9")
+    out = run("fetch_version", "digits", "2", "--to", str(tmp_path / "copy"))
+    assert "3 artifacts of digits v2 verified" in out
+    assert (tmp_path / "copy" / "model.keras").read_bytes() == (demo_model_dir / "model.keras").read_bytes()
+
+
+def test_validation_sets_read_from_csv_and_xlsx(demo_model_dir: Path, tmp_path: Path) -> None:
+    features, labels = validation_read(demo_model_dir / "validation.csv")
+    assert features.shape == (360, 64)
+    assert labels.shape == (360,)
+    book = Workbook()
+    sheet = book.active
+    sheet.append([f"pixel_{i}" for i in range(64)] + ["label"])
+    for row, label in zip(features[:20], labels[:20], strict=True):
+        sheet.append([float(v) for v in row] + [int(label)])
+    book.save(tmp_path / "validation.xlsx")
+    xlsx_features, xlsx_labels = validation_read(tmp_path / "validation.xlsx")
+    np.testing.assert_array_equal(xlsx_features, features[:20])
+    np.testing.assert_array_equal(xlsx_labels, labels[:20])
