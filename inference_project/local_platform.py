@@ -50,20 +50,46 @@ def log(message: str) -> None:
 
 
 class Children:
-    """The started processes, stopped in reverse order."""
+    """The started processes, stopped in reverse order. Workers are restarted when they die (as
+    Kubernetes or systemd would); any other child dying stops the platform."""
+
+    RESTART_LIMIT = 5  # restarts of one child within RESTART_WINDOW_S before giving up
+    RESTART_WINDOW_S = 60.0
 
     def __init__(self) -> None:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.specs: dict[str, tuple[list[str], dict[str, str], bool]] = {}
+        self.restarts: dict[str, list[float]] = {}
 
-    def start(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
+    def start(
+        self, name: str, cmd: list[str], env: dict[str, str] | None = None, *, restart: bool = False
+    ) -> None:
         log(f"starting {name}: {' '.join(cmd)}")
+        self.specs[name] = (cmd, env or {}, restart)
         # Own process group: Ctrl-C reaches us once, and we stop each child deliberately.
         self.procs[name] = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, start_new_session=True)
+        self._write_pids()
+
+    def _write_pids(self) -> None:
         (VAR / "run").mkdir(parents=True, exist_ok=True)
         (VAR / "run" / "pids.json").write_text(json.dumps({n: p.pid for n, p in self.procs.items()}))
 
-    def exited(self) -> str | None:
-        return next((name for name, proc in self.procs.items() if proc.poll() is not None), None)
+    def check(self) -> str | None:
+        """Restart dead workers; the name of a dead child that cannot be restarted, if any."""
+        for name, proc in list(self.procs.items()):
+            if proc.poll() is None:
+                continue
+            cmd, env, restart = self.specs[name]
+            now = time.monotonic()
+            recent = [t for t in self.restarts.get(name, []) if now - t < self.RESTART_WINDOW_S]
+            if not restart or len(recent) >= self.RESTART_LIMIT:
+                return name
+            self.restarts[name] = [*recent, now]
+            log(f"{name} exited with {proc.returncode}; restarting it")
+            if _group_alive(proc.pid):  # orphaned pool children would keep prefetched tasks
+                os.killpg(proc.pid, signal.SIGKILL)
+            self.start(name, cmd, env, restart=True)
+        return None
 
     def stop(self) -> None:
         for name, proc in reversed(list(self.procs.items())):
@@ -78,6 +104,17 @@ class Children:
                 log(f"{name} did not stop in time; killing it")
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+            # Children of a child (worker pool processes) must not outlive it.
+            if _group_alive(proc.pid):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def redis_start(children: Children) -> None:
@@ -110,7 +147,7 @@ def redis_start(children: Children) -> None:
                 return
         except redis.ConnectionError:
             pass
-        if children.exited():
+        if children.check():
             sys.exit(f"redis-server exited; is port {settings.REDIS_PORT} already in use? (set REDIS_PORT)")
         time.sleep(0.1)
     sys.exit("redis-server did not answer PING")
@@ -153,7 +190,7 @@ def wait_ready(children: Children) -> None:
     url = f"http://{API_HOST}:{API_PORT}/readyz"
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
-        if name := children.exited():
+        if name := children.check():
             raise RuntimeError(f"{name} exited during start-up")
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
@@ -227,6 +264,7 @@ def main() -> None:
                     "INFO",
                 ],
                 env={"INFERENCE_WORKER_MODELS": name},
+                restart=True,
             )
         children.start(
             "api",
@@ -258,7 +296,7 @@ def main() -> None:
         wait_ready(children)
         banner(token, admin_note)
         while not stopping:
-            if name := children.exited():
+            if name := children.check():
                 log(f"{name} exited unexpectedly; stopping the platform")
                 break
             time.sleep(0.5)

@@ -26,6 +26,7 @@ from apps.models_registry.services import DEPLOYMENTS_CHANNEL, registry_event_re
 from apps.models_registry.storage import ChecksumMismatch, artifact_fetch_verified
 from apps.predictions.readiness import serving_mark, serving_unmark
 from apps.predictions.wire import tensor_decode, tensor_encode
+from inference_project.redis_clients import redis_sync
 from workers.predictor import KerasPredictor, ModelFiles, Predictor
 
 logger = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ class ModelRuntime:
         self._last_used: dict[tuple[str, int], float] = {}
         self._lock = threading.Lock()
         self._loading = threading.Lock()
-        self._redis = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2)
+        self._redis = redis_sync()
 
     def predictor_get(self, *, model_name: str, version: int) -> Predictor:
         key = (model_name, version)

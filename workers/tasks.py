@@ -3,6 +3,7 @@
 import logging
 from typing import Any
 
+from celery import Task, states
 from celery.signals import worker_process_init, worker_process_shutdown
 from django.conf import settings
 
@@ -13,8 +14,14 @@ from workers.runtime import deployments_listen, heartbeat_start, runtime_get
 logger = logging.getLogger(__name__)
 
 
-@app.task(name=PREDICT_TASK)
-def predict(request: dict[str, Any]) -> dict[str, Any]:
+@app.task(bind=True, name=PREDICT_TASK)
+def predict(self: Task, request: dict[str, Any]) -> dict[str, Any]:
+    # Delivery is at least once (late acks, requeue on a lost child): a redelivered task whose
+    # answer is already stored returns it instead of computing it again.
+    stored = self.backend.get_task_meta(self.request.id)
+    if stored.get("status") == states.SUCCESS:
+        logger.info("task %s redelivered after it succeeded; not computed again", self.request.id)
+        return stored["result"]
     return runtime_get().run(request)
 
 

@@ -42,6 +42,7 @@ from apps.models_registry.storage import (
     sha256_file,
     storage_get,
 )
+from inference_project.redis_clients import redis_sync
 
 logger = logging.getLogger(__name__)
 
@@ -469,8 +470,9 @@ def _after_switch(*, deployment: Deployment, previous: ModelVersion | None) -> N
         logger.exception("companion cache not refreshed for %s", deployment)
     message = {"model": version.model.name, "version": version.number, "environment": deployment.environment}
     try:
-        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=1)
-        client.publish(DEPLOYMENTS_CHANNEL.format(environment=deployment.environment), json.dumps(message))
+        redis_sync().publish(
+            DEPLOYMENTS_CHANNEL.format(environment=deployment.environment), json.dumps(message)
+        )
     except (redis.RedisError, OSError):
         logger.exception("could not notify workers of %s", deployment)
     artifacts_prune(model=deployment.model)

@@ -20,6 +20,8 @@ from typing import Protocol
 import redis
 from django.conf import settings
 
+from inference_project.redis_clients import redis_sync
+
 LOCAL_SCHEME = "local://"
 S3_SCHEME = "s3://"
 CHUNK = 1024 * 1024
@@ -141,7 +143,7 @@ def storage_get() -> ArtifactStorage:
 
 
 def _redis() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=1)
+    return redis_sync()
 
 
 def redis_cache_key(sha256: str) -> str:

@@ -1,6 +1,7 @@
 """HTTP faces of the platform. Async views, thin: parse, authenticate, call a service, render."""
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.views import View
 
@@ -9,14 +10,30 @@ from apps.predictions import protocols
 from apps.predictions.authentication import api_key_authenticate
 from apps.predictions.errors import ApiError
 from apps.predictions.health import platform_readiness
-from apps.predictions.http import api_errors, json_body, json_object, json_response, request_timeout
+from apps.predictions.http import (
+    api_errors,
+    idempotency_key,
+    json_body,
+    json_object,
+    json_response,
+    request_timeout,
+)
 from apps.predictions.models import ApiKey
 from apps.predictions.selectors import served_model_get, served_model_ready
-from apps.predictions.services import prediction_enqueue, prediction_run, prediction_status
+from apps.predictions.services import Caller, prediction_enqueue, prediction_run, prediction_status
 
 
 def _owner(key: ApiKey | None) -> str:
     return str(key.pk) if key else "anonymous"
+
+
+def _caller(request: HttpRequest, key: ApiKey | None) -> Caller:
+    return Caller(
+        owner=_owner(key),
+        rate=key.rate if key else settings.INFERENCE_THROTTLE_PER_SECOND,
+        deadline_s=request_timeout(request),
+        idempotency_key=idempotency_key(request),
+    )
 
 
 def _scope(key: ApiKey | None, model: str) -> None:
@@ -50,10 +67,10 @@ class PredictionCreateApi(View):
         served = await served_model_get(name=payload.model, version=payload.version)
         inputs = protocols.native_inputs(payload, served)
         if payload.run_async:
-            job_id = await prediction_enqueue(served=served, inputs=inputs, owner=_owner(key))
+            job_id = await prediction_enqueue(served=served, inputs=inputs, caller=_caller(request, key))
             status_url = request.build_absolute_uri(f"/api/v1/predictions/{job_id}")
             return json_response({"id": job_id, "status": "pending", "status_url": status_url}, status=202)
-        result = await prediction_run(served=served, inputs=inputs, deadline_s=request_timeout(request))
+        result = await prediction_run(served=served, inputs=inputs, caller=_caller(request, key))
         return json_response(protocols.native_response(result, served), headers={"X-Request-ID": result.id})
 
 
@@ -86,7 +103,7 @@ class TfServingPredictApi(View):
         _scope(key, name)
         served = await served_model_get(name=name, version=version)
         inputs, row_format = protocols.tfserving_inputs(json_object(json_body(request)), served)
-        result = await prediction_run(served=served, inputs=inputs, deadline_s=request_timeout(request))
+        result = await prediction_run(served=served, inputs=inputs, caller=_caller(request, key))
         return json_response(
             protocols.tfserving_response(result, row_format=row_format), headers={"X-Request-ID": result.id}
         )
@@ -161,7 +178,7 @@ class V2InferApi(View):
         served = await served_model_get(name=name, version=version)
         body = json_object(json_body(request))
         inputs, wanted = protocols.v2_inputs(body, served)
-        result = await prediction_run(served=served, inputs=inputs, deadline_s=request_timeout(request))
+        result = await prediction_run(served=served, inputs=inputs, caller=_caller(request, key))
         return json_response(
             protocols.v2_response(result, request_id=body.get("id"), wanted=wanted),
             headers={"X-Request-ID": result.id},

@@ -9,6 +9,7 @@ import orjson
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
+from redis.exceptions import RedisError
 
 from apps.predictions.errors import ApiError, bad_request
 
@@ -71,8 +72,13 @@ def api_errors(render: str) -> Callable[[ViewFunc], ViewFunc]:
         async def wrapper(*args: Any, **kwargs: Any) -> HttpResponse:
             try:
                 return await view(*args, **kwargs)
-            except ApiError as exc:
-                return exc.native_response() if render == "native" else exc.plain_response()
+            except (RedisError, OSError):
+                exc = ApiError(
+                    503, "unavailable", "Redis is unreachable; retry shortly", headers={"Retry-After": "1"}
+                )
+            except ApiError as error:
+                exc = error
+            return exc.native_response() if render == "native" else exc.plain_response()
 
         return wrapper
 
@@ -95,3 +101,19 @@ def request_timeout(request: HttpRequest) -> float:
     if not 0 < value < float("inf"):
         raise bad_request("must be a positive number of seconds", field=TIMEOUT_HEADER)
     return min(value, limit)
+
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+IDEMPOTENCY_KEY_MAX = 255
+
+
+def idempotency_key(request: HttpRequest) -> str | None:
+    """The client's `Idempotency-Key`: a retry with the same key gets the same answer."""
+    value = request.headers.get(IDEMPOTENCY_HEADER)
+    if value is None:
+        return None
+    if not 0 < len(value) <= IDEMPOTENCY_KEY_MAX or not value.isprintable() or not value.isascii():
+        raise bad_request(
+            f"must be 1 to {IDEMPOTENCY_KEY_MAX} printable ASCII characters", field=IDEMPOTENCY_HEADER
+        )
+    return value

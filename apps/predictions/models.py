@@ -1,5 +1,6 @@
 """API keys: clients authenticate with `Authorization: Bearer <key>`."""
 
+from django.conf import settings
 from django.db import models
 
 
@@ -14,6 +15,8 @@ class ApiKey(models.Model):
     hashed_key = models.CharField(max_length=64, unique=True)
     # Empty: every model. Otherwise the names of the models this key may call.
     allowed_models = models.JSONField(default=list, blank=True)
+    # Requests per second this key may send; empty: INFERENCE_THROTTLE_PER_SECOND, 0: no limit.
+    rate_per_second = models.PositiveIntegerField(null=True, blank=True)
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -23,6 +26,12 @@ class ApiKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def rate(self) -> int:
+        return (
+            settings.INFERENCE_THROTTLE_PER_SECOND if self.rate_per_second is None else self.rate_per_second
+        )
 
     def allows(self, model_name: str) -> bool:
         return not self.allowed_models or model_name in self.allowed_models

@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from django.conf import settings
 
 from inference_project.celery_app import app as celery_app
+from inference_project.redis_clients import redis_async
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ POLL_INTERVAL_S = 1.0
 class ResultWaiter:
     def __init__(self, redis_url: str) -> None:
         self.token = uuid.uuid4().hex[:12]
-        self.redis = aioredis.Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=2)
+        self.redis = redis_async(redis_url)
         self._futures: dict[str, asyncio.Future[bytes]] = {}
         self._reader: asyncio.Task[None] | None = None
 
@@ -43,10 +44,18 @@ class ResultWaiter:
     def forget(self, task_id: str) -> None:
         self._futures.pop(task_id, None)
 
-    async def wait(self, task_id: str, future: asyncio.Future[bytes], within: float) -> bytes:
-        """The raw result payload; raises TimeoutError after `within` seconds."""
+    async def wait(
+        self, task_id: str, future: asyncio.Future[bytes], within: float, *, check_first: bool = False
+    ) -> bytes:
+        """The raw result payload; raises TimeoutError after `within` seconds.
+
+        `check_first` looks for a stored result before waiting (a repeated idempotent request).
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
+        if check_first and (stored := await self.redis.get(RESULT_PREFIX + task_id)) is not None:
+            self.forget(task_id)
+            return stored
         try:
             while True:
                 remaining = deadline - loop.time()

@@ -4,6 +4,7 @@ Every protocol view (native, TF Serving, Open Inference Protocol) ends here.
 """
 
 import asyncio
+import hashlib
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +16,7 @@ from django.conf import settings
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
+from apps.predictions.admission import admission_check
 from apps.predictions.errors import ApiError
 from apps.predictions.results import result_payload_decode, result_waiter_get
 from apps.predictions.selectors import ServedModel
@@ -23,6 +25,7 @@ from inference_project.celery_app import app as celery_app
 
 PREDICT_TASK = "inference.predict"
 JOB_PREFIX = "inference:job:"
+IDEMPOTENCY_PREFIX = "inference:idem:"
 RETRY_AFTER_S = "1"
 
 # Publishing goes through kombu's blocking client; a small pool keeps it off the event loop, so a
@@ -77,6 +80,8 @@ async def _publish_async(**kwargs: Any) -> None:
 
 def _result_from_meta(task_id: str, meta: dict[str, Any]) -> PredictionResult:
     status = meta.get("status")
+    if status == "REVOKED":
+        raise ApiError(504, "timeout", "the request expired before a worker reached it")
     if status != "SUCCESS":
         raise ApiError(500, "inference_failed", f"inference failed ({status}): {meta.get('result')}")
     result = meta["result"]
@@ -93,37 +98,101 @@ def _result_from_meta(task_id: str, meta: dict[str, Any]) -> PredictionResult:
     )
 
 
-async def prediction_run(
-    *, served: ServedModel, inputs: dict[str, np.ndarray], deadline_s: float
-) -> PredictionResult:
-    """Enqueue and wait up to `deadline_s` seconds; 504 after that.
+@dataclass(frozen=True)
+class Caller:
+    """Who asks and under which terms: owner (API key id), its rate, idempotency key, deadline."""
 
-    The task expires at the same deadline, so workers skip it once nobody waits for it.
+    owner: str
+    rate: int
+    deadline_s: float
+    idempotency_key: str | None = None
+
+
+def request_fingerprint(served: ServedModel, inputs: dict[str, np.ndarray]) -> str:
+    digest = hashlib.sha256(f"{served.name}\0{served.version}".encode())
+    for name in sorted(inputs):
+        array = np.ascontiguousarray(inputs[name])
+        digest.update(f"\0{name}\0{array.dtype}\0{array.shape}\0".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+async def _task_id_claim(*, caller: Caller, fingerprint: str) -> tuple[str, bool]:
+    """A fresh task id, or the id already claimed by this caller's Idempotency-Key.
+
+    Returns (task id, fresh). The same key with a different request body is refused (422).
     """
     waiter = result_waiter_get()
     task_id = waiter.new_task_id()
-    future = waiter.expect(task_id)
+    if not caller.idempotency_key:
+        return task_id, True
+    record = (
+        IDEMPOTENCY_PREFIX + hashlib.sha256(f"{caller.owner}\0{caller.idempotency_key}".encode()).hexdigest()
+    )
+    if await waiter.redis.set(record, f"{task_id} {fingerprint}", nx=True, ex=settings.CELERY_RESULT_EXPIRES):
+        return task_id, True
+    existing = await waiter.redis.get(record)
+    if existing is None:  # expired between the two calls
+        return await _task_id_claim(caller=caller, fingerprint=fingerprint)
+    claimed_id, claimed_fingerprint = existing.decode().split(" ")
+    if claimed_fingerprint != fingerprint:
+        raise ApiError(
+            422,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used for a different request",
+            field="Idempotency-Key",
+        )
+    return claimed_id, False
+
+
+async def _idempotency_release(caller: Caller) -> None:
+    """After a timeout nothing was computed (the task expired): let a retry compute again."""
+    if caller.idempotency_key:
+        record = (
+            IDEMPOTENCY_PREFIX
+            + hashlib.sha256(f"{caller.owner}\0{caller.idempotency_key}".encode()).hexdigest()
+        )
+        await result_waiter_get().redis.delete(record)
+
+
+async def prediction_run(
+    *, served: ServedModel, inputs: dict[str, np.ndarray], caller: Caller
+) -> PredictionResult:
+    """Enqueue and wait up to the caller's deadline; 504 after that.
+
+    The task expires at the same deadline, so workers skip it once nobody waits for it. With an
+    Idempotency-Key, a repeated request waits for (or returns) the first one's result.
+    """
     try:
-        await _publish_async(task_id=task_id, served=served, inputs=inputs, expires=deadline_s)
-        payload = await waiter.wait(task_id, future, deadline_s)
+        await admission_check(owner=caller.owner, rate=caller.rate, queue=served.queue)
+        task_id, fresh = await _task_id_claim(caller=caller, fingerprint=request_fingerprint(served, inputs))
+        waiter = result_waiter_get()
+        future = waiter.expect(task_id)
+        try:
+            if fresh:
+                await _publish_async(task_id=task_id, served=served, inputs=inputs, expires=caller.deadline_s)
+            payload = await waiter.wait(task_id, future, caller.deadline_s, check_first=not fresh)
+        finally:
+            waiter.forget(task_id)
     except TimeoutError:
-        raise ApiError(504, "timeout", f"no result within {deadline_s:g}s") from None
+        await _idempotency_release(caller)
+        raise ApiError(504, "timeout", f"no result within {caller.deadline_s:g}s") from None
     except (RedisError, OSError) as exc:
         raise broker_unavailable() from exc
-    finally:
-        waiter.forget(task_id)
     return _result_from_meta(task_id, result_payload_decode(payload))
 
 
-async def prediction_enqueue(*, served: ServedModel, inputs: dict[str, np.ndarray], owner: str) -> str:
+async def prediction_enqueue(*, served: ServedModel, inputs: dict[str, np.ndarray], caller: Caller) -> str:
     """Enqueue without waiting; the job id is then polled with `prediction_status`."""
-    waiter = result_waiter_get()
-    task_id = waiter.new_task_id()
-    job = json.dumps(
-        {"model": served.name, "version": served.version, "owner": owner, "created": time.time()}
-    )
     try:
-        await waiter.redis.set(JOB_PREFIX + task_id, job, ex=settings.CELERY_RESULT_EXPIRES)
+        await admission_check(owner=caller.owner, rate=caller.rate, queue=served.queue)
+        task_id, fresh = await _task_id_claim(caller=caller, fingerprint=request_fingerprint(served, inputs))
+        if not fresh:
+            return task_id
+        job = json.dumps(
+            {"model": served.name, "version": served.version, "owner": caller.owner, "created": time.time()}
+        )
+        await result_waiter_get().redis.set(JOB_PREFIX + task_id, job, ex=settings.CELERY_RESULT_EXPIRES)
     except (RedisError, OSError) as exc:
         raise broker_unavailable() from exc
     await _publish_async(task_id=task_id, served=served, inputs=inputs, expires=None)

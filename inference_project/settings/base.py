@@ -139,6 +139,10 @@ INFERENCE_SYNC_TIMEOUT_S = env.float("INFERENCE_SYNC_TIMEOUT_S", default=30.0)
 INFERENCE_MAX_BODY_BYTES = env.int("INFERENCE_MAX_BODY_BYTES", default=8 * 1024 * 1024)
 INFERENCE_MAX_BATCH_ROWS = env.int("INFERENCE_MAX_BATCH_ROWS", default=1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = INFERENCE_MAX_BODY_BYTES
+# Admission control, checked before anything is enqueued: requests per second per API key (429),
+# and messages waiting in a model's queue (503). Both answer with Retry-After.
+INFERENCE_THROTTLE_PER_SECOND = env.int("INFERENCE_THROTTLE_PER_SECOND", default=2000)
+INFERENCE_MAX_QUEUE_DEPTH = env.int("INFERENCE_MAX_QUEUE_DEPTH", default=5000)
 # Prediction and model routes require `Authorization: Bearer <api key>`.
 INFERENCE_AUTH_REQUIRED = env.bool("INFERENCE_AUTH_REQUIRED", default=True)
 # How long the API trusts its in-process copy of the registry (deployed versions, signatures).
