@@ -43,6 +43,8 @@ FLOWER_PORT = int(os.environ.get("FLOWER_PORT", "5555"))
 WORKER_CONCURRENCY = int(os.environ.get("WORKER_CONCURRENCY", "1"))
 DEMO_DIR = Path(os.environ.get("INFERENCE_DEMO_DIR", VAR / "demo" / "digits"))
 READY_TIMEOUT_S = float(os.environ.get("READY_TIMEOUT_S", "300"))
+# Flower always sits behind basic auth: FLOWER_BASIC_AUTH=user:password, else generated and printed.
+FLOWER_AUTH = os.environ.get("FLOWER_BASIC_AUTH") or f"admin:{secrets.token_urlsafe(12)}"
 
 
 def log(message: str) -> None:
@@ -115,6 +117,18 @@ def _group_alive(pgid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def redis_wait() -> None:
+    """With START_REDIS=false the platform uses an existing Redis (REDIS_URL)."""
+    client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=0.5)
+    for _ in range(60):
+        try:
+            if client.ping():
+                return
+        except redis.ConnectionError:
+            time.sleep(0.5)
+    sys.exit(f"no Redis answers at {settings.REDIS_URL}")
 
 
 def redis_start(children: Children) -> None:
@@ -210,7 +224,7 @@ def banner(token: str, admin_note: str | None) -> None:
         f"  API        {api}   (environment: {settings.INFERENCE_ENVIRONMENT})",
         f"  admin      {api}/admin/",
         f"  readiness  {api}/readyz",
-        f"  Flower     http://127.0.0.1:{FLOWER_PORT}",
+        f"  Flower     http://127.0.0.1:{FLOWER_PORT}   (basic auth {FLOWER_AUTH})",
         f"  demo key   {token}",
     ]
     if admin_note:
@@ -238,7 +252,10 @@ def main() -> None:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     try:
-        redis_start(children)
+        if os.environ.get("START_REDIS", "true").lower() in {"0", "false", "no"}:
+            redis_wait()
+        else:
+            redis_start(children)
         call_command("migrate", interactive=False, verbosity=0)
         call_command("collectstatic", interactive=False, verbosity=0)
         admin_note = admin_ensure()
@@ -290,8 +307,7 @@ def main() -> None:
             f"--port={FLOWER_PORT}",
             "--address=127.0.0.1",
         ]
-        if os.environ.get("FLOWER_BASIC_AUTH"):
-            flower.append(f"--basic-auth={os.environ['FLOWER_BASIC_AUTH']}")
+        flower.append(f"--basic-auth={FLOWER_AUTH}")
         children.start("flower", flower)
         wait_ready(children)
         banner(token, admin_note)

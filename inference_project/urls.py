@@ -11,3 +11,8 @@ urlpatterns = [
 
 if settings.SERVE_STATIC:
     urlpatterns.append(re_path(r"^static/(?P<path>.*)$", serve, {"document_root": settings.STATIC_ROOT}))
+
+handler400 = "inference_project.views.bad_request"
+handler403 = "inference_project.views.permission_denied"
+handler404 = "inference_project.views.not_found"
+handler500 = "inference_project.views.server_error"

@@ -1,5 +1,9 @@
 """HTTP faces of the platform. Async views, thin: parse, authenticate, call a service, render."""
 
+import functools
+from pathlib import Path
+
+import yaml
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
@@ -53,6 +57,18 @@ class ReadinessApi(View):
     async def get(self, request: HttpRequest) -> HttpResponse:
         ready, details = await platform_readiness()
         return json_response({"ready": ready, **details}, status=200 if ready else 503)
+
+
+class SchemaApi(View):
+    """The OpenAPI description of these routes (apps/predictions/openapi.yaml), as JSON."""
+
+    async def get(self, request: HttpRequest) -> HttpResponse:
+        return json_response(openapi_schema())
+
+
+@functools.cache
+def openapi_schema() -> dict[str, object]:
+    return yaml.safe_load((Path(__file__).parent / "openapi.yaml").read_text())
 
 
 # --- native -----------------------------------------------------------------------------------

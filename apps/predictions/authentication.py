@@ -20,13 +20,23 @@ def api_key_hash(raw_key: str) -> str:
 
 
 def api_key_create(
-    *, name: str, raw_key: str | None = None, models: list[str] | None = None
+    *,
+    name: str,
+    raw_key: str | None = None,
+    models: list[str] | None = None,
+    rate_per_second: int | None = None,
 ) -> tuple[ApiKey, str]:
     """Create a key (or register a given one, e.g. the demo token); returns it and the raw key."""
     raw_key = raw_key or secrets.token_urlsafe(32)
     key, _ = ApiKey.objects.update_or_create(
         hashed_key=api_key_hash(raw_key),
-        defaults={"name": name, "prefix": raw_key[:8], "allowed_models": models or [], "is_active": True},
+        defaults={
+            "name": name,
+            "prefix": raw_key[:8],
+            "allowed_models": models or [],
+            "rate_per_second": rate_per_second,
+            "is_active": True,
+        },
     )
     return key, raw_key
 

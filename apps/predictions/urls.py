@@ -25,6 +25,7 @@ def exempt(view: type) -> object:
 urlpatterns = [
     path("healthz", exempt(apis.LivenessApi)),
     path("readyz", exempt(apis.ReadinessApi)),
+    path("api/schema", exempt(apis.SchemaApi)),
     # native
     path("api/v1/predictions", exempt(apis.PredictionCreateApi)),
     path("api/v1/predictions/<job:job_id>", exempt(apis.PredictionDetailApi)),

@@ -1,7 +1,8 @@
-"""A real platform for the integration tests: the same supervisor `make run` uses, started on
+"""Real platforms for the integration tests: the same supervisor `make run` uses, started on
 free ports with its own Redis, SQLite file and artifact folder, stopped (and checked to have
-stopped every child) at the end of the session."""
+stopped every child) at the end."""
 
+import contextlib
 import json
 import os
 import signal
@@ -53,7 +54,7 @@ class Platform:
         return self.log_path.read_text(errors="replace")
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -61,25 +62,24 @@ def _alive(pid: int) -> bool:
     return True
 
 
-@pytest.fixture(scope="session")
-def platform(tmp_path_factory: pytest.TempPathFactory, demo_model_dir: Path) -> Iterator[Platform]:
-    root = tmp_path_factory.mktemp("platform")
-    api_port = free_port()
+def platform_env(root: Path, demo_model_dir: Path, **overrides: str) -> dict[str, str]:
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("CELERY_", "REDIS_", "DATABASE_", "INFERENCE_", "DJANGO_"))
+        if not key.startswith(("CELERY_", "REDIS_", "DATABASE_", "INFERENCE_", "DJANGO_", "API_", "FLOWER_"))
     }
     env.update(
         {
             "DJANGO_SETTINGS_MODULE": "inference_project.settings.local",
             "DATABASE_URL": f"sqlite:///{root / 'db.sqlite3'}",
             "ARTIFACTS_ROOT": str(root / "artifacts"),
+            "ARTIFACT_CACHE_DIR": str(root / "artifact-cache"),
             "INFERENCE_VAR_DIR": str(root / "var"),
             "INFERENCE_DEMO_DIR": str(demo_model_dir),
             "REDIS_PORT": str(free_port()),
-            "API_PORT": str(api_port),
+            "API_PORT": str(free_port()),
             "FLOWER_PORT": str(free_port()),
+            "FLOWER_BASIC_AUTH": "flower:flower-password",
             "WORKER_CONCURRENCY": "2",
             "INFERENCE_DEMO_TOKEN": "integration-test-token",
             "DJANGO_SUPERUSER_USERNAME": "admin",
@@ -88,6 +88,14 @@ def platform(tmp_path_factory: pytest.TempPathFactory, demo_model_dir: Path) -> 
             "INFERENCE_HEARTBEAT_TTL_S": "3",
         }
     )
+    env.update(overrides)
+    return env
+
+
+@contextlib.contextmanager
+def running_platform(root: Path, env: dict[str, str], name: str) -> Iterator[Platform]:
+    """Start `python -m inference_project.local_platform`, wait for its banner, stop it with
+    SIGINT (what Ctrl-C sends) and check that every child it started is gone."""
     log_path = root / "platform.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
@@ -99,7 +107,11 @@ def platform(tmp_path_factory: pytest.TempPathFactory, demo_model_dir: Path) -> 
             start_new_session=True,
         )
     platform = Platform(
-        f"http://127.0.0.1:{api_port}", env["INFERENCE_DEMO_TOKEN"], env, root / "var", log_path
+        f"http://127.0.0.1:{env['API_PORT']}",
+        env["INFERENCE_DEMO_TOKEN"],
+        env,
+        Path(env["INFERENCE_VAR_DIR"]),
+        log_path,
     )
     deadline = time.monotonic() + START_TIMEOUT_S
     while "The platform is ready." not in platform.log():
@@ -107,15 +119,23 @@ def platform(tmp_path_factory: pytest.TempPathFactory, demo_model_dir: Path) -> 
             proc.kill()
             pytest.fail(f"platform did not start:\n{platform.log()[-5000:]}")
         time.sleep(0.5)
-    yield platform
-
-    pids = platform.pids()
-    proc.send_signal(signal.SIGINT)  # what Ctrl-C in `make run` sends
     try:
-        code = proc.wait(timeout=60)
+        yield platform
     finally:
-        ARTIFACTS_DIR.mkdir(exist_ok=True)
-        (ARTIFACTS_DIR / "platform.log").write_text(platform.log())
-    survivors = {name: pid for name, pid in pids.items() if _alive(pid)}
-    assert code == 0, platform.log()[-3000:]
-    assert not survivors, f"children still running after Ctrl-C: {survivors}"
+        pids = platform.pids()
+        proc.send_signal(signal.SIGINT)
+        try:
+            code = proc.wait(timeout=60)
+        finally:
+            ARTIFACTS_DIR.mkdir(exist_ok=True)
+            (ARTIFACTS_DIR / f"{name}.log").write_text(platform.log())
+        survivors = {n: pid for n, pid in pids.items() if alive(pid)}
+        assert code == 0, platform.log()[-3000:]
+        assert not survivors, f"children still running after Ctrl-C: {survivors}"
+
+
+@pytest.fixture(scope="session")
+def platform(tmp_path_factory: pytest.TempPathFactory, demo_model_dir: Path) -> Iterator[Platform]:
+    root = tmp_path_factory.mktemp("platform")
+    with running_platform(root, platform_env(root, demo_model_dir), "platform") as running:
+        yield running
