@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format venv system-deps test-deps clean
+.PHONY: run test soak lint format venv system-deps test-deps clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
@@ -43,6 +43,10 @@ format: venv
 
 test: venv test-deps lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# 20,000 mixed requests with random worker kills (SOAK_REQUESTS to change); about 6 minutes.
+soak: venv test-deps
+	$(BIN)/python -m pytest -m soak tests/integration/test_soak.py -s $(PYTEST_ARGS)
 
 clean:
 	rm -rf var staticfiles .cache .pytest_cache

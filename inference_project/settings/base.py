@@ -1,6 +1,7 @@
 """Settings shared by every deployment, read from the environment (see `.env.example`)."""
 
 from pathlib import Path
+from urllib.parse import quote, urlencode
 
 import environ
 
@@ -90,9 +91,26 @@ REST_FRAMEWORK = {
 }
 
 # --- Redis and Celery -------------------------------------------------------------------------
+# REDIS_URL wins; otherwise it is built from host, port, password and TLS settings. With TLS the
+# server certificate is verified against REDIS_TLS_CA_CERTS (or the system's CAs).
 REDIS_HOST = env("REDIS_HOST", default="127.0.0.1")
 REDIS_PORT = env.int("REDIS_PORT", default=6379)
-REDIS_URL = env("REDIS_URL", default=f"redis://{REDIS_HOST}:{REDIS_PORT}/0")
+REDIS_PASSWORD = env("REDIS_PASSWORD", default="")
+REDIS_TLS = env.bool("REDIS_TLS", default=False)
+REDIS_TLS_CA_CERTS = env("REDIS_TLS_CA_CERTS", default="")
+
+
+def _redis_url() -> str:
+    auth = f":{quote(REDIS_PASSWORD, safe='')}@" if REDIS_PASSWORD else ""
+    if not REDIS_TLS:
+        return f"redis://{auth}{REDIS_HOST}:{REDIS_PORT}/0"
+    query = {"ssl_cert_reqs": "required"}
+    if REDIS_TLS_CA_CERTS:
+        query["ssl_ca_certs"] = REDIS_TLS_CA_CERTS
+    return f"rediss://{auth}{REDIS_HOST}:{REDIS_PORT}/0?{urlencode(query)}"
+
+
+REDIS_URL = env("REDIS_URL", default=_redis_url())
 
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL)
 CELERY_RESULT_BACKEND = env("CELERY_RESULT_BACKEND", default=REDIS_URL)

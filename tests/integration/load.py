@@ -1,0 +1,78 @@
+"""Load helpers shared by the reliability tests and the soak: concurrent clients, job polling."""
+
+import asyncio
+import subprocess
+import time
+
+import httpx
+
+from tests.integration.conftest import Platform
+
+
+def worker_children(platform: Platform) -> list[int]:
+    out = subprocess.run(
+        ["ps", "-o", "pid=", "--ppid", str(platform.pids()["worker-digits"])],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return [int(p) for p in out.stdout.split()]
+
+
+def wait_ready(platform: Platform, timeout: float = 60) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        try:
+            if httpx.get(f"{platform.base_url}/readyz", timeout=2).status_code == 200:
+                return time.monotonic() - started
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("platform did not become ready again")
+
+
+async def _fire(
+    platform: Platform, bodies: list[dict], concurrency: int, retry: bool, key_prefix: str
+) -> list[httpx.Response]:
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(
+        base_url=platform.base_url, headers=platform.auth, timeout=120, limits=limits
+    ) as client:
+
+        async def send(index: int, body: dict) -> httpx.Response:
+            # A well-behaved client: one Idempotency-Key per request, so retries are safe, and
+            # retries after Retry-After on 429/503.
+            headers = {"Idempotency-Key": f"{key_prefix}-{index}"} if retry else {}
+            for _ in range(60):
+                response = await client.post("/api/v1/predictions", json=body, headers=headers)
+                if not retry or response.status_code not in (429, 503):
+                    break
+                await asyncio.sleep(float(response.headers["Retry-After"]))
+            return response
+
+        return await asyncio.gather(*(send(i, b) for i, b in enumerate(bodies)))
+
+
+def fire(
+    platform: Platform,
+    bodies: list[dict],
+    concurrency: int = 16,
+    *,
+    retry: bool = False,
+    key_prefix: str = "req",
+) -> list[httpx.Response]:
+    return asyncio.run(_fire(platform, bodies, concurrency, retry, key_prefix))
+
+
+def poll_jobs(platform: Platform, ids: list[str], timeout: float = 90) -> dict[str, dict]:
+    done: dict[str, dict] = {}
+    deadline = time.monotonic() + timeout
+    with platform.client() as client:
+        while len(done) < len(ids) and time.monotonic() < deadline:
+            for job_id in ids:
+                if job_id not in done:
+                    status = client.get(f"/api/v1/predictions/{job_id}")
+                    if status.status_code == 200 and status.json()["status"] != "pending":
+                        done[job_id] = status.json()
+            time.sleep(0.3)
+    return done
