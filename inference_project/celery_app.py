@@ -9,4 +9,4 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "inference_project.settings.loca
 app = Celery("inference_project")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 # Worker-side modules; the API only sends tasks by name and never imports them.
-app.conf.include = ["workers.tasks"]
+app.conf.include = ["workers.tasks", "apps.models_registry.tasks"]

@@ -284,6 +284,28 @@ def main() -> None:
                 restart=True,
             )
         children.start(
+            "worker-platform",
+            [
+                str(BIN / "celery"),
+                "-A",
+                "inference_project",
+                "worker",
+                "-Q",
+                "platform",
+                "-n",
+                "platform@%h",
+                "--concurrency",
+                "1",
+                "--beat",
+                "--schedule",
+                str(VAR / "celerybeat-schedule"),
+                "--loglevel",
+                "INFO",
+            ],
+            env={"INFERENCE_WORKER_ROLE": "platform"},
+            restart=True,
+        )
+        children.start(
             "api",
             [
                 str(BIN / "uvicorn"),

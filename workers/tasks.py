@@ -28,6 +28,8 @@ def predict(self: Task, request: dict[str, Any]) -> dict[str, Any]:
 @worker_process_init.connect
 def _load_models_in_child(**_: Any) -> None:
     """Each child loads its models once, after the fork; the parent never imports TensorFlow."""
+    if settings.INFERENCE_WORKER_ROLE != "inference":
+        return
     runtime = runtime_get()
     deployments_listen(
         runtime, model_names=settings.INFERENCE_WORKER_MODELS, grace_s=settings.INFERENCE_SWAP_GRACE_S
@@ -38,4 +40,6 @@ def _load_models_in_child(**_: Any) -> None:
 
 @worker_process_shutdown.connect
 def _unload_models_in_child(**_: Any) -> None:
+    if settings.INFERENCE_WORKER_ROLE != "inference":
+        return
     runtime_get().shutdown()

@@ -42,6 +42,8 @@ from apps.models_registry.storage import (
     sha256_file,
     storage_get,
 )
+from apps.models_registry.tasks import PLATFORM_QUEUE, PUBLISH_OUTBOX_TASK
+from inference_project.celery_app import app as celery_app
 from inference_project.redis_clients import redis_sync
 
 logger = logging.getLogger(__name__)
@@ -475,6 +477,11 @@ def _after_switch(*, deployment: Deployment, previous: ModelVersion | None) -> N
         )
     except (redis.RedisError, OSError):
         logger.exception("could not notify workers of %s", deployment)
+    if deployment.environment in settings.RELEASE_SNS_TOPIC_ARNS:
+        try:
+            celery_app.send_task(PUBLISH_OUTBOX_TASK, queue=PLATFORM_QUEUE)
+        except Exception:  # the beat sweep publishes it later
+            logger.exception("could not schedule the outbox publication")
     artifacts_prune(model=deployment.model)
 
 

@@ -113,7 +113,10 @@ def _redis_url() -> str:
 REDIS_URL = env("REDIS_URL", default=_redis_url())
 
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL)
-CELERY_RESULT_BACKEND = env("CELERY_RESULT_BACKEND", default=REDIS_URL)
+# Redis, through a backend class that skips Celery's per-send SUBSCRIBE (see celery_backend.py).
+CELERY_RESULT_BACKEND = env(
+    "CELERY_RESULT_BACKEND", default=f"inference_project.celery_backend.ProducerRedisBackend+{REDIS_URL}"
+)
 # Tensors travel as raw bytes inside msgpack, never as JSON float lists.
 CELERY_TASK_SERIALIZER = "msgpack"
 CELERY_RESULT_SERIALIZER = "msgpack"
@@ -180,6 +183,20 @@ LOGGING = {
     "loggers": {"django.request": {"level": "WARNING", "filters": ["skip_expected"]}},
 }
 
+# Release pipeline: SNS topic per environment, e.g. "dev=arn:aws:sns:...:release-dev.fifo,prod=...".
+# Environments without a topic keep their events in the outbox.
+RELEASE_SNS_TOPIC_ARNS = env.dict("RELEASE_SNS_TOPIC_ARNS", default={})
+# Pending events are also swept this often by the platform worker's beat (seconds).
+RELEASE_OUTBOX_SWEEP_S = env.float("RELEASE_OUTBOX_SWEEP_S", default=60.0)
+CELERY_BEAT_SCHEDULE = {
+    "publish-release-outbox": {
+        "task": "release.publish_outbox",
+        "schedule": RELEASE_OUTBOX_SWEEP_S,
+        "options": {"queue": "platform", "expires": RELEASE_OUTBOX_SWEEP_S},
+    }
+}
+# "inference" workers load models; the "platform" worker runs registry housekeeping only.
+INFERENCE_WORKER_ROLE = env("INFERENCE_WORKER_ROLE", default="inference")
 # Models a worker process preloads (empty: every model deployed in its environment). The launcher
 # starts one worker per model queue with this set to that model.
 INFERENCE_WORKER_MODELS = env.list("INFERENCE_WORKER_MODELS", default=[])
