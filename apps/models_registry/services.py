@@ -10,6 +10,7 @@ import json
 import logging
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ from apps.models_registry.storage import (
     sha256_file,
     storage_get,
 )
-from apps.models_registry.tasks import PLATFORM_QUEUE, PUBLISH_OUTBOX_TASK
+from apps.models_registry.tasks import EVALUATE_GATE_TASK, PLATFORM_QUEUE, PUBLISH_OUTBOX_TASK
 from inference_project.celery_app import app as celery_app
 from inference_project.redis_clients import redis_sync
 
@@ -233,11 +234,9 @@ def gate_checksums(*, version: ModelVersion) -> tuple[GateResult, dict[str, Path
     return GateResult("checksum", True, f"{len(paths)} artifacts match their sha256"), paths
 
 
-def gate_evaluate(*, version: ModelVersion, paths: dict[str, Path]) -> tuple[GateResult, dict[str, float]]:
-    """Load the version in a separate process and score its validation set."""
-    if Artifact.Kind.VALIDATION not in paths:
-        return GateResult("smoke", False, "the version has no validation set (.csv or .xlsx)"), {}
-    job = {
+def gate_job(*, version: ModelVersion, paths: dict[str, Path]) -> dict[str, Any]:
+    """What `python -m workers.gates` reads: verified local paths and the signature."""
+    return {
         "model": str(paths[Artifact.Kind.MODEL]),
         "preprocessing": str(paths[Artifact.Kind.PREPROCESSING])
         if Artifact.Kind.PREPROCESSING in paths
@@ -245,6 +244,10 @@ def gate_evaluate(*, version: ModelVersion, paths: dict[str, Path]) -> tuple[Gat
         "validation": str(paths[Artifact.Kind.VALIDATION]),
         "signature": version.signature,
     }
+
+
+def gate_subprocess_run(job: dict[str, Any]) -> dict[str, Any]:
+    """Run the gate process; its JSON answer, or {"error"} if it crashed, hung or said so."""
     try:
         done = subprocess.run(
             [sys.executable, "-m", "workers.gates"],
@@ -256,15 +259,44 @@ def gate_evaluate(*, version: ModelVersion, paths: dict[str, Path]) -> tuple[Gat
             check=False,
         )
     except subprocess.TimeoutExpired:
-        return GateResult("smoke", False, f"no answer within {settings.PROMOTION_GATE_TIMEOUT_S}s"), {}
+        return {"error": f"no answer within {settings.PROMOTION_GATE_TIMEOUT_S}s"}
     lines = done.stdout.strip().splitlines()
     try:
         result = json.loads(lines[-1]) if lines else {"error": done.stderr[-500:] or "no output"}
     except json.JSONDecodeError:
         result = {"error": lines[-1][-500:]}
-    if "error" in result or done.returncode != 0:
-        message = result.get("error") or f"exit code {done.returncode}: {done.stderr[-500:]}"
-        return GateResult("smoke", False, f"the model failed to load or predict: {message}"), {}
+    if done.returncode != 0 and "error" not in result:
+        result = {"error": f"exit code {done.returncode}: {done.stderr[-500:]}"}
+    return result
+
+
+def _gate_on_platform_worker(version: ModelVersion) -> dict[str, Any]:
+    """The API image has no TensorFlow: the platform worker fetches, verifies and evaluates."""
+    result = celery_app.send_task(EVALUATE_GATE_TASK, args=[version.pk], queue=PLATFORM_QUEUE)
+    deadline = time.monotonic() + settings.PROMOTION_GATE_TIMEOUT_S + 30
+    while time.monotonic() < deadline:
+        meta = celery_app.backend.get_task_meta(result.id)
+        if meta["status"] == "SUCCESS":
+            return meta["result"]
+        if meta["status"] in {"FAILURE", "REVOKED"}:
+            return {"error": f"the gate task failed: {meta.get('result')}"}
+        time.sleep(0.2)
+    return {"error": "no platform worker answered the gate task in time"}
+
+
+def gate_evaluate(*, version: ModelVersion, paths: dict[str, Path]) -> tuple[GateResult, dict[str, float]]:
+    """Load the version in a separate process and score its validation set.
+
+    PROMOTION_GATE_RUNNER="local" runs that process here; "worker" asks the platform worker.
+    """
+    if Artifact.Kind.VALIDATION not in paths:
+        return GateResult("smoke", False, "the version has no validation set (.csv or .xlsx)"), {}
+    if settings.PROMOTION_GATE_RUNNER == "worker":
+        result = _gate_on_platform_worker(version)
+    else:
+        result = gate_subprocess_run(gate_job(version=version, paths=paths))
+    if "error" in result:
+        return GateResult("smoke", False, f"the model failed to load or predict: {result['error']}"), {}
     detail = f"loaded in {result['load_seconds']}s, answered {result['rows']} validation rows"
     return GateResult("smoke", True, detail), result["metrics"]
 

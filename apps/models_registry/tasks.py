@@ -1,10 +1,13 @@
 """Celery tasks of the registry: thin wrappers, run by the platform worker (queue `platform`)."""
 
+from typing import Any
+
 from celery import shared_task
 
 from apps.models_registry.release import PublishFailed, outbox_publish_pending
 
 PUBLISH_OUTBOX_TASK = "release.publish_outbox"
+EVALUATE_GATE_TASK = "registry.evaluate_gate"
 PLATFORM_QUEUE = "platform"
 
 
@@ -18,3 +21,15 @@ PLATFORM_QUEUE = "platform"
 )
 def publish_outbox() -> int:
     return outbox_publish_pending()
+
+
+@shared_task(name=EVALUATE_GATE_TASK)
+def evaluate_gate(version_id: int) -> dict[str, Any]:
+    from apps.models_registry.models import ModelVersion
+    from apps.models_registry.services import gate_checksums, gate_job, gate_subprocess_run
+
+    version = ModelVersion.objects.get(pk=version_id)
+    checksum, paths = gate_checksums(version=version)
+    if not checksum.passed:
+        return {"error": checksum.detail}
+    return gate_subprocess_run(gate_job(version=version, paths=paths))

@@ -220,3 +220,6 @@ ARTIFACT_RETENTION_VERSIONS = env.int("ARTIFACT_RETENTION_VERSIONS", default=3)
 ARTIFACT_MAX_UPLOAD_BYTES = env.int("ARTIFACT_MAX_UPLOAD_BYTES", default=512 * 1024 * 1024)
 # Gate: the candidate loads in a separate process and scores its validation set within this time.
 PROMOTION_GATE_TIMEOUT_S = env.int("PROMOTION_GATE_TIMEOUT_S", default=180)
+# Where that process runs: "local" (beside the caller) or "worker" (the platform worker; the API
+# image has no TensorFlow, so deployments set this).
+PROMOTION_GATE_RUNNER = env("PROMOTION_GATE_RUNNER", default="local")

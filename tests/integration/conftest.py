@@ -86,6 +86,9 @@ def platform_env(root: Path, demo_model_dir: Path, **overrides: str) -> dict[str
             "DJANGO_SUPERUSER_PASSWORD": "admin-password-for-tests",
             "INFERENCE_HEARTBEAT_S": "0.5",
             "INFERENCE_HEARTBEAT_TTL_S": "3",
+            # Promotions through the platform's API run their gates on the platform worker, as
+            # in the container deployment (unit tests cover the local runner).
+            "PROMOTION_GATE_RUNNER": "worker",
         }
     )
     env.update(overrides)
