@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 
-.PHONY: run test soak lint format venv system-deps test-deps clean
+.PHONY: run test soak lint format venv system-deps test-deps lambda-package clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
@@ -48,5 +48,15 @@ test: venv test-deps lint
 soak: venv test-deps
 	$(BIN)/python -m pytest -m soak tests/integration/test_soak.py -s $(PYTEST_ARGS)
 
+# The Lambda function: handler + python-jenkins, no Django (boto3 is in the Lambda runtime).
+lambda-package: venv
+	rm -rf build/lambda && mkdir -p build/lambda dist
+	$(BIN)/python -m pip install --quiet --target build/lambda -r lambda_trigger/requirements.txt
+	cp -r lambda_trigger build/lambda/
+	rm -rf build/lambda/lambda_trigger/__pycache__ build/lambda/bin
+	cd build/lambda && find . -name '__pycache__' -prune -exec rm -rf {} + && rm -f ../../dist/lambda_trigger.zip && \
+	  $(CURDIR)/$(BIN)/python -m zipfile -c ../../dist/lambda_trigger.zip .
+	@echo "dist/lambda_trigger.zip: handler lambda_trigger.handler.handler"
+
 clean:
-	rm -rf var staticfiles .cache .pytest_cache
+	rm -rf var staticfiles .cache .pytest_cache build dist

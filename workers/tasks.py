@@ -3,12 +3,14 @@
 import logging
 from typing import Any
 
+from billiard.process import current_process
 from celery import Task, states
 from celery.signals import worker_process_init, worker_process_shutdown
 from django.conf import settings
 
 from apps.predictions.services import PREDICT_TASK
 from inference_project.celery_app import app
+from workers.gpu import child_gpu_pin
 from workers.runtime import deployments_listen, heartbeat_start, runtime_get
 
 logger = logging.getLogger(__name__)
@@ -30,6 +32,9 @@ def _load_models_in_child(**_: Any) -> None:
     """Each child loads its models once, after the fork; the parent never imports TensorFlow."""
     if settings.INFERENCE_WORKER_ROLE != "inference":
         return
+    device = child_gpu_pin(current_process().index)
+    if device is not None:
+        logger.info("worker child %s pinned to GPU %s", current_process().index, device)
     runtime = runtime_get()
     deployments_listen(
         runtime, model_names=settings.INFERENCE_WORKER_MODELS, grace_s=settings.INFERENCE_SWAP_GRACE_S

@@ -19,6 +19,7 @@ from apps.models_registry.models import ModelVersion, RegisteredModel, RegistryE
 from apps.models_registry.services import (
     PromotionRefused,
     deployment_rollback,
+    deployment_rollout_record,
     model_version_promote,
     model_version_register,
 )
@@ -249,6 +250,37 @@ class RollbackApi(APIView):
                 else None,
             }
         )
+
+
+class RolloutApi(APIView):
+    """The release pipeline's report: the version is deployed and answered its smoke test."""
+
+    permission_classes = [IsAdminUser]
+
+    class InputSerializer(serializers.Serializer):
+        environment = serializers.CharField()
+        version = serializers.IntegerField(min_value=1)
+        event_id = serializers.CharField(required=False, default="")
+        build_url = serializers.URLField(required=False, default="")
+
+    def post(self, request: Request, name: str) -> Response:
+        model = _model_or_404(name)
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        try:
+            event = deployment_rollout_record(
+                model=model,
+                environment=data["environment"],
+                version_number=data["version"],
+                user=request.user,
+                details={"event_id": data["event_id"], "build_url": data["build_url"]},
+            )
+        except PromotionRefused as exc:
+            return Response(
+                {"error": {"code": "not_live", "message": str(exc)}}, status=status.HTTP_409_CONFLICT
+            )
+        return Response(EventOutputSerializer(event).data, status=status.HTTP_201_CREATED)
 
 
 class HistoryApi(APIView):

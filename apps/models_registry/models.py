@@ -111,6 +111,7 @@ class RegistryEvent(models.Model):
         GATE_FAILED = "gate_failed", "Gate failed"
         LOAD_FAILED = "load_failed", "Worker load failed"
         PRUNE = "prune", "Artifacts pruned"
+        ROLLED_OUT = "rolled_out", "Rolled out by the release pipeline"
 
     model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="events")
     version = models.ForeignKey(

@@ -572,3 +572,31 @@ def deployment_set(*, version: ModelVersion, environment: str, user: User = None
         action=RegistryEvent.Action.PROMOTE,
         reason="bootstrap deployment without gates",
     )
+
+
+def deployment_rollout_record(
+    *,
+    model: RegisteredModel,
+    environment: str,
+    version_number: int,
+    user: User = None,
+    details: dict[str, Any] | None = None,
+) -> RegistryEvent:
+    """The release pipeline reports that `version_number` is rolled out in `environment`.
+
+    Refused (PromotionRefused) when that version is no longer the live one there: a later
+    promotion or rollback superseded the build that reports.
+    """
+    _require_permission(user, "models_registry.promote_deployment")
+    deployment = selectors.deployment_get_active(model_name=model.name, environment=environment)
+    if deployment is None or deployment.version.number != version_number:
+        live = deployment.version.number if deployment else None
+        raise PromotionRefused(f"{model.name} v{version_number} is not live in {environment} (live: {live})")
+    return registry_event_record(
+        model=model,
+        action=RegistryEvent.Action.ROLLED_OUT,
+        version=deployment.version,
+        environment=environment,
+        user=user,
+        details=details or {},
+    )

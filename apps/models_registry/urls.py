@@ -9,4 +9,5 @@ urlpatterns = [
     path("api/v1/models/<slug:name>/promote", apis.PromoteApi.as_view()),
     path("api/v1/models/<slug:name>/rollback", apis.RollbackApi.as_view()),
     path("api/v1/models/<slug:name>/history", apis.HistoryApi.as_view()),
+    path("api/v1/models/<slug:name>/rollouts", apis.RolloutApi.as_view()),
 ]

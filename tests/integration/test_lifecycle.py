@@ -6,6 +6,8 @@ Leaves version 1 live, as the other integration tests expect."""
 import json
 import re
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -14,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import ROOT
 from tests.integration.conftest import ARTIFACTS_DIR, Platform
 
 pytestmark = pytest.mark.integration
@@ -218,3 +221,30 @@ def test_admin_promote_and_roll_back_in_a_browser(
     assert wait_for_version(platform, 1) <= SWITCH_TARGET_S
     live = staff.get("/api/v1/models/digits").json()["deployments"]["dev"]
     assert (live["version"], live["previous_version"]) == (1, candidate)
+
+
+def test_learning_container_registers_only_above_the_minimum(
+    platform: Platform, staff: httpx.Client, demo_model_dir: Path
+) -> None:
+    token = staff.headers["Authorization"].removeprefix("Token ")
+    command = [
+        sys.executable,
+        "-m",
+        "workers.training.release",
+        "--from",
+        str(demo_model_dir),
+        "--api",
+        platform.base_url,
+        "--token",
+        token,
+    ]
+    before = len(staff.get("/api/v1/models/digits/versions").json())
+    done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "registered digits v" in done.stdout
+    refused = subprocess.run(
+        [*command, "--minimum", "0.999"], capture_output=True, text=True, check=False, cwd=ROOT
+    )
+    assert refused.returncode == 2
+    assert "below the minimum" in refused.stdout
+    assert len(staff.get("/api/v1/models/digits/versions").json()) == before + 1

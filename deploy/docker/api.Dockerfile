@@ -1,0 +1,24 @@
+# The API (producer): Django under uvicorn. No TensorFlow in this image (requirements-api.txt).
+FROM python:3.11.11-slim-bookworm AS build
+WORKDIR /src
+COPY requirements-api.txt ./
+RUN python -m venv /opt/venv \
+ && /opt/venv/bin/python -m pip install --quiet --upgrade pip \
+ && /opt/venv/bin/python -m pip install --quiet -r requirements-api.txt
+
+FROM python:3.11.11-slim-bookworm
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 \
+    DJANGO_SETTINGS_MODULE=inference_project.settings.production \
+    PROMOTION_GATE_RUNNER=worker API_WORKERS=2
+RUN useradd --uid 10001 --create-home app
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /app
+COPY --chown=app:app manage.py ./
+COPY --chown=app:app inference_project ./inference_project
+COPY --chown=app:app apps ./apps
+RUN DJANGO_SECRET_KEY=collectstatic-only DJANGO_ALLOWED_HOSTS=localhost \
+    python manage.py collectstatic --noinput --verbosity 0
+USER app
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"
+CMD ["sh", "-c", "exec uvicorn inference_project.asgi:application --host 0.0.0.0 --port 8000 --workers ${API_WORKERS} --no-access-log"]

@@ -1,0 +1,25 @@
+# A GPU worker for one model queue: TensorFlow's GPU image, one child per GPU (each pinned to its
+# GPU by workers/gpu.py before TensorFlow loads), memory growth on.
+FROM tensorflow/tensorflow:2.21.0-gpu AS build
+WORKDIR /src
+COPY requirements.txt ./
+# TensorFlow (with CUDA) comes from the base image; everything else from requirements.txt.
+RUN python3 -m venv --system-site-packages /opt/venv \
+ && grep -v '^tensorflow-cpu' requirements.txt > requirements-gpu.txt \
+ && /opt/venv/bin/python -m pip install --quiet --upgrade pip \
+ && /opt/venv/bin/python -m pip install --quiet -r requirements-gpu.txt
+
+FROM tensorflow/tensorflow:2.21.0-gpu
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 \
+    DJANGO_SETTINGS_MODULE=inference_project.settings.production \
+    MODEL=digits INFERENCE_GPU_PER_CHILD=true TF_FORCE_GPU_ALLOW_GROWTH=true
+RUN useradd --uid 10001 --create-home app
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /app
+COPY --chown=app:app manage.py ./
+COPY --chown=app:app inference_project ./inference_project
+COPY --chown=app:app apps ./apps
+COPY --chown=app:app workers ./workers
+USER app
+# One child per visible GPU.
+CMD ["sh", "-c", "GPUS=$(python -c 'from workers.gpu import gpu_count; print(max(gpu_count(), 1))'); INFERENCE_WORKER_MODELS=${MODEL} exec celery -A inference_project worker -Q inference.${MODEL} -n ${MODEL}-gpu@%h --concurrency ${GPUS} --loglevel INFO"]

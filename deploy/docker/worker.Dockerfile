@@ -1,0 +1,22 @@
+# A CPU worker (consumer) for one model queue: MODEL=<name>. TensorFlow loads in each child
+# after the fork. Also the platform worker (INFERENCE_WORKER_ROLE=platform, queue "platform").
+FROM python:3.11.11-slim-bookworm AS build
+WORKDIR /src
+COPY requirements.txt ./
+RUN python -m venv /opt/venv \
+ && /opt/venv/bin/python -m pip install --quiet --upgrade pip \
+ && /opt/venv/bin/python -m pip install --quiet -r requirements.txt
+
+FROM python:3.11.11-slim-bookworm
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 \
+    DJANGO_SETTINGS_MODULE=inference_project.settings.production \
+    MODEL=digits WORKER_CONCURRENCY=1
+RUN useradd --uid 10001 --create-home app
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /app
+COPY --chown=app:app manage.py ./
+COPY --chown=app:app inference_project ./inference_project
+COPY --chown=app:app apps ./apps
+COPY --chown=app:app workers ./workers
+USER app
+CMD ["sh", "-c", "INFERENCE_WORKER_MODELS=${MODEL} exec celery -A inference_project worker -Q inference.${MODEL} -n ${MODEL}@%h --concurrency ${WORKER_CONCURRENCY} --loglevel INFO"]

@@ -1,0 +1,272 @@
+"""Deployment assets, validated without a container engine or a cluster."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import uuid
+import zipfile
+from pathlib import Path
+
+import check_jsonschema
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from lambda_trigger.handler import ReleaseEvent
+from tests.conftest import ROOT
+from tests.jenkins_server import FakeJenkins
+
+DEPLOY = ROOT / "deploy"
+K8S_VERSION = "1.32.0"
+COMPOSE_SCHEMA = Path(check_jsonschema.__file__).parent / "builtin_schemas" / "vendor" / "compose-spec.json"
+
+
+def yaml_files() -> list[Path]:
+    return sorted(p for p in DEPLOY.rglob("*") if p.suffix in {".yaml", ".yml"})
+
+
+@pytest.mark.parametrize("path", yaml_files(), ids=lambda p: str(p.relative_to(DEPLOY)))
+def test_every_yaml_file_parses(path: Path) -> None:
+    assert [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+
+
+@pytest.mark.parametrize(
+    "name", ["compose.yaml", "compose.dev.yaml", "compose.staging.yaml", "compose.prod.yaml"]
+)
+def test_compose_files_follow_the_compose_specification(name: str) -> None:
+    schema = json.loads(COMPOSE_SCHEMA.read_text())
+    jsonschema.validate(yaml.safe_load((DEPLOY / name).read_text()), schema)
+
+
+def test_compose_runs_every_part_with_health_checks() -> None:
+    services = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    expected = {
+        "redis",
+        "postgres",
+        "api",
+        "worker-digits",
+        "worker-platform",
+        "flower",
+        "prometheus",
+        "grafana",
+        "elasticsearch",
+        "logstash",
+        "kibana",
+    }
+    assert expected <= set(services)
+    assert "--appendonly" in services["redis"]["command"]
+    for name in expected - {"logstash", "worker-platform"}:
+        assert "healthcheck" in services[name], name
+    for overlay in ("dev", "staging", "prod"):
+        override = yaml.safe_load((DEPLOY / f"compose.{overlay}.yaml").read_text())["services"]
+        assert override["api"]["environment"]["INFERENCE_ENVIRONMENT"] == overlay
+
+
+def rendered(overlay: str) -> list[dict]:
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl (kustomize) not installed; base manifests are checked separately")
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(DEPLOY / "k8s" / "overlays" / overlay)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+
+
+KEDA_SCALED_OBJECT = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "keda.sh/v1alpha1"},
+        "spec": {
+            "type": "object",
+            "required": ["scaleTargetRef", "triggers"],
+            "properties": {
+                "scaleTargetRef": {"type": "object", "required": ["name"]},
+                "minReplicaCount": {"type": "integer", "minimum": 0},
+                "maxReplicaCount": {"type": "integer", "minimum": 1},
+                "triggers": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["type", "metadata"],
+                        "properties": {
+                            "type": {"const": "redis"},
+                            "metadata": {"type": "object", "required": ["address", "listName", "listLength"]},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def validate_manifests(docs: list[dict]) -> None:
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    for doc in docs:
+        if doc["apiVersion"].startswith("keda.sh/"):
+            if doc["kind"] == "ScaledObject":
+                jsonschema.validate(doc, KEDA_SCALED_OBJECT)
+                target = deployments[doc["spec"]["scaleTargetRef"]["name"]]
+                env = {
+                    e["name"]: e.get("value")
+                    for e in target["spec"]["template"]["spec"]["containers"][0]["env"]
+                }
+                assert doc["spec"]["triggers"][0]["metadata"]["listName"] == f"inference.{env['MODEL']}"
+            continue
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("overlay", ["dev", "staging", "prod"])
+def test_kustomize_overlays_render_valid_kubernetes(overlay: str) -> None:
+    docs = rendered(overlay)
+    validate_manifests(docs)
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    assert {
+        ("Deployment", "api"),
+        ("HorizontalPodAutoscaler", "api"),
+        ("Deployment", "worker-digits"),
+        ("ScaledObject", "worker-digits"),
+        ("StatefulSet", "redis"),
+        ("Deployment", "flower"),
+    } <= kinds
+    assert all(
+        d["metadata"].get("namespace") == f"inference-{overlay}" for d in docs if d["kind"] != "Namespace"
+    )
+    config = next(d for d in docs if d["kind"] == "ConfigMap")
+    assert config["data"]["INFERENCE_ENVIRONMENT"] == overlay
+
+
+def test_base_manifests_are_valid_kubernetes() -> None:
+    docs = [
+        doc
+        for path in sorted((DEPLOY / "k8s" / "base").glob("*.yaml"))
+        if path.name != "kustomization.yaml"
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc
+    ]
+    validate_manifests(docs)
+
+
+def test_jenkinsfile_parameters_match_what_the_lambda_sends() -> None:
+    jenkinsfile = (DEPLOY / "Jenkinsfile").read_text()
+    declared = set(re.findall(r"(?:string|text)\(name: '([A-Z_]+)'", jenkinsfile))
+    sample = ReleaseEvent(
+        str(uuid.uuid4()),
+        "promote",
+        "digits",
+        2,
+        1,
+        "dev",
+        [{"uri": "s3://b/k", "sha256": "0" * 64, "kind": "model"}],
+        "ops",
+    )
+    assert declared == set(sample.jenkins_parameters())
+    for stage in (
+        "Unit tests",
+        "Integration tests (Redis)",
+        "Build and push images",
+        "Deploy",
+        "Smoke test",
+        "Report back",
+    ):
+        assert f"stage('{stage}')" in jenkinsfile
+    assert "/api/v1/models/${MODEL}/rollouts" in jenkinsfile
+
+
+@pytest.mark.parametrize("path", sorted((DEPLOY / "docker").glob("*.Dockerfile")), ids=lambda p: p.name)
+def test_dockerfiles_are_multi_stage_non_root_and_install_like_the_makefile(path: Path) -> None:
+    text = path.read_text()
+    assert len(re.findall(r"^FROM ", text, re.MULTILINE)) >= 2
+    assert re.search(r"^USER app$", text, re.MULTILINE)
+    assert re.search(r"python -m pip install --quiet -r requirements[-a-z]*\.txt", text)
+    makefile = (ROOT / "Makefile").read_text()
+    assert "python -m pip install --quiet -r requirements-dev.txt" in makefile
+
+
+def pins(path: Path) -> dict[str, str]:
+    lines = [line.split("#")[0].strip() for line in path.read_text().splitlines()]
+    return dict(line.split("==", 1) for line in lines if "==" in line)
+
+
+def test_api_image_has_no_tensorflow_and_the_same_pins() -> None:
+    api, full = pins(ROOT / "requirements-api.txt"), pins(ROOT / "requirements.txt")
+    assert not {name for name in api if name.lower().startswith(("tensorflow", "keras"))}
+    assert all(full[name] == version for name, version in api.items())
+    assert "requirements-api.txt" in (DEPLOY / "docker" / "api.Dockerfile").read_text()
+
+
+def test_lambda_package_runs_without_django(tmp_path: Path) -> None:
+    subprocess.run(["make", "lambda-package"], cwd=ROOT, check=True, capture_output=True)
+    with zipfile.ZipFile(ROOT / "dist" / "lambda_trigger.zip") as package:
+        names = package.namelist()
+        assert "lambda_trigger/handler.py" in names
+        assert not any(n.startswith("django/") for n in names)
+        package.extractall(tmp_path / "task")  # as Lambda unpacks it into /var/task
+    jenkins = FakeJenkins()
+    url = jenkins.start()
+    try:
+        record = {
+            "EventSource": "aws:sns",
+            "Sns": {
+                "Message": json.dumps(
+                    {
+                        "event_id": str(uuid.uuid4()),
+                        "action": "promote",
+                        "model": "digits",
+                        "version": 3,
+                        "previous_version": 2,
+                        "environment": "prod",
+                        "actor": "ops",
+                        "occurred_at": "2026-11-25T00:00:00Z",
+                        "artifacts": [
+                            {
+                                "filename": "model.keras",
+                                "kind": "model",
+                                "uri": "s3://b/digits/3/model.keras",
+                                "sha256": "a" * 64,
+                                "size": 1,
+                            }
+                        ],
+                    }
+                )
+            },
+        }
+        probe = (
+            "import json, sys; sys.path.insert(0, sys.argv[1]); "
+            "from lambda_trigger.handler import handler; "
+            "print(json.dumps(handler(json.loads(sys.argv[2]), None)))"
+        )
+        env = {
+            "JENKINS_URL": url,
+            "JENKINS_USER": jenkins.user,
+            "JENKINS_API_TOKEN": jenkins.token,
+            "PATH": "/usr/bin:/bin",
+        }
+        # -S: no site-packages, so only the standard library and the package itself are importable.
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-S",
+                "-c",
+                probe,
+                str(tmp_path / "task"),
+                json.dumps({"Records": [record, {"bad": 1}]}),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        )
+        summary = json.loads(done.stdout.strip().splitlines()[-1])
+        assert [s["job"] for s in summary["started"]] == ["model-release-prod"]
+        assert len(summary["rejected"]) == 1
+        assert jenkins.builds[0].parameters["VERSION"] == "3"
+    finally:
+        jenkins.stop()
