@@ -17,6 +17,7 @@ import time
 from collections import OrderedDict
 from typing import Any
 
+import numpy as np
 import redis
 from django.conf import settings
 
@@ -169,6 +170,41 @@ class ModelRuntime:
             "worker": self.worker_id,
             "outputs": {name: tensor_encode(array) for name, array in outputs.items()},
         }
+
+    def run_batch(
+        self, parts: list[dict[str, Any]], *, model_name: str, version: int
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Answer several requests for one version with one predict: concatenate their rows,
+        predict once, split the outputs back. Returns (request id, result) per part."""
+        try:
+            predictor = self.predictor_get(model_name=model_name, version=version)
+        except ModelUnavailable as exc:
+            error = {"error": {"code": exc.code, "message": str(exc)}}
+            return [(part["id"], error) for part in parts]
+        decoded = [{name: tensor_decode(wire) for name, wire in part["inputs"].items()} for part in parts]
+        names = list(decoded[0])
+        batch = {name: np.concatenate([inputs[name] for inputs in decoded]) for name in names}
+        outputs = predictor.predict(batch)
+        results = []
+        start = 0
+        for part, inputs in zip(parts, decoded, strict=True):
+            rows = len(inputs[names[0]])
+            results.append(
+                (
+                    part["id"],
+                    {
+                        "model": model_name,
+                        "version": version,
+                        "worker": self.worker_id,
+                        "outputs": {
+                            name: tensor_encode(array[start : start + rows])
+                            for name, array in outputs.items()
+                        },
+                    },
+                )
+            )
+            start += rows
+        return results
 
     def heartbeat(self) -> None:
         for model_name, version in self.loaded_versions():

@@ -8,9 +8,10 @@ from celery import Task, states
 from celery.signals import worker_process_init, worker_process_shutdown
 from django.conf import settings
 
-from apps.predictions.services import PREDICT_TASK
+from apps.predictions.services import PREDICT_BATCH_TASK, PREDICT_TASK
 from inference_project.celery_app import app
 from workers.gpu import child_gpu_pin
+from workers.results import results_existing, results_store
 from workers.runtime import deployments_listen, heartbeat_start, runtime_get
 
 logger = logging.getLogger(__name__)
@@ -18,6 +19,8 @@ logger = logging.getLogger(__name__)
 
 @app.task(bind=True, name=PREDICT_TASK)
 def predict(self: Task, request: dict[str, Any]) -> dict[str, Any]:
+    """One request per task, no batching: the API uses predict_batch; this is the unbatched
+    path (and the naive baseline the benchmark measures against)."""
     # Delivery is at least once (late acks, requeue on a lost child): a redelivered task whose
     # answer is already stored returns it instead of computing it again.
     stored = self.backend.get_task_meta(self.request.id)
@@ -25,6 +28,19 @@ def predict(self: Task, request: dict[str, Any]) -> dict[str, Any]:
         logger.info("task %s redelivered after it succeeded; not computed again", self.request.id)
         return stored["result"]
     return runtime_get().run(request)
+
+
+@app.task(bind=True, name=PREDICT_BATCH_TASK)
+def predict_batch(self: Task, batch: dict[str, Any]) -> dict[str, int]:
+    """Several requests for one model version, run as one predict; each answer is stored under
+    its request's id. A redelivered batch computes only the requests not yet answered."""
+    parts = batch["parts"]
+    answered = results_existing(self.backend, [p["id"] for p in parts])
+    todo = [p for p in parts if p["id"] not in answered]
+    if todo:
+        results = runtime_get().run_batch(todo, model_name=batch["model"], version=int(batch["version"]))
+        results_store(self.backend, results)
+    return {"parts": len(parts), "computed": len(todo)}
 
 
 @worker_process_init.connect

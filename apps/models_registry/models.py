@@ -12,6 +12,10 @@ class RegisteredModel(models.Model):
     # The metric that gates promotion and its minimum, e.g. accuracy >= 0.9.
     gate_metric = models.CharField(max_length=64, default="accuracy")
     gate_minimum = models.FloatField(default=0.0)
+    # Dynamic batching: requests arriving within max_delay_ms are run together, up to
+    # max_batch_size rows in one predict.
+    max_batch_size = models.PositiveIntegerField(default=64)
+    max_delay_ms = models.FloatField(default=2.0)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

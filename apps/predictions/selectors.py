@@ -31,6 +31,8 @@ class ServedModel:
     version: int
     signature: dict[str, Any]
     platform: str = "keras"
+    max_batch_size: int = 64
+    max_delay_ms: float = 2.0
 
     @property
     def queue(self) -> str:
@@ -52,6 +54,8 @@ class ServedModel:
             version=version.number,
             signature=version.signature,
             platform=version.framework,
+            max_batch_size=version.model.max_batch_size,
+            max_delay_ms=version.model.max_delay_ms,
         )
 
 

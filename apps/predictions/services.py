@@ -17,13 +17,15 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
 from apps.predictions.admission import admission_check
+from apps.predictions.batching import batcher_get
 from apps.predictions.errors import ApiError
 from apps.predictions.results import result_payload_decode, result_waiter_get
 from apps.predictions.selectors import ServedModel
-from apps.predictions.wire import tensor_decode, tensor_encode
+from apps.predictions.wire import tensor_decode
 from inference_project.celery_app import app as celery_app
 
 PREDICT_TASK = "inference.predict"
+PREDICT_BATCH_TASK = "inference.predict_batch"
 JOB_PREFIX = "inference:job:"
 IDEMPOTENCY_PREFIX = "inference:idem:"
 RETRY_AFTER_S = "1"
@@ -50,32 +52,36 @@ def broker_unavailable() -> ApiError:
     )
 
 
-def _publish(
-    *, task_id: str, served: ServedModel, inputs: dict[str, np.ndarray], expires: float | None
-) -> None:
-    rows = len(next(iter(inputs.values())))
+def _publish_batch(served: ServedModel, parts: list[dict[str, Any]], expires: float | None) -> None:
+    rows = sum(next(iter(part["inputs"].values()))["shape"][0] for part in parts)
     celery_app.send_task(
-        PREDICT_TASK,
-        args=[
-            {
-                "model": served.name,
-                "version": served.version,
-                "inputs": {name: tensor_encode(array) for name, array in inputs.items()},
-            }
-        ],
+        PREDICT_BATCH_TASK,
+        args=[{"model": served.name, "version": served.version, "parts": parts}],
         queue=served.queue,
-        task_id=task_id,
         expires=expires,
         # Flower and logs show this instead of the tensor bytes.
-        argsrepr=f"({served.name} v{served.version}, {rows} rows)",
+        argsrepr=f"({served.name} v{served.version}, {len(parts)} requests, {rows} rows)",
     )
 
 
-async def _publish_async(**kwargs: Any) -> None:
+async def _publish_batch_async(
+    served: ServedModel, parts: list[dict[str, Any]], expires: float | None
+) -> None:
     try:
-        await asyncio.get_running_loop().run_in_executor(_publisher, lambda: _publish(**kwargs))
+        await asyncio.get_running_loop().run_in_executor(
+            _publisher, lambda: _publish_batch(served, parts, expires)
+        )
     except (OperationalError, RedisError, OSError) as exc:
         raise broker_unavailable() from exc
+
+
+async def _submit(
+    *, served: ServedModel, task_id: str, inputs: dict[str, np.ndarray], expires: float | None
+) -> None:
+    """Hand one request to its model version's batcher; returns once it is on the broker."""
+    await batcher_get(served, _publish_batch_async).submit(
+        request_id=task_id, inputs=inputs, expires_s=expires
+    )
 
 
 def _result_from_meta(task_id: str, meta: dict[str, Any]) -> PredictionResult:
@@ -170,7 +176,7 @@ async def prediction_run(
         future = waiter.expect(task_id)
         try:
             if fresh:
-                await _publish_async(task_id=task_id, served=served, inputs=inputs, expires=caller.deadline_s)
+                await _submit(served=served, task_id=task_id, inputs=inputs, expires=caller.deadline_s)
             payload = await waiter.wait(task_id, future, caller.deadline_s, check_first=not fresh)
         finally:
             waiter.forget(task_id)
@@ -195,7 +201,7 @@ async def prediction_enqueue(*, served: ServedModel, inputs: dict[str, np.ndarra
         await result_waiter_get().redis.set(JOB_PREFIX + task_id, job, ex=settings.CELERY_RESULT_EXPIRES)
     except (RedisError, OSError) as exc:
         raise broker_unavailable() from exc
-    await _publish_async(task_id=task_id, served=served, inputs=inputs, expires=None)
+    await _submit(served=served, task_id=task_id, inputs=inputs, expires=None)
     return task_id
 
 

@@ -135,11 +135,18 @@ def test_release_pipeline_reports_a_rollout(demo_model_dir: Path) -> None:
     upload(client, demo_model_dir)
     upload(client, demo_model_dir)
     client.post("/api/v1/models/digits/promote", {"version": 1}, content_type="application/json")
-    report = {"environment": "dev", "version": 1, "event_id": "e-1", "build_url": "https://jenkins.example.com/job/x/7/"}
+    report = {
+        "environment": "dev",
+        "version": 1,
+        "event_id": "e-1",
+        "build_url": "https://jenkins.example.com/job/x/7/",
+    }
     done = client.post("/api/v1/models/digits/rollouts", report, content_type="application/json")
     assert done.status_code == 201, done.content
     assert done.json()["action"] == "rolled_out"
-    stale = client.post("/api/v1/models/digits/rollouts", {**report, "version": 2}, content_type="application/json")
+    stale = client.post(
+        "/api/v1/models/digits/rollouts", {**report, "version": 2}, content_type="application/json"
+    )
     assert stale.status_code == 409
     assert stale.json()["error"]["code"] == "not_live"
     assert client.get("/api/v1/models/digits/history").json()[0]["details"]["build_url"].endswith("/7/")

@@ -1,0 +1,37 @@
+"""Store the answers of a batch task, one per request, where the API waits for them.
+
+A batch task carries several requests; each request has its own id, and its answer is stored
+exactly as Celery stores a task result (`celery-task-meta-<id>`, SET with expiry + PUBLISH), so
+the API's waiter, async job lookups and idempotent retries treat it like any task result. All
+writes of one batch go in one pipeline: one round trip.
+"""
+
+from datetime import UTC, datetime
+from typing import Any
+
+from celery.backends.redis import RedisBackend
+
+
+def results_existing(backend: RedisBackend, ids: list[str]) -> set[str]:
+    """The ids among `ids` whose answer is already stored (a redelivered batch skips them)."""
+    stored = backend.client.mget([backend.get_key_for_task(i) for i in ids])
+    return {i for i, value in zip(ids, stored, strict=True) if value is not None}
+
+
+def results_store(backend: RedisBackend, results: list[tuple[str, dict[str, Any]]]) -> None:
+    pipe = backend.client.pipeline(transaction=False)
+    done = datetime.now(UTC).isoformat()
+    for request_id, result in results:
+        meta = {
+            "status": "SUCCESS",
+            "result": result,
+            "traceback": None,
+            "children": [],
+            "date_done": done,
+            "task_id": request_id,
+        }
+        key = backend.get_key_for_task(request_id)
+        value = backend.encode(meta)
+        pipe.setex(key, int(backend.expires), value)
+        pipe.publish(key, value)
+    pipe.execute()
