@@ -20,6 +20,7 @@ from apps.predictions.http import (
     json_body,
     json_object,
     json_response,
+    raw_body,
     request_timeout,
 )
 from apps.predictions.models import ApiKey
@@ -186,15 +187,32 @@ class V2ModelReadyApi(View):
         return json_response({"name": name, "ready": ready}, status=200 if ready else 400)
 
 
+BINARY_HEADER = "Inference-Header-Content-Length"
+
+
 class V2InferApi(View):
     @api_errors("plain")
     async def post(self, request: HttpRequest, name: str, version: int | None = None) -> HttpResponse:
         key = await api_key_authenticate(request)
         _scope(key, name)
         served = await served_model_get(name=name, version=version)
-        body = json_object(json_body(request))
-        inputs, wanted = protocols.v2_inputs(body, served)
+        header_length = request.headers.get(BINARY_HEADER)
+        if header_length is None:
+            body, binary = json_object(json_body(request)), None
+        else:
+            body, binary = protocols.v2_split_binary(raw_body(request), header_length)
+        inputs, wanted = protocols.v2_inputs(body, served, binary)
         result = await prediction_run(served=served, inputs=inputs, caller=_caller(request, key))
+        binary_outputs = protocols.v2_binary_wanted(body)
+        if binary_outputs:
+            content, head = protocols.v2_binary_response(
+                result, request_id=body.get("id"), wanted=wanted, binary=binary_outputs
+            )
+            return HttpResponse(
+                content,
+                content_type="application/octet-stream",
+                headers={BINARY_HEADER: str(head), "X-Request-ID": result.id},
+            )
         return json_response(
             protocols.v2_response(result, request_id=body.get("id"), wanted=wanted),
             headers={"X-Request-ID": result.id},

@@ -27,11 +27,8 @@ def too_large(limit: int) -> ApiError:
     return ApiError(413, "payload_too_large", f"request body exceeds {limit} bytes", field="body")
 
 
-def json_body(request: HttpRequest) -> Any:
-    """The parsed JSON body, or 413/400 naming the body as the field at fault.
-
-    Like TF Serving, the body is read as JSON whatever the Content-Type (plain `curl -d` works).
-    """
+def raw_body(request: HttpRequest) -> bytes:
+    """The body's bytes, or 413 past INFERENCE_MAX_BODY_BYTES."""
     limit = settings.INFERENCE_MAX_BODY_BYTES
     if int(request.META.get("CONTENT_LENGTH") or 0) > limit:
         raise too_large(limit)
@@ -41,6 +38,15 @@ def json_body(request: HttpRequest) -> Any:
         raise too_large(limit) from None
     if len(body) > limit:
         raise too_large(limit)
+    return body
+
+
+def json_body(request: HttpRequest) -> Any:
+    """The parsed JSON body, or 413/400 naming the body as the field at fault.
+
+    Like TF Serving, the body is read as JSON whatever the Content-Type (plain `curl -d` works).
+    """
+    body = raw_body(request)
     if not body:
         raise bad_request("request body is empty", field="body")
     try:

@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 from apps.predictions.errors import bad_request
 from apps.predictions.selectors import ServedModel
 from apps.predictions.services import PredictionResult
 from apps.predictions.validation import tensor_check, tensor_from_json
-from apps.predictions.wire import NUMPY_TO_V2
+from apps.predictions.wire import NUMPY_TO_V2, V2_TO_NUMPY
 
 # --- native -----------------------------------------------------------------------------------
 
@@ -146,7 +147,21 @@ def v2_metadata(served: ServedModel, versions: list[int]) -> dict[str, Any]:
     }
 
 
-def _v2_tensor(item: Any, *, index: int, specs: dict[str, dict[str, Any]]) -> tuple[str, np.ndarray]:
+def _v2_binary_tensor(item: dict[str, Any], spec: dict[str, Any], chunk: bytes, *, field: str) -> np.ndarray:
+    """A tensor sent with the binary data extension: raw little-endian bytes after the JSON."""
+    dtype = np.dtype(V2_TO_NUMPY[spec["datatype"]]).newbyteorder("<")
+    shape = item["shape"]
+    if len(chunk) != math.prod(shape) * dtype.itemsize:
+        raise bad_request(
+            f"binary_data_size {len(chunk)} does not match shape {shape} of {spec['datatype']}",
+            field=f"{field}.parameters",
+        )
+    return tensor_check(np.frombuffer(chunk, dtype=dtype).reshape(shape), spec=spec, field=f"{field}.data")
+
+
+def _v2_tensor(
+    item: Any, *, index: int, specs: dict[str, dict[str, Any]], binary: "BinaryReader | None" = None
+) -> tuple[str, np.ndarray]:
     field = f"inputs[{index}]"
     if not isinstance(item, dict):
         raise bad_request("each input must be an object with name, shape, datatype, data", field=field)
@@ -165,6 +180,13 @@ def _v2_tensor(item: Any, *, index: int, specs: dict[str, dict[str, Any]]) -> tu
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
         raise bad_request("shape must be a list of non-negative integers", field=f"{field}.shape")
+    size = (item.get("parameters") or {}).get("binary_data_size")
+    if size is not None:
+        if binary is None or not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise bad_request(
+                "binary_data_size needs the binary data extension body", field=f"{field}.parameters"
+            )
+        return name, _v2_binary_tensor(item, spec, binary.take(size, field=field), field=field)
     data = item.get("data")
     if not isinstance(data, list):
         raise bad_request("data must be a list (flat or nested)", field=f"{field}.data")
@@ -180,13 +202,47 @@ def _v2_tensor(item: Any, *, index: int, specs: dict[str, dict[str, Any]]) -> tu
     return name, tensor_check(array.reshape(shape), spec=spec, field=f"{field}.data")
 
 
-def v2_inputs(body: dict[str, Any], served: ServedModel) -> tuple[dict[str, np.ndarray], list[str] | None]:
+class BinaryReader:
+    """The bytes after the JSON header, handed out in the order the inputs list them."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = memoryview(data)
+        self.offset = 0
+
+    def take(self, size: int, *, field: str) -> bytes:
+        if self.offset + size > len(self.data):
+            raise bad_request("binary data is shorter than the sizes declared", field=f"{field}.parameters")
+        chunk = self.data[self.offset : self.offset + size].tobytes()
+        self.offset += size
+        return chunk
+
+
+def v2_split_binary(raw: bytes, header_length: str) -> tuple[dict[str, Any], BinaryReader]:
+    """Split a binary-extension body: `Inference-Header-Content-Length` bytes of JSON, then data."""
+    if not header_length.isdigit() or int(header_length) > len(raw):
+        raise bad_request(
+            "Inference-Header-Content-Length must be the JSON header's size",
+            field="Inference-Header-Content-Length",
+        )
+    size = int(header_length)
+    try:
+        header = orjson.loads(raw[:size])
+    except orjson.JSONDecodeError:
+        raise bad_request("the JSON header of the binary request is not valid JSON", field="body") from None
+    if not isinstance(header, dict):
+        raise bad_request("the JSON header must be an object", field="body")
+    return header, BinaryReader(raw[size:])
+
+
+def v2_inputs(
+    body: dict[str, Any], served: ServedModel, binary: BinaryReader | None = None
+) -> tuple[dict[str, np.ndarray], list[str] | None]:
     """Inputs by name, and the output names the client asked for (None: all)."""
     items = body.get("inputs")
     if not isinstance(items, list) or not items:
         raise bad_request("inputs must be a non-empty list of tensors", field="inputs")
     specs = {spec["name"]: spec for spec in served.signature["inputs"]}
-    inputs = dict(_v2_tensor(item, index=i, specs=specs) for i, item in enumerate(items))
+    inputs = dict(_v2_tensor(item, index=i, specs=specs, binary=binary) for i, item in enumerate(items))
     missing = sorted(set(specs) - set(inputs))
     if missing:
         raise bad_request(f"missing inputs {missing}", field="inputs")
@@ -204,6 +260,35 @@ def v2_inputs(body: dict[str, Any], served: ServedModel) -> tuple[dict[str, np.n
             f"outputs must be a list of {{'name'}} objects naming {sorted(known)}", field="outputs"
         )
     return inputs, [o["name"] for o in requested]
+
+
+def v2_binary_wanted(body: dict[str, Any]) -> set[str] | bool:
+    """Outputs the client wants as binary: all (True), some names, or none."""
+    if (body.get("parameters") or {}).get("binary_data_output") is True:
+        return True
+    requested = body.get("outputs") or []
+    return {
+        o["name"]
+        for o in requested
+        if isinstance(o, dict) and (o.get("parameters") or {}).get("binary_data") is True
+    }
+
+
+def v2_binary_response(
+    result: PredictionResult, *, request_id: Any, wanted: list[str] | None, binary: set[str] | bool
+) -> tuple[bytes, int]:
+    """(body, JSON header length): outputs chosen as binary travel as raw little-endian bytes."""
+    header = v2_response(result, request_id=request_id, wanted=wanted)
+    chunks = []
+    for output in header["outputs"]:
+        if binary is True or output["name"] in binary:
+            data = np.ascontiguousarray(
+                output.pop("data"), dtype=np.dtype(V2_TO_NUMPY[output["datatype"]]).newbyteorder("<")
+            )
+            chunks.append(data.tobytes())
+            output["parameters"] = {"binary_data_size": len(chunks[-1])}
+    head = orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
+    return head + b"".join(chunks), len(head)
 
 
 def v2_response(result: PredictionResult, *, request_id: Any, wanted: list[str] | None) -> dict[str, Any]:

@@ -301,3 +301,29 @@ def test_printed_curl_example_returns_the_digit(platform: Platform) -> None:
     command = match.group(1).replace("\\\n", " ")
     result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, check=True, timeout=30)
     assert '"labels":["7"]' in result.stdout
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_tritonclient_works_unchanged(platform: Platform, heldout, binary: bool) -> None:  # type: ignore[no-untyped-def]
+    """The Open Inference Protocol client of Triton, JSON and binary tensor data extension."""
+    import tritonclient.http as triton
+
+    rows, labels = heldout
+    client = triton.InferenceServerClient(platform.base_url.removeprefix("http://"))
+    headers = platform.auth
+    assert client.is_server_live(headers=headers)
+    assert client.is_model_ready("digits", headers=headers)
+    metadata = client.get_model_metadata("digits", headers=headers)
+    assert metadata["inputs"][0]["name"] == "pixels"
+    batch = np.array(rows[:16], dtype=np.float32)
+    tensor = triton.InferInput("pixels", list(batch.shape), "FP32")
+    tensor.set_data_from_numpy(batch, binary_data=binary)
+    output = triton.InferRequestedOutput("scores", binary_data=binary)
+    result = client.infer("digits", [tensor], outputs=[output], headers=headers, request_id="triton-1")
+    scores = result.as_numpy("scores")
+    assert scores.shape == (16, 10)
+    assert (
+        np.argmax(scores, axis=1).tolist() == labels[:16]
+        or np.mean(np.argmax(scores, axis=1) == labels[:16]) >= 0.9
+    )
+    assert result.get_response()["id"] == "triton-1"

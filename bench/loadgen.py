@@ -1,0 +1,92 @@
+"""Closed-loop HTTP load with wrk: C connections, each sends its next request when the previous
+answer arrived (no coordinated omission hidden: latency is measured per request, and the
+request rate is what the server sustains). wrk's --latency gives the percentiles."""
+
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+LUA = """
+wrk.method = "POST"
+local f = io.open("{body}", "rb")
+wrk.body = f:read("*all")
+f:close()
+{headers}
+local non2xx = 0
+response = function(status, headers, body)
+  if status < 200 or status > 299 then non2xx = non2xx + 1 end
+end
+done = function(summary, latency, requests)
+  io.write(string.format("NON2XX %d\\n", non2xx))
+end
+"""
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+@dataclass
+class LoadResult:
+    concurrency: int
+    seconds: float
+    requests: int
+    rps: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    errors: int
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def _ms(text: str) -> float:
+    match = re.match(r"([\d.]+)(us|ms|s|m)", text)
+    if not match:
+        raise ValueError(text)
+    return float(match.group(1)) * UNITS[match.group(2)]
+
+
+def wrk(url: str, body: bytes, *, concurrency: int, seconds: float, headers: dict[str, str]) -> LoadResult:
+    if shutil.which("wrk") is None:
+        raise RuntimeError("wrk is required: apt-get install -y wrk")
+    with tempfile.TemporaryDirectory() as folder:
+        body_path = Path(folder) / "body"
+        body_path.write_bytes(body)
+        header_lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
+        script = Path(folder) / "post.lua"
+        script.write_text(LUA.replace("{body}", str(body_path)).replace("{headers}", header_lines))
+        threads = min(2, concurrency)
+        done = subprocess.run(
+            [
+                "wrk",
+                f"-t{threads}",
+                f"-c{concurrency}",
+                f"-d{seconds}s",
+                "--timeout",
+                "60s",
+                "--latency",
+                "-s",
+                str(script),
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    out = done.stdout
+    percentiles = dict(re.findall(r"^\s+(50|90|99)%\s+(\S+)", out, re.MULTILINE))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    socket_errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    non2xx = int(re.search(r"NON2XX (\d+)", out).group(1))  # type: ignore[union-attr]
+    return LoadResult(
+        concurrency=concurrency,
+        seconds=seconds,
+        requests=requests,
+        rps=float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        p50_ms=_ms(percentiles["50"]),
+        p90_ms=_ms(percentiles["90"]),
+        p99_ms=_ms(percentiles["99"]),
+        errors=socket_errors + non2xx,
+    )

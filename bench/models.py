@@ -1,0 +1,34 @@
+"""The benchmark's models: the digits CNN (trained by the platform) and a compute-heavy
+MobileNetV2 with weights=None (random weights: nothing to download; the compute is the same)."""
+
+import json
+import sys
+from pathlib import Path
+
+
+def heavy_model_build(out: Path, *, size: int, alpha: float) -> Path:
+    """Write model.keras + model_card.json for MobileNetV2 at size x size x 3 into `out`."""
+    import keras
+
+    if (out / "model_card.json").exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    model = keras.applications.MobileNetV2(
+        input_shape=(size, size, 3), alpha=alpha, weights=None, classes=1000
+    )
+    model.save(out / "model.keras")
+    card = {
+        "name": "mobilenet",
+        "description": f"MobileNetV2 alpha={alpha} at {size}x{size}, weights=None (benchmark load)",
+        "signature": {
+            "inputs": [{"name": "images", "datatype": "FP32", "shape": [-1, size, size, 3]}],
+            "outputs": [{"name": "scores", "datatype": "FP32", "shape": [-1, 1000]}],
+        },
+        "metrics": {},
+    }
+    (out / "model_card.json").write_text(json.dumps(card, indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    heavy_model_build(Path(sys.argv[1]), size=int(sys.argv[2]), alpha=float(sys.argv[3]))
