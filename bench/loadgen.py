@@ -10,10 +10,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 LUA = """
-wrk.method = "POST"
+wrk.method = "{method}"
 local f = io.open("{body}", "rb")
 wrk.body = f:read("*all")
 f:close()
+if wrk.method == "GET" then wrk.body = nil end
 {headers}
 local non2xx = 0
 response = function(status, headers, body)
@@ -48,7 +49,9 @@ def _ms(text: str) -> float:
     return float(match.group(1)) * UNITS[match.group(2)]
 
 
-def wrk(url: str, body: bytes, *, concurrency: int, seconds: float, headers: dict[str, str]) -> LoadResult:
+def wrk(
+    url: str, body: bytes, *, concurrency: int, seconds: float, headers: dict[str, str], method: str = "POST"
+) -> LoadResult:
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is required: apt-get install -y wrk")
     with tempfile.TemporaryDirectory() as folder:
@@ -56,14 +59,18 @@ def wrk(url: str, body: bytes, *, concurrency: int, seconds: float, headers: dic
         body_path.write_bytes(body)
         header_lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
         script = Path(folder) / "post.lua"
-        script.write_text(LUA.replace("{body}", str(body_path)).replace("{headers}", header_lines))
+        script.write_text(
+            LUA.replace("{body}", str(body_path))
+            .replace("{headers}", header_lines)
+            .replace("{method}", method)
+        )
         threads = min(2, concurrency)
         done = subprocess.run(
             [
                 "wrk",
                 f"-t{threads}",
                 f"-c{concurrency}",
-                f"-d{seconds}s",
+                f"-d{max(1, round(seconds))}s",
                 "--timeout",
                 "60s",
                 "--latency",

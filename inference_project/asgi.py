@@ -6,4 +6,9 @@ from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "inference_project.settings.local")
 
-application = get_asgi_application()
+django_application = get_asgi_application()
+
+from apps.predictions.fastpath import FastPath  # noqa: E402  (needs the app registry ready)
+
+# Prediction and health routes skip Django's middleware stack (see apps/predictions/fastpath.py).
+application = FastPath(django_application)

@@ -13,6 +13,7 @@ from apps.models_registry import selectors as registry
 from apps.predictions import protocols
 from apps.predictions.authentication import api_key_authenticate
 from apps.predictions.errors import ApiError
+from apps.predictions.fastpath import db_fresh
 from apps.predictions.health import platform_readiness
 from apps.predictions.http import (
     api_errors,
@@ -26,6 +27,11 @@ from apps.predictions.http import (
 from apps.predictions.models import ApiKey
 from apps.predictions.selectors import served_model_get, served_model_ready
 from apps.predictions.services import Caller, prediction_enqueue, prediction_run, prediction_status
+
+
+def _version_numbers(name: str) -> list[int]:
+    db_fresh()
+    return [v.number for v in registry.model_version_list(model_name=name)]
 
 
 def _owner(key: ApiKey | None) -> str:
@@ -170,11 +176,7 @@ class V2ModelMetadataApi(View):
     async def get(self, request: HttpRequest, name: str, version: int | None = None) -> HttpResponse:
         await api_key_authenticate(request)
         served = await served_model_get(name=name, version=version)
-        versions = (
-            [served.version]
-            if version
-            else [v.number for v in await sync_to_async(registry.model_version_list)(model_name=name)]
-        )
+        versions = [served.version] if version else await sync_to_async(_version_numbers)(name)
         return json_response(protocols.v2_metadata(served, versions))
 
 

@@ -9,6 +9,7 @@ from django.conf import settings
 from django.http import HttpRequest
 
 from apps.predictions.errors import ApiError
+from apps.predictions.fastpath import db_fresh
 from apps.predictions.models import ApiKey
 
 KEY_CACHE_S = 30.0
@@ -47,6 +48,7 @@ def _bearer(header: str) -> str | None:
 
 
 def _lookup(hashed: str) -> ApiKey | None:
+    db_fresh()
     return ApiKey.objects.filter(hashed_key=hashed, is_active=True).first()
 
 

@@ -16,6 +16,7 @@ from django.conf import settings
 from apps.models_registry import selectors as registry
 from apps.models_registry.models import ModelVersion
 from apps.predictions.errors import not_found
+from apps.predictions.fastpath import db_fresh
 from apps.predictions.readiness import serving_count
 from apps.predictions.results import result_waiter_get
 
@@ -69,6 +70,7 @@ _cache: dict[tuple[str, int | None], tuple[float, Route | None]] = {}
 
 
 def _route_load(name: str, version: int | None) -> Route | None:
+    db_fresh()
     if version is None:
         deployment = registry.deployment_get_active(
             model_name=name, environment=settings.INFERENCE_ENVIRONMENT
@@ -122,6 +124,7 @@ async def routes_list() -> list[Route]:
     """Every model deployed in this environment (uncached: used by readiness, not per request)."""
 
     def load() -> list[Route]:
+        db_fresh()
         return [
             Route(
                 ServedModel.of(d.version), ServedModel.of(d.previous_version) if d.previous_version else None

@@ -40,7 +40,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
-ROOT_URLCONF = "inference_project.urls"
+ROOT_URLCONF = env("DJANGO_ROOT_URLCONF", default="inference_project.urls")
 ASGI_APPLICATION = "inference_project.asgi.application"
 WSGI_APPLICATION = "inference_project.wsgi.application"
 APPEND_SLASH = False
@@ -67,6 +67,9 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL;"}
     )
+# Keep connections for a minute; each use checks them first (the fast path has no request edges).
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 LANGUAGE_CODE = "en-us"

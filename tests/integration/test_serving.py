@@ -21,7 +21,9 @@ def live_version(platform: Platform) -> int:
 
 def test_health_and_readiness(platform: Platform) -> None:
     with httpx.Client(base_url=platform.base_url) as client:
-        assert client.get("/healthz").json() == {"status": "ok"}
+        live = client.get("/healthz")
+        assert live.json() == {"status": "ok"}
+        assert live.headers["X-Content-Type-Options"] == "nosniff"  # the fast path keeps these
         ready = client.get("/readyz")
         assert ready.status_code == 200
         assert ready.json()["models"]["digits"]["ready"] is True

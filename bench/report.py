@@ -1,0 +1,131 @@
+"""Turn a benchmark run into docs/benchmarks.md and a PNG (throughput and latency vs clients)."""
+
+from pathlib import Path
+from typing import Any
+
+SERIES = {
+    "ours_digits": "ours (digits)",
+    "naive_digits": "naive Celery (digits)",
+    "redis_loop_digits": "Redis-list loop (digits)",
+    "ray_digits": "Ray Serve (digits)",
+    "ours_heavy": "ours (MobileNetV2)",
+}
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for key, label in SERIES.items():
+        points = results.get(key)
+        if not isinstance(points, list):
+            continue
+        xs = [p["concurrency"] for p in points]
+        left.plot(xs, [p["rps"] for p in points], marker="o", label=label)
+        right.plot(xs, [p["p50_ms"] for p in points], marker="o", label=f"{label} p50")
+        right.plot(xs, [p["p99_ms"] for p in points], marker="x", linestyle="--", label=f"{label} p99")
+    raw_best = max(v["rows_per_s"] for v in results["raw"]["digits"].values())
+    left.axhline(raw_best, color="grey", linestyle=":", label="raw digits predict (best batch)")
+    left.set(
+        xscale="log", yscale="log", xlabel="concurrent clients", ylabel="requests / s", title="Throughput"
+    )
+    right.set(xscale="log", yscale="log", xlabel="concurrent clients", ylabel="ms", title="Latency")
+    left.legend(fontsize=7)
+    right.legend(fontsize=6, ncol=2)
+    fig.suptitle(f"{results['machine']['cpu']} · {results['machine']['cores']} cores · {results['mode']} run")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _table(points: Any) -> list[str]:
+    if not isinstance(points, list):
+        return [f"_{points.get('skipped', 'not measured')}_", ""]
+    rows = ["| clients | req/s | p50 ms | p90 ms | p99 ms | errors |", "|---|---|---|---|---|---|"]
+    rows += [
+        f"| {p['concurrency']} | {p['rps']:.0f} | {p['p50_ms']:.1f} | {p['p90_ms']:.1f} | {p['p99_ms']:.1f} | {p['errors']} |"
+        for p in points
+    ]
+    return [*rows, ""]
+
+
+def markdown(r: dict[str, Any]) -> str:
+    m = r["machine"]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Command: `{r['command']}` ({r['mode']} run, {r['seconds_per_point']:g} s per point, closed-loop load from `wrk`: each",
+        "connection sends its next request when the answer arrives; latency is per request).",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GiB, no GPU. Python {m['python']}, TensorFlow",
+        f"{m['tensorflow']}, Keras {m['keras']}, Django {m['django']}, Celery {m['celery']}, uvicorn {m['uvicorn']},",
+        f"Redis {m['redis']}, Ray {m['ray']}. Everything (load generator, API, Redis, workers, peers) shares these cores.",
+        "",
+        "Our platform: 1 API process (uvicorn), 1 worker child per model, batching per model",
+        "(`max_batch_size` 64 rows, `max_delay_ms` 2). Peers get the same model and one model process each.",
+        "",
+        "## Targets",
+        "",
+        "| measure | value | target | met |",
+        "|---|---|---|---|",
+    ]
+    names = {
+        "heavy_vs_raw": "heavy model: our throughput / raw best-batch throughput",
+        "small_vs_naive_at_64": "digits at 64 clients: ours / naive Celery",
+        "small_vs_best_peer_at_64": "digits at 64 clients: ours / best other peer",
+        "p99_vs_best_peer_at_64_ms": "digits at 64 clients: our p99 − that peer's p99 (ms)",
+        "small_vs_noop_at_64": "digits at 64 clients: ours / no-op endpoint on the same stack",
+        "p50_one_client_minus_raw_ms": "p50 at 1 client − raw single predict (ms)",
+        "inflight_2000_errors": "errors with 2,000 requests in flight on one API process",
+    }
+    for key, label in names.items():
+        item = r["targets"].get(key)
+        if item is None:
+            continue
+        peer = f" ({item['peer']})" if "peer" in item else ""
+        target = (
+            "—"
+            if item["target"] is None
+            else (f"≤ {item['target']:g}" if item.get("lower_is_better") else f"≥ {item['target']:g}")
+        )
+        met = "—" if item["met"] is None else ("yes" if item["met"] else "**no**")
+        lines.append(f"| {label}{peer} | {item['value']:.2f} | {target} | {met} |")
+    lines += [
+        "",
+        "## Raw in-process `predict_on_batch` (the limit)",
+        "",
+        "| model | batch | rows/s | p50 ms per call |",
+        "|---|---|---|---|",
+    ]
+    for model, sizes in r["raw"].items():
+        lines += [f"| {model} | {b} | {v['rows_per_s']:.0f} | {v['p50_ms']:.2f} |" for b, v in sizes.items()]
+    lines.append("")
+    for key, label in [*SERIES.items(), ("noop", "no-op endpoint (GET /healthz, same server stack)")]:
+        lines += [f"## {label}", "", *_table(r.get(key))]
+    inflight = r["inflight_2000"]
+    lines += [
+        "## 2,000 requests in flight",
+        "",
+        f"{inflight['concurrency']} connections for {inflight['seconds']:g} s on one API process: {inflight['requests']} answers,",
+        f"{inflight['rps']:.0f} req/s, p50 {inflight['p50_ms']:.0f} ms, p99 {inflight['p99_ms']:.0f} ms, {inflight['errors']} errors.",
+        "",
+        "## Memory (RSS, MB)",
+        "",
+        f"After the load above: {r.get('memory_after_load')}.",
+    ]
+    if "memory_run" in r:
+        samples = r["memory_run"]["samples"]
+        growth = {
+            k: (max(s.get(k, 0) for s in samples[1:]) / samples[1][k] - 1)
+            for k in samples[1]
+            if samples[1][k]
+        }
+        lines += [
+            f"Over {r['memory_run']['seconds']:.0f} s at 64 clients, sampled every 30 s: first {samples[1]}, last {samples[-1]};",
+            "largest growth after warm-up: " + ", ".join(f"{k} {v:+.1%}" for k, v in growth.items()) + ".",
+        ]
+    lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,530 @@
+"""`make bench`: our platform against the limit (raw in-process predict) and the peers, on one
+machine, in one run. Writes bench/results/latest.json, docs/benchmarks.md and docs/benchmarks.png.
+
+    python -m bench.run            # full: 10 s per point, c = 1, 8, 64, 256, MobileNetV2 224x224,
+                                   #       Ray Serve, a 10-minute memory run
+    python -m bench.run --quick    # < 3 minutes, checks the harness (what `make test` runs)
+"""
+
+import argparse
+import json
+import os
+import platform as pyplatform
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import psutil
+
+from bench.loadgen import LoadResult, wrk
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+BIN = Path(PYTHON).parent
+TOKEN = "bench-token"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", flush=True)
+
+
+class Processes:
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        out = (self.logs / f"{name}.log").open("wb")
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGINT) -> None:
+        if proc.poll() is None:
+            os.killpg(proc.pid, sig)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            self.stop(proc)
+
+
+def wait_until(check: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except (httpx.HTTPError, OSError):
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{what} not ready after {timeout:.0f}s")
+
+
+def machine() -> dict[str, Any]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "?",
+    )
+    versions = {}
+    for package in ("tensorflow", "keras", "django", "celery", "uvicorn", "ray"):
+        try:
+            from importlib.metadata import version
+
+            versions[package] = version(package)
+        except Exception:
+            versions[package] = "not installed"
+    redis_version = subprocess.run(
+        ["redis-server", "--version"], capture_output=True, text=True, check=False
+    ).stdout.split()[2]
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": pyplatform.python_version(),
+        "redis": redis_version.removeprefix("v="),
+        **versions,
+    }
+
+
+def raw(model_path: Path, shape: list[int], seconds: float) -> dict[str, Any]:
+    done = subprocess.run(
+        [PYTHON, "-m", "bench.raw", str(model_path), json.dumps(shape), str(seconds)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        return psutil.Process(pid).memory_info().rss / 2**20
+    except psutil.NoSuchProcess:
+        return 0.0
+
+
+class Bench:
+    def __init__(self, quick: bool, out: Path) -> None:
+        self.quick = quick
+        self.out = out
+        self.work = out / "work"
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.procs = Processes(self.out)
+        self.seconds = 3.0 if quick else 10.0
+        self.levels = [1, 64] if quick else [1, 8, 64, 256]
+        self.peer_levels = [64] if quick else [1, 8, 64, 256]
+        self.heavy_size, self.heavy_alpha = (96, 0.35) if quick else (224, 1.0)
+        self.results: dict[str, Any] = {
+            "mode": "quick" if quick else "full",
+            "seconds_per_point": self.seconds,
+        }
+
+    # --- models -------------------------------------------------------------------------------
+    def models(self) -> None:
+        cached = ROOT / ".cache" / "demo-digits"
+        self.digits_dir = cached if (cached / "model_card.json").exists() else self.work / "digits"
+        if not (self.digits_dir / "model_card.json").exists():
+            subprocess.run(
+                [PYTHON, "-m", "workers.training.digits", "--out", str(self.digits_dir)],
+                cwd=ROOT,
+                check=True,
+                capture_output=True,
+            )
+        self.heavy_dir = self.work / f"mobilenet-{self.heavy_size}-{self.heavy_alpha}"
+        subprocess.run(
+            [PYTHON, "-m", "bench.models", str(self.heavy_dir), str(self.heavy_size), str(self.heavy_alpha)],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
+        raw_seconds = 1.0 if self.quick else 5.0
+        log("raw in-process predict_on_batch")
+        self.results["raw"] = {
+            "digits": raw(self.digits_dir / "model.keras", [64], raw_seconds),
+            "heavy": raw(self.heavy_dir / "model.keras", [self.heavy_size, self.heavy_size, 3], raw_seconds),
+        }
+
+    # --- our platform -----------------------------------------------------------------------------
+    def platform_start(self) -> None:
+        root = self.work / "platform"
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir()
+        self.redis_port, self.api_port = free_port(), free_port()
+        self.env = {
+            **{
+                k: v
+                for k, v in os.environ.items()
+                if not k.startswith(("CELERY_", "REDIS_", "DATABASE_", "INFERENCE_", "DJANGO_"))
+            },
+            "DJANGO_SETTINGS_MODULE": "inference_project.settings.local",
+            "DATABASE_URL": f"sqlite:///{root / 'db.sqlite3'}",
+            "ARTIFACTS_ROOT": str(root / "artifacts"),
+            "ARTIFACT_CACHE_DIR": str(root / "cache"),
+            "INFERENCE_VAR_DIR": str(root / "var"),
+            "INFERENCE_DEMO_DIR": str(self.digits_dir),
+            "REDIS_PORT": str(self.redis_port),
+            "API_PORT": str(self.api_port),
+            "FLOWER_PORT": str(free_port()),
+            "INFERENCE_DEMO_TOKEN": TOKEN,
+            "WORKER_CONCURRENCY": "1",
+            "INFERENCE_THROTTLE_PER_SECOND": "0",
+            "INFERENCE_MAX_QUEUE_DEPTH": "1000000",
+            "INFERENCE_SYNC_TIMEOUT_S": "120",
+            "LOG_LEVEL": "WARNING",
+        }
+        subprocess.run(
+            [PYTHON, "manage.py", "migrate", "--noinput"],
+            cwd=ROOT,
+            env=self.env,
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            [PYTHON, "manage.py", "register_model", str(self.heavy_dir), "--deploy"],
+            cwd=ROOT,
+            env=self.env,
+            check=True,
+            capture_output=True,
+        )
+        log("starting the platform")
+        self.platform = self.procs.start(
+            "platform", [PYTHON, "-m", "inference_project.local_platform"], self.env
+        )
+        self.base = f"http://127.0.0.1:{self.api_port}"
+        wait_until(
+            lambda: httpx.get(f"{self.base}/readyz", timeout=2).status_code == 200, 300, "the platform"
+        )
+
+    def pids(self) -> dict[str, int]:
+        return json.loads((self.work / "platform" / "var" / "run" / "pids.json").read_text())
+
+    def memory(self) -> dict[str, float]:
+        pids = self.pids()
+        sample = {"api": rss_mb(pids["api"])}
+        for name, pid in pids.items():
+            if name.startswith("worker-") and name != "worker-platform":
+                for index, child in enumerate(psutil.Process(pid).children()):
+                    sample[f"{name}/child{index}"] = rss_mb(child.pid)
+        return {k: round(v, 1) for k, v in sample.items()}
+
+    def digits_body(self) -> bytes:
+        row = np.loadtxt(self.digits_dir / "validation.csv", delimiter=",", skiprows=1, max_rows=1)[:-1]
+        return json.dumps({"model": "digits", "inputs": [row.tolist()]}).encode()
+
+    def heavy_request(self) -> tuple[bytes, dict[str, str]]:
+        image = np.random.default_rng(1).random((1, self.heavy_size, self.heavy_size, 3), dtype=np.float32)
+        header = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "images",
+                        "shape": list(image.shape),
+                        "datatype": "FP32",
+                        "parameters": {"binary_data_size": image.nbytes},
+                    }
+                ],
+                "outputs": [{"name": "scores", "parameters": {"binary_data": True}}],
+            }
+        ).encode()
+        headers = {
+            "Authorization": f"Bearer {TOKEN}",
+            "Inference-Header-Content-Length": str(len(header)),
+            "Content-Type": "application/octet-stream",
+        }
+        return header + image.tobytes(), headers
+
+    def sweep(
+        self, url: str, body: bytes, headers: dict[str, str], levels: list[int], method: str = "POST"
+    ) -> list[dict[str, float]]:
+        points = []
+        for concurrency in levels:
+            result: LoadResult = wrk(
+                url, body, concurrency=concurrency, seconds=self.seconds, headers=headers, method=method
+            )
+            log(
+                f"  c={concurrency}: {result.rps:.0f} req/s, p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms, errors {result.errors}"
+            )
+            points.append(result.as_dict())
+        return points
+
+    def ours(self) -> None:
+        auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+        body = self.digits_body()
+        wrk(f"{self.base}/api/v1/predictions", body, concurrency=8, seconds=2, headers=auth)  # warm-up
+        log("ours, digits (native JSON route)")
+        self.results["ours_digits"] = self.sweep(f"{self.base}/api/v1/predictions", body, auth, self.levels)
+        log("no-op endpoint on the same stack (GET /healthz)")
+        self.results["noop"] = self.sweep(f"{self.base}/healthz", b"", {}, [64], method="GET")
+        heavy_body, heavy_headers = self.heavy_request()
+        wrk(
+            f"{self.base}/v2/models/mobilenet/infer",
+            heavy_body,
+            concurrency=4,
+            seconds=2,
+            headers=heavy_headers,
+        )
+        log("ours, MobileNetV2 (Open Inference Protocol, binary tensors)")
+        self.results["ours_heavy"] = self.sweep(
+            f"{self.base}/v2/models/mobilenet/infer", heavy_body, heavy_headers, self.levels
+        )
+        self.results["memory_after_load"] = self.memory()
+        log("2,000 concurrent requests held by one API process")
+        self.results["inflight_2000"] = wrk(
+            f"{self.base}/api/v1/predictions", body, concurrency=2000, seconds=self.seconds + 5, headers=auth
+        ).as_dict()
+        log(f"  {self.results['inflight_2000']}")
+
+    def naive(self) -> None:
+        port = free_port()
+        env = {
+            **self.env,
+            "DJANGO_ROOT_URLCONF": "bench.peers.naive_urls",
+            "CELERY_RESULT_BACKEND": f"redis://127.0.0.1:{self.redis_port}/0",
+        }
+        proc = self.procs.start(
+            "naive",
+            [
+                str(BIN / "gunicorn"),
+                "inference_project.wsgi:application",
+                "-b",
+                f"127.0.0.1:{port}",
+                "--workers",
+                "1",
+                "--threads",
+                "64",
+            ],
+            env,
+        )
+        body = json.dumps({"inputs": json.loads(self.digits_body())["inputs"]}).encode()
+        wait_until(
+            lambda: (
+                httpx.post(f"http://127.0.0.1:{port}/predict", content=body, timeout=30).status_code == 200
+            ),
+            60,
+            "naive Celery",
+        )
+        log("peer: naive Celery (sync Django view, one task per request, AsyncResult.get())")
+        self.results["naive_digits"] = self.sweep(
+            f"http://127.0.0.1:{port}/predict", body, {"Content-Type": "application/json"}, self.peer_levels
+        )
+        self.procs.stop(proc, signal.SIGTERM)
+
+    def redis_loop(self) -> None:
+        port, web_port = free_port(), free_port()
+        redis_proc = self.procs.start(
+            "redis-loop-redis",
+            ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
+            dict(os.environ),
+        )
+        url = f"redis://127.0.0.1:{port}/0"
+        time.sleep(0.5)
+        model = self.procs.start(
+            "redis-loop-model",
+            [PYTHON, "-m", "bench.peers.redis_loop", "model", str(self.digits_dir / "model.keras"), url],
+            dict(os.environ),
+        )
+        web = self.procs.start(
+            "redis-loop-web",
+            [
+                str(BIN / "uvicorn"),
+                "bench.peers.redis_loop:app",
+                "--port",
+                str(web_port),
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+            {**os.environ, "REDIS_URL": url, "POLL_MS": "2"},
+        )
+        body = json.dumps({"inputs": json.loads(self.digits_body())["inputs"]}).encode()
+        wait_until(
+            lambda: httpx.post(f"http://127.0.0.1:{web_port}/", content=body, timeout=30).status_code == 200,
+            120,
+            "the Redis-list loop",
+        )
+        log("peer: tuned Redis-list loop (poll 2 ms, pop up to 32)")
+        self.results["redis_loop_digits"] = self.sweep(
+            f"http://127.0.0.1:{web_port}/", body, {"Content-Type": "application/json"}, self.peer_levels
+        )
+        for proc in (web, model, redis_proc):
+            self.procs.stop(proc, signal.SIGTERM)
+
+    def ray(self) -> None:
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            self.results["ray_digits"] = {"skipped": "ray[serve] is not installed (make bench installs it)"}
+            return
+        port = free_port()
+        proc = self.procs.start(
+            "ray",
+            [PYTHON, "-m", "bench.peers.ray_serve_app", str(self.digits_dir / "model.keras"), str(port)],
+            dict(os.environ),
+        )
+        body = json.dumps({"inputs": json.loads(self.digits_body())["inputs"]}).encode()
+        try:
+            wait_until(
+                lambda: (
+                    httpx.post(f"http://127.0.0.1:{port}/predict", content=body, timeout=30).status_code
+                    == 200
+                ),
+                240,
+                "Ray Serve",
+            )
+            log("peer: Ray Serve with @serve.batch")
+            self.results["ray_digits"] = self.sweep(
+                f"http://127.0.0.1:{port}/predict",
+                body,
+                {"Content-Type": "application/json"},
+                self.peer_levels,
+            )
+        finally:
+            self.procs.stop(proc, signal.SIGTERM)
+            subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, check=False)
+
+    def memory_run(self, seconds: float) -> None:
+        log(f"memory: {seconds:.0f} s at c=64, RSS sampled every 30 s")
+        auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+        samples = [self.memory()]
+        remaining = seconds
+        while remaining > 0:
+            step = min(30.0, remaining)
+            wrk(
+                f"{self.base}/api/v1/predictions",
+                self.digits_body(),
+                concurrency=64,
+                seconds=step,
+                headers=auth,
+            )
+            samples.append(self.memory())
+            remaining -= step
+        self.results["memory_run"] = {"seconds": seconds, "samples": samples}
+
+    # --- run ------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        self.results["machine"] = machine()
+        self.results["command"] = "make bench QUICK=1" if self.quick else "make bench"
+        self.models()
+        try:
+            self.platform_start()
+            self.ours()
+            self.naive()
+            if not self.quick:
+                self.memory_run(float(os.environ.get("BENCH_MEMORY_S", "600")))
+            self.procs.stop(self.platform)
+            self.redis_loop()
+            if self.quick:
+                self.results["ray_digits"] = {"skipped": "not in quick mode"}
+            else:
+                self.ray()
+        finally:
+            self.procs.stop_all()
+        self.results["targets"] = targets(self.results)
+        return self.results
+
+
+def best(points: list[dict[str, float]], concurrency: int | None = None) -> dict[str, float]:
+    if concurrency is not None:
+        return next(p for p in points if p["concurrency"] == concurrency)
+    return max(points, key=lambda p: p["rps"])
+
+
+def targets(r: dict[str, Any]) -> dict[str, Any]:
+    heavy_raw = max(v["rows_per_s"] for v in r["raw"]["heavy"].values())
+    ours64 = best(r["ours_digits"], 64)
+    peers = {
+        name: best(r[f"{name}_digits"], 64)
+        for name in ("redis_loop", "ray")
+        if isinstance(r.get(f"{name}_digits"), list)
+    }
+    best_peer_name = max(peers, key=lambda n: peers[n]["rps"]) if peers else None
+    one = best(r["ours_digits"], 1)
+    out: dict[str, Any] = {
+        "heavy_vs_raw": {"value": best(r["ours_heavy"])["rps"] / heavy_raw, "target": 0.85},
+        "small_vs_naive_at_64": {"value": ours64["rps"] / best(r["naive_digits"], 64)["rps"], "target": 3.0},
+        "small_vs_noop_at_64": {"value": ours64["rps"] / best(r["noop"], 64)["rps"], "target": None},
+        "p50_one_client_minus_raw_ms": {
+            "value": one["p50_ms"] - r["raw"]["digits"]["1"]["p50_ms"],
+            "target": 5.0,
+            "lower_is_better": True,
+        },
+        "inflight_2000_errors": {"value": r["inflight_2000"]["errors"], "target": 0, "lower_is_better": True},
+    }
+    if best_peer_name:
+        out["small_vs_best_peer_at_64"] = {
+            "value": ours64["rps"] / peers[best_peer_name]["rps"],
+            "target": 1.2,
+            "peer": best_peer_name,
+        }
+        out["p99_vs_best_peer_at_64_ms"] = {
+            "value": ours64["p99_ms"] - peers[best_peer_name]["p99_ms"],
+            "target": 0.0,
+            "lower_is_better": True,
+            "peer": best_peer_name,
+        }
+    for item in out.values():
+        if item["target"] is None:
+            item["met"] = None
+        elif item.get("lower_is_better"):
+            item["met"] = item["value"] <= item["target"]
+        else:
+            item["met"] = item["value"] >= item["target"]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--output-dir", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument(
+        "--docs", action="store_true", help="also write docs/benchmarks.md and docs/benchmarks.png"
+    )
+    args = parser.parse_args()
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))  # 2,000 connections
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    results = Bench(args.quick, args.output_dir).run()
+    (args.output_dir / "latest.json").write_text(json.dumps(results, indent=2))
+    from bench.report import markdown, plot
+
+    plot(results, args.output_dir / "benchmarks.png")
+    report = markdown(results)
+    (args.output_dir / "benchmarks.md").write_text(report)
+    if args.docs:
+        shutil.copyfile(args.output_dir / "benchmarks.png", ROOT / "docs" / "benchmarks.png")
+        (ROOT / "docs" / "benchmarks.md").write_text(report)
+    print(report)
+
+
+if __name__ == "__main__":
+    main()
