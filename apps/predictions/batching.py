@@ -1,5 +1,10 @@
-"""Dynamic batching at the producer: requests for one model version that arrive within
-`max_delay_ms` (or until `max_batch_size` rows) leave as one Celery task.
+"""Dynamic batching at the producer: requests for one model version leave as one Celery task.
+
+A batch is sent when it holds `max_batch_size` rows, or `max_delay_ms` after it opened, but
+never more than `max_inflight` batches of this process wait for their answers at once: while they
+do, the open batch keeps filling. So an idle model answers a lone request at once (nothing in
+flight, no wait), and a busy one gets batches as large as the load allows (what Triton's dynamic
+batcher does with its queue).
 
 The worker runs one predict for the whole batch and stores each request's answer under the
 request's own id (workers/results.py), so waiting, async jobs, idempotent retries and redelivery
@@ -27,22 +32,30 @@ class _Batch:
     rows: int = 0
     expires_at: float | None = 0.0  # loop time; None: no deadline (an async job is in it)
     timer: asyncio.TimerHandle | None = None
+    due: bool = False  # its delay passed while all in-flight slots were taken
+    unanswered: set[str] = field(default_factory=set)  # ids whose answer this process awaits
 
 
 class Batcher:
     """The open batch of one model version in one event loop."""
 
-    def __init__(self, served: ServedModel, publish: Publish) -> None:
+    def __init__(self, served: ServedModel, publish: Publish, max_inflight: int = 2) -> None:
         self.served = served
         self.publish = publish
         self.max_rows = max(1, served.max_batch_size)
         self.max_delay_s = max(0.0, served.max_delay_ms / 1000)
+        self.max_inflight = max(1, max_inflight)
         self._open: _Batch | None = None
+        self._inflight: set[int] = set()  # ids of sent batches whose answers are still awaited
+        self._batch_of: dict[str, _Batch] = {}
 
     async def submit(
-        self, *, request_id: str, inputs: dict[str, np.ndarray], expires_s: float | None
+        self, *, request_id: str, inputs: dict[str, np.ndarray], expires_s: float | None, awaited: bool = True
     ) -> None:
-        """Add a request; returns once its batch was handed to the broker (or raises why not)."""
+        """Add a request; returns once its batch was handed to the broker (or raises why not).
+
+        `awaited`: this process waits for the answer and will call `answered(request_id)`.
+        """
         loop = asyncio.get_running_loop()
         rows = len(next(iter(inputs.values())))
         batch = self._open
@@ -51,8 +64,8 @@ class Batcher:
             batch = None
         if batch is None:
             batch = self._open = _Batch()
-            if self.max_delay_s > 0:
-                batch.timer = loop.call_later(self.max_delay_s, self._flush, batch)
+            if self.max_delay_s > 0 and self._inflight:
+                batch.timer = loop.call_later(self.max_delay_s, self._timer_fired, batch)
         batch.parts.append(
             {"id": request_id, "inputs": {name: tensor_encode(a) for name, a in inputs.items()}}
         )
@@ -61,11 +74,33 @@ class Batcher:
             batch.expires_at = None
         else:
             batch.expires_at = max(batch.expires_at, loop.time() + expires_s)
+        if awaited:
+            batch.unanswered.add(request_id)
+            self._batch_of[request_id] = batch
         waiter: asyncio.Future[None] = loop.create_future()
         batch.waiters.append(waiter)
-        if batch.rows >= self.max_rows or self.max_delay_s == 0:
+        if batch.rows >= self.max_rows or self.max_delay_s == 0 or not self._inflight:
             self._flush(batch)
         await waiter
+
+    def answered(self, request_id: str) -> None:
+        """The answer of `request_id` arrived (or its wait ended): free its batch's slot when it
+        was the last one awaited, and send the open batch if it was waiting for a slot."""
+        batch = self._batch_of.pop(request_id, None)
+        if batch is None:
+            return
+        batch.unanswered.discard(request_id)
+        if not batch.unanswered and id(batch) in self._inflight:
+            self._inflight.discard(id(batch))
+            if self._open is not None and self._open.due:
+                self._flush(self._open)
+
+    def _timer_fired(self, batch: _Batch) -> None:
+        batch.timer = None
+        if len(self._inflight) < self.max_inflight:
+            self._flush(batch)
+        else:
+            batch.due = True
 
     def _flush(self, batch: _Batch) -> None:
         if self._open is batch:
@@ -73,6 +108,8 @@ class Batcher:
         if batch.timer is not None:
             batch.timer.cancel()
             batch.timer = None
+        if batch.unanswered:
+            self._inflight.add(id(batch))
         if batch.waiters and not batch.waiters[0].done():
             asyncio.get_running_loop().create_task(self._send(batch))
 
@@ -82,6 +119,8 @@ class Batcher:
         try:
             await self.publish(self.served, batch.parts, expires)
         except Exception as exc:
+            for request_id in list(batch.unanswered):
+                self.answered(request_id)
             for waiter in batch.waiters:
                 if not waiter.done():
                     waiter.set_exception(exc)
@@ -94,12 +133,12 @@ class Batcher:
 _batchers: dict[tuple[int, str, int], Batcher] = {}
 
 
-def batcher_get(served: ServedModel, publish: Publish) -> Batcher:
+def batcher_get(served: ServedModel, publish: Publish, max_inflight: int = 2) -> Batcher:
     key = (id(asyncio.get_running_loop()), served.name, served.version)
     batcher = _batchers.get(key)
     if batcher is None or (batcher.served.max_batch_size, batcher.served.max_delay_ms) != (
         served.max_batch_size,
         served.max_delay_ms,
     ):
-        batcher = _batchers[key] = Batcher(served, publish)
+        batcher = _batchers[key] = Batcher(served, publish, max_inflight)
     return batcher

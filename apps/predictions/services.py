@@ -17,7 +17,7 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
 from apps.predictions.admission import admission_check
-from apps.predictions.batching import batcher_get
+from apps.predictions.batching import Batcher, batcher_get
 from apps.predictions.errors import ApiError
 from apps.predictions.results import result_payload_decode, result_waiter_get
 from apps.predictions.selectors import ServedModel
@@ -75,13 +75,8 @@ async def _publish_batch_async(
         raise broker_unavailable() from exc
 
 
-async def _submit(
-    *, served: ServedModel, task_id: str, inputs: dict[str, np.ndarray], expires: float | None
-) -> None:
-    """Hand one request to its model version's batcher; returns once it is on the broker."""
-    await batcher_get(served, _publish_batch_async).submit(
-        request_id=task_id, inputs=inputs, expires_s=expires
-    )
+def _batcher(served: ServedModel) -> Batcher:
+    return batcher_get(served, _publish_batch_async, settings.INFERENCE_MAX_INFLIGHT_BATCHES)
 
 
 def _result_from_meta(task_id: str, meta: dict[str, Any]) -> PredictionResult:
@@ -176,10 +171,11 @@ async def prediction_run(
         future = waiter.expect(task_id)
         try:
             if fresh:
-                await _submit(served=served, task_id=task_id, inputs=inputs, expires=caller.deadline_s)
+                await _batcher(served).submit(request_id=task_id, inputs=inputs, expires_s=caller.deadline_s)
             payload = await waiter.wait(task_id, future, caller.deadline_s, check_first=not fresh)
         finally:
             waiter.forget(task_id)
+            _batcher(served).answered(task_id)
     except TimeoutError:
         await _idempotency_release(caller)
         raise ApiError(504, "timeout", f"no result within {caller.deadline_s:g}s") from None
@@ -201,7 +197,7 @@ async def prediction_enqueue(*, served: ServedModel, inputs: dict[str, np.ndarra
         await result_waiter_get().redis.set(JOB_PREFIX + task_id, job, ex=settings.CELERY_RESULT_EXPIRES)
     except (RedisError, OSError) as exc:
         raise broker_unavailable() from exc
-    await _submit(served=served, task_id=task_id, inputs=inputs, expires=None)
+    await _batcher(served).submit(request_id=task_id, inputs=inputs, expires_s=None, awaited=False)
     return task_id
 
 

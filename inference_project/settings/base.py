@@ -167,6 +167,9 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = INFERENCE_MAX_BODY_BYTES
 # and messages waiting in a model's queue (503). Both answer with Retry-After.
 INFERENCE_THROTTLE_PER_SECOND = env.int("INFERENCE_THROTTLE_PER_SECOND", default=2000)
 INFERENCE_MAX_QUEUE_DEPTH = env.int("INFERENCE_MAX_QUEUE_DEPTH", default=5000)
+# Dynamic batching: at most this many batches per model wait for answers in one API process; the
+# next batch keeps filling meanwhile (max_batch_size / max_delay_ms are set per model).
+INFERENCE_MAX_INFLIGHT_BATCHES = env.int("INFERENCE_MAX_INFLIGHT_BATCHES", default=2)
 # Prediction and model routes require `Authorization: Bearer <api key>`.
 INFERENCE_AUTH_REQUIRED = env.bool("INFERENCE_AUTH_REQUIRED", default=True)
 # How long the API trusts its in-process copy of the registry (deployed versions, signatures).

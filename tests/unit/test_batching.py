@@ -11,7 +11,7 @@ from apps.predictions.selectors import ServedModel
 SIGNATURE = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}], "outputs": []}
 
 
-def served(max_batch_size: int = 4, max_delay_ms: float = 20.0) -> ServedModel:
+def served(max_batch_size: int = 64, max_delay_ms: float = 20.0) -> ServedModel:
     return ServedModel(
         name="toy", version=1, signature=SIGNATURE, max_batch_size=max_batch_size, max_delay_ms=max_delay_ms
     )
@@ -27,80 +27,118 @@ class Broker:
             raise ConnectionError("broker down")
         self.batches.append(([p["id"] for p in parts], expires))
 
+    def ids(self) -> list[list[str]]:
+        return [ids for ids, _ in self.batches]
 
-def rows(n: int) -> dict[str, np.ndarray]:
+
+def rows(n: int = 1) -> dict[str, np.ndarray]:
     return {"x": np.zeros((n, 2), dtype=np.float32)}
 
 
-async def submit_all(batcher: Batcher, sizes: list[int], expires: list[float | None] | None = None) -> None:
-    expires = expires or [5.0] * len(sizes)
-    await asyncio.gather(
-        *(
-            batcher.submit(request_id=f"r{i}", inputs=rows(n), expires_s=e)
-            for i, (n, e) in enumerate(zip(sizes, expires, strict=True))
-        )
-    )
-
-
-def test_requests_within_the_window_leave_together() -> None:
-    broker = Broker()
-    asyncio.run(submit_all(Batcher(served(max_batch_size=64), broker.publish), [1, 1, 1]))
-    assert [ids for ids, _ in broker.batches] == [["r0", "r1", "r2"]]
-
-
-def test_a_full_batch_leaves_at_once_and_the_rest_starts_a_new_one() -> None:
+def test_an_idle_model_sends_a_lone_request_at_once() -> None:
     broker = Broker()
 
     async def run() -> float:
         loop = asyncio.get_running_loop()
         started = loop.time()
-        await submit_all(Batcher(served(max_batch_size=4, max_delay_ms=1000), broker.publish), [2, 2, 3, 1])
-        return loop.time() - started
-
-    elapsed = asyncio.run(run())
-    assert [ids for ids, _ in broker.batches] == [["r0", "r1"], ["r2", "r3"]]
-    assert elapsed < 0.5  # both batches filled up; nobody waited for the 1 s window
-
-
-def test_a_lone_request_waits_at_most_the_delay() -> None:
-    broker = Broker()
-
-    async def run() -> float:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        await Batcher(served(max_delay_ms=30), broker.publish).submit(
-            request_id="solo", inputs=rows(1), expires_s=5
+        await Batcher(served(max_delay_ms=500), broker.publish).submit(
+            request_id="solo", inputs=rows(), expires_s=5
         )
         return loop.time() - started
 
-    elapsed = asyncio.run(run())
-    assert broker.batches == [(["solo"], pytest.approx(5, abs=0.2))]
-    assert 0.025 <= elapsed < 0.2
+    assert asyncio.run(run()) < 0.05
+    assert broker.ids() == [["solo"]]
+    assert broker.batches[0][1] == pytest.approx(5, abs=0.2)
+
+
+def test_while_a_batch_is_in_flight_the_next_requests_wait_for_the_window_together() -> None:
+    broker = Broker()
+
+    async def run() -> None:
+        batcher = Batcher(served(max_delay_ms=20), broker.publish)
+        await batcher.submit(request_id="first", inputs=rows(), expires_s=5)  # now in flight
+        await asyncio.gather(
+            *(batcher.submit(request_id=f"r{i}", inputs=rows(), expires_s=5) for i in range(3))
+        )
+
+    asyncio.run(run())
+    assert broker.ids() == [["first"], ["r0", "r1", "r2"]]
+
+
+def test_with_every_slot_taken_the_open_batch_fills_until_an_answer_frees_one() -> None:
+    broker = Broker()
+
+    async def run() -> None:
+        batcher = Batcher(served(max_delay_ms=5), broker.publish, max_inflight=1)
+        await batcher.submit(request_id="first", inputs=rows(), expires_s=5)
+        pending = [
+            asyncio.create_task(batcher.submit(request_id=f"r{i}", inputs=rows(), expires_s=5))
+            for i in range(3)
+        ]
+        await asyncio.sleep(0.05)  # ten times the delay: still waiting for the slot
+        assert broker.ids() == [["first"]]
+        batcher.answered("first")
+        await asyncio.gather(*pending)
+
+    asyncio.run(run())
+    assert broker.ids() == [["first"], ["r0", "r1", "r2"]]
+
+
+def test_a_full_batch_leaves_whatever_is_in_flight() -> None:
+    broker = Broker()
+
+    async def run() -> None:
+        batcher = Batcher(served(max_batch_size=4, max_delay_ms=1000), broker.publish, max_inflight=1)
+        await batcher.submit(request_id="first", inputs=rows(), expires_s=5)
+        await asyncio.gather(
+            *(batcher.submit(request_id=f"r{i}", inputs=rows(2), expires_s=5) for i in range(2))
+        )
+
+    asyncio.run(asyncio.wait_for(run(), 0.5))
+    assert broker.ids() == [["first"], ["r0", "r1"]]
 
 
 def test_zero_delay_disables_batching() -> None:
     broker = Broker()
-    asyncio.run(submit_all(Batcher(served(max_delay_ms=0), broker.publish), [1, 1]))
-    assert [ids for ids, _ in broker.batches] == [["r0"], ["r1"]]
+
+    async def run() -> None:
+        batcher = Batcher(served(max_delay_ms=0), broker.publish)
+        await asyncio.gather(
+            *(batcher.submit(request_id=f"r{i}", inputs=rows(), expires_s=5) for i in range(2))
+        )
+
+    asyncio.run(run())
+    assert broker.ids() == [["r0"], ["r1"]]
 
 
 def test_expiry_is_the_latest_deadline_and_none_with_an_async_request() -> None:
-    broker = Broker()
-    asyncio.run(submit_all(Batcher(served(max_batch_size=64), broker.publish), [1, 1], expires=[1.0, 9.0]))
-    assert broker.batches[0][1] == pytest.approx(9.0, abs=0.2)
-    broker = Broker()
-    asyncio.run(submit_all(Batcher(served(max_batch_size=64), broker.publish), [1, 1], expires=[1.0, None]))
-    assert broker.batches[0][1] is None
+    async def run(expiries: list[float | None]) -> Broker:
+        broker = Broker()
+        batcher = Batcher(served(), broker.publish)
+        await batcher.submit(request_id="first", inputs=rows(), expires_s=1)
+        await asyncio.gather(
+            *(
+                batcher.submit(request_id=f"r{i}", inputs=rows(), expires_s=e, awaited=e is not None)
+                for i, e in enumerate(expiries)
+            )
+        )
+        return broker
+
+    assert asyncio.run(run([1.0, 9.0])).batches[1][1] == pytest.approx(9.0, abs=0.2)
+    assert asyncio.run(run([1.0, None])).batches[1][1] is None
 
 
-def test_a_broker_failure_reaches_every_request_of_the_batch() -> None:
+def test_a_broker_failure_reaches_every_request_and_frees_the_slot() -> None:
     broker = Broker(fail=True)
 
-    async def run() -> list[BaseException | None]:
-        batcher = Batcher(served(max_batch_size=64), broker.publish)
-        return await asyncio.gather(
-            *(batcher.submit(request_id=f"r{i}", inputs=rows(1), expires_s=5) for i in range(3)),
+    async def run() -> tuple[list[BaseException | None], Batcher]:
+        batcher = Batcher(served(), broker.publish, max_inflight=1)
+        outcome = await asyncio.gather(
+            *(batcher.submit(request_id=f"r{i}", inputs=rows(), expires_s=5) for i in range(3)),
             return_exceptions=True,
         )
+        return outcome, batcher
 
-    assert all(isinstance(r, ConnectionError) for r in asyncio.run(run()))
+    outcome, batcher = asyncio.run(run())
+    assert all(isinstance(r, ConnectionError) for r in outcome)
+    assert not batcher._inflight
