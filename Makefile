@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 
-.PHONY: run test soak lint format venv system-deps test-deps lambda-package clean
+.PHONY: run test soak bench lint format venv system-deps test-deps lambda-package clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
@@ -26,9 +26,9 @@ system-deps:
 
 # Debian's chromium drives the admin's browser tests (playwright uses it; it downloads nothing).
 test-deps: system-deps
-	@command -v chromium >/dev/null || { \
-	  echo "chromium missing: installing it (apt-get install -y chromium)"; \
-	  $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
+	@command -v chromium >/dev/null && command -v wrk >/dev/null || { \
+	  echo "chromium or wrk missing: installing them (apt-get install -y chromium wrk)"; \
+	  $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium wrk; }
 
 run: venv system-deps
 	$(BIN)/python -m inference_project.local_platform
@@ -43,6 +43,16 @@ format: venv
 
 test: venv test-deps lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Benchmark against raw predict and the peers; writes docs/benchmarks.md and docs/benchmarks.png.
+# QUICK=1: under 3 minutes, checks the harness (make test runs it), writes bench/results/ only.
+bench: venv test-deps
+ifdef QUICK
+	$(BIN)/python -m bench.run --quick
+else
+	$(BIN)/python -m pip install --quiet -r requirements-bench.txt
+	$(BIN)/python -m bench.run --docs
+endif
 
 # 20,000 mixed requests with random worker kills (SOAK_REQUESTS to change); about 6 minutes.
 soak: venv test-deps

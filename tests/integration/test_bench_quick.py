@@ -1,0 +1,43 @@
+"""`make bench QUICK=1` inside `make test`: the harness runs end to end and produces its figures.
+It checks the harness, not the targets (those are for the full run on a quiet machine)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def test_quick_benchmark_produces_its_figures(tmp_path: Path, demo_model_dir: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--output-dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((tmp_path / "latest.json").read_text())
+    for key in (
+        "raw",
+        "ours_digits",
+        "ours_heavy",
+        "noop",
+        "naive_digits",
+        "redis_loop_digits",
+        "inflight_2000",
+        "targets",
+    ):
+        assert key in results, key
+    assert all(
+        point["errors"] == 0 and point["rps"] > 0 for point in results["ours_digits"] + results["ours_heavy"]
+    )
+    assert results["inflight_2000"]["errors"] == 0
+    assert (tmp_path / "benchmarks.png").stat().st_size > 10_000
+    assert "## Targets" in (tmp_path / "benchmarks.md").read_text()
