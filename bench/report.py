@@ -127,5 +127,10 @@ def markdown(r: dict[str, Any]) -> str:
             f"Over {r['memory_run']['seconds']:.0f} s at 64 clients, sampled every 30 s: first {samples[1]}, last {samples[-1]};",
             "largest growth after warm-up: " + ", ".join(f"{k} {v:+.1%}" for k, v in growth.items()) + ".",
         ]
-    lines.append("")
+    lines += [
+        "",
+        "Why the targets that are missed are missed, and what to try next: `docs/architecture.md`,",
+        'section "Dynamic batching and the HTTP fast path".',
+        "",
+    ]
     return "\n".join(lines)

@@ -97,7 +97,7 @@ class ModelRuntime:
         self._loaded: OrderedDict[tuple[str, int], Predictor] = OrderedDict()
         self._last_used: dict[tuple[str, int], float] = {}
         self._lock = threading.Lock()
-        self._loading = threading.Lock()
+        self._loading: dict[tuple[str, int], threading.Lock] = {}
         self._redis = redis_sync()
 
     def predictor_get(self, *, model_name: str, version: int) -> Predictor:
@@ -107,8 +107,11 @@ class ModelRuntime:
                 self._loaded.move_to_end(key)
                 self._last_used[key] = time.monotonic()
                 return self._loaded[key]
-        # One load at a time per process: a swap and a request for the same version load it once.
-        with self._loading:
+        # One load per version at a time: a swap and a request for it load it once, and a load
+        # that hangs holds up only that version.
+        with self._lock:
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:
             with self._lock:
                 if key in self._loaded:
                     return self._loaded[key]
@@ -140,9 +143,21 @@ class ModelRuntime:
             except ModelUnavailable:
                 logger.exception("could not preload %s", deployment)
 
-    def swap(self, *, model_name: str, version: int, grace_s: float) -> None:
-        """A new live version: load it beside the old one, then retire the old ones once idle."""
-        self.predictor_get(model_name=model_name, version=version)
+    def swap(self, *, model_name: str, version: int, grace_s: float, load_timeout_s: float) -> None:
+        """A new live version: load it beside the old one, then retire the old ones once idle.
+
+        A load that takes longer than `load_timeout_s` is reported to the registry as failed; the
+        API keeps routing to the loaded version, which has no readiness mark for the new one.
+        """
+        watchdog = threading.Timer(
+            load_timeout_s, self._report_slow_load, args=(model_name, version, load_timeout_s)
+        )
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            self.predictor_get(model_name=model_name, version=version)
+        finally:
+            watchdog.cancel()
         time.sleep(grace_s)
         now = time.monotonic()
         with self._lock:
@@ -154,6 +169,25 @@ class ModelRuntime:
             retired = [(key, self._loaded.pop(key)) for key in idle]
         for (name, number), predictor in retired:
             self._retire(name, number, predictor)
+
+    def _report_slow_load(self, model_name: str, version: int, timeout_s: float) -> None:
+        found = selectors.model_version_get(model_name=model_name, number=version)
+        if found is None:
+            return
+        logger.error(
+            "%s v%s did not load within %.0fs; the loaded versions keep serving",
+            model_name,
+            version,
+            timeout_s,
+        )
+        registry_event_record(
+            model=found.model,
+            action=RegistryEvent.Action.LOAD_FAILED,
+            version=found,
+            environment=self.environment,
+            actor=self.worker_id,
+            details={"error": f"did not load within {timeout_s:.0f}s"},
+        )
 
     def run(self, request: dict[str, Any]) -> dict[str, Any]:
         """Answer one task: `{"model", "version", "inputs": {name: wire tensor}}`."""
@@ -274,8 +308,18 @@ def heartbeat_start(runtime: ModelRuntime, *, interval: float) -> threading.Thre
     return _forever("readiness-heartbeat", beat)
 
 
-def deployments_listen(runtime: ModelRuntime, *, model_names: list[str], grace_s: float) -> threading.Thread:
-    """Follow promotions and rollbacks of this environment's models."""
+def deployments_listen(
+    runtime: ModelRuntime, *, model_names: list[str], grace_s: float, load_timeout_s: float
+) -> threading.Thread:
+    """Follow promotions and rollbacks of this environment's models; each change is applied in
+    its own thread, so a load that hangs never stops the next change from being heard."""
+
+    def apply(model: str, version: int) -> None:
+        try:
+            runtime.swap(model_name=model, version=version, grace_s=grace_s, load_timeout_s=load_timeout_s)
+        except ModelUnavailable:
+            logger.exception("keeping the loaded versions of %s", model)
+
     channel = DEPLOYMENTS_CHANNEL.format(environment=runtime.environment)
 
     def listen() -> None:
@@ -287,10 +331,12 @@ def deployments_listen(runtime: ModelRuntime, *, model_names: list[str], grace_s
                 if model_names and change["model"] not in model_names:
                     continue
                 logger.info("deployment change: %s", change)
-                try:
-                    runtime.swap(model_name=change["model"], version=int(change["version"]), grace_s=grace_s)
-                except ModelUnavailable:
-                    logger.exception("keeping the loaded versions of %s", change["model"])
+                threading.Thread(
+                    target=apply,
+                    args=(change["model"], int(change["version"])),
+                    name="deployment-swap",
+                    daemon=True,
+                ).start()
         finally:
             pubsub.close()
 

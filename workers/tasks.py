@@ -53,7 +53,10 @@ def _load_models_in_child(**_: Any) -> None:
         logger.info("worker child %s pinned to GPU %s", current_process().index, device)
     runtime = runtime_get()
     deployments_listen(
-        runtime, model_names=settings.INFERENCE_WORKER_MODELS, grace_s=settings.INFERENCE_SWAP_GRACE_S
+        runtime,
+        model_names=settings.INFERENCE_WORKER_MODELS,
+        grace_s=settings.INFERENCE_SWAP_GRACE_S,
+        load_timeout_s=settings.INFERENCE_LOAD_TIMEOUT_S,
     )
     runtime.preload(model_names=settings.INFERENCE_WORKER_MODELS)
     heartbeat_start(runtime, interval=settings.INFERENCE_HEARTBEAT_S)

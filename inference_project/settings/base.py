@@ -208,6 +208,8 @@ INFERENCE_WORKER_ROLE = env("INFERENCE_WORKER_ROLE", default="inference")
 INFERENCE_WORKER_MODELS = env.list("INFERENCE_WORKER_MODELS", default=[])
 # After a promotion/rollback, a worker unloads the replaced version once it has been idle this long.
 INFERENCE_SWAP_GRACE_S = env.float("INFERENCE_SWAP_GRACE_S", default=5.0)
+# A new version still loading after this long is reported to the registry as a failed load.
+INFERENCE_LOAD_TIMEOUT_S = env.float("INFERENCE_LOAD_TIMEOUT_S", default=120.0)
 
 # --- Model registry -----------------------------------------------------------------------------
 # Artifact storage: "local" (ARTIFACTS_ROOT) or "s3" (bucket/prefix; endpoint and credentials come
