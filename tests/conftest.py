@@ -86,3 +86,15 @@ def s3_server():  # type: ignore[no-untyped-def]
     yield f"http://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(timeout=10)
+
+
+@pytest.fixture
+def registry_settings(settings, tmp_path: Path, redis_server: str):  # type: ignore[no-untyped-def]
+    """Registry storage in a temporary folder and a clean real Redis, for DB-backed tests."""
+    import redis
+
+    settings.ARTIFACTS_ROOT = tmp_path / "artifacts"
+    settings.ARTIFACT_CACHE_DIR = tmp_path / "cache"
+    settings.REDIS_URL = redis_server
+    redis.Redis.from_url(redis_server).flushdb()
+    return settings

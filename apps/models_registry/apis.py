@@ -15,7 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.models_registry import selectors
-from apps.models_registry.models import ModelVersion, RegisteredModel, RegistryEvent
+from apps.models_registry.models import Deployment, ModelVersion, RegisteredModel, RegistryEvent
 from apps.models_registry.services import (
     PromotionRefused,
     deployment_rollback,
@@ -23,6 +23,16 @@ from apps.models_registry.services import (
     model_version_promote,
     model_version_register,
 )
+
+
+def _deployment_body(deployment: Deployment) -> dict[str, Any]:
+    previous = deployment.previous_version
+    return {
+        "model": deployment.model.name,
+        "environment": deployment.environment,
+        "version": deployment.version.number,
+        "previous_version": previous.number if previous else None,
+    }
 
 
 def _model_or_404(name: str) -> RegisteredModel:
@@ -204,17 +214,7 @@ class PromoteApi(APIView):
                 body["gates"] = exc.report.as_dict()
             return Response(body, status=status.HTTP_422_UNPROCESSABLE_ENTITY)
         event = selectors.registry_history(model=model, limit=1)[0]
-        return Response(
-            {
-                "model": name,
-                "environment": deployment.environment,
-                "version": deployment.version.number,
-                "previous_version": deployment.previous_version.number
-                if deployment.previous_version
-                else None,
-                "gates": event.details,
-            }
-        )
+        return Response({**_deployment_body(deployment), "gates": event.details})
 
 
 class RollbackApi(APIView):
@@ -240,16 +240,7 @@ class RollbackApi(APIView):
             return Response(
                 {"error": {"code": "rollback_refused", "message": str(exc)}}, status=status.HTTP_409_CONFLICT
             )
-        return Response(
-            {
-                "model": name,
-                "environment": deployment.environment,
-                "version": deployment.version.number,
-                "previous_version": deployment.previous_version.number
-                if deployment.previous_version
-                else None,
-            }
-        )
+        return Response(_deployment_body(deployment))
 
 
 class RolloutApi(APIView):

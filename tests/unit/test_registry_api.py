@@ -4,20 +4,11 @@ import json
 from pathlib import Path
 
 import pytest
-import redis
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.test import Client
 
-pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-def registry_settings(settings, tmp_path: Path, redis_server: str):  # type: ignore[no-untyped-def]
-    settings.ARTIFACTS_ROOT = tmp_path / "artifacts"
-    settings.ARTIFACT_CACHE_DIR = tmp_path / "cache"
-    settings.REDIS_URL = redis_server
-    redis.Redis.from_url(redis_server).flushdb()
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("registry_settings")]
 
 
 def client_for(*perms: str, staff: bool = True) -> Client:

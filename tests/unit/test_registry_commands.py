@@ -5,22 +5,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import redis
 from django.core.management import CommandError, call_command
 from openpyxl import Workbook
 
 from apps.models_registry import selectors
 from workers.gates import validation_read
 
-pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-def registry_settings(settings, tmp_path: Path, redis_server: str):  # type: ignore[no-untyped-def]
-    settings.ARTIFACTS_ROOT = tmp_path / "artifacts"
-    settings.ARTIFACT_CACHE_DIR = tmp_path / "cache"
-    settings.REDIS_URL = redis_server
-    redis.Redis.from_url(redis_server).flushdb()
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("registry_settings")]
 
 
 def run(*args: str) -> str:

@@ -24,16 +24,7 @@ from apps.models_registry.services import (
 )
 from apps.models_registry.storage import redis_cache_key
 
-pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-def registry_settings(settings, tmp_path: Path, redis_server: str):  # type: ignore[no-untyped-def]
-    settings.ARTIFACTS_ROOT = tmp_path / "artifacts"
-    settings.ARTIFACT_CACHE_DIR = tmp_path / "cache"
-    settings.REDIS_URL = redis_server
-    redis.Redis.from_url(redis_server).flushdb()
-    return settings
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("registry_settings")]
 
 
 def register(folder: Path, name: str = "digits", **overrides: object):  # type: ignore[no-untyped-def]
