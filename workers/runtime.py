@@ -191,19 +191,12 @@ class ModelRuntime:
 
     def run(self, request: dict[str, Any]) -> dict[str, Any]:
         """Answer one task: `{"model", "version", "inputs": {name: wire tensor}}`."""
-        model_name, version = request["model"], int(request["version"])
-        try:
-            predictor = self.predictor_get(model_name=model_name, version=version)
-        except ModelUnavailable as exc:
-            return {"error": {"code": exc.code, "message": str(exc)}}
-        inputs = {name: tensor_decode(wire) for name, wire in request["inputs"].items()}
-        outputs = predictor.predict(inputs)
-        return {
-            "model": model_name,
-            "version": version,
-            "worker": self.worker_id,
-            "outputs": {name: tensor_encode(array) for name, array in outputs.items()},
-        }
+        ((_, result),) = self.run_batch(
+            [{"id": "", "inputs": request["inputs"]}],
+            model_name=request["model"],
+            version=int(request["version"]),
+        )
+        return result
 
     def run_batch(
         self, parts: list[dict[str, Any]], *, model_name: str, version: int

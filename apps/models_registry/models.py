@@ -4,6 +4,11 @@ from django.conf import settings
 from django.db import models
 
 
+def queue_name(model_name: str) -> str:
+    """The Celery queue (a Redis list) of a model's requests; its workers consume only it."""
+    return f"inference.{model_name}"
+
+
 class RegisteredModel(models.Model):
     """A served model; each one gets its own Celery queue so its workers scale on their own."""
 
@@ -26,7 +31,7 @@ class RegisteredModel(models.Model):
 
     @property
     def queue(self) -> str:
-        return f"inference.{self.name}"
+        return queue_name(self.name)
 
 
 class ModelVersion(models.Model):

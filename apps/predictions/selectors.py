@@ -14,7 +14,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from apps.models_registry import selectors as registry
-from apps.models_registry.models import ModelVersion
+from apps.models_registry.models import ModelVersion, queue_name
 from apps.predictions.errors import not_found
 from apps.predictions.fastpath import db_fresh
 from apps.predictions.readiness import serving_count
@@ -37,7 +37,7 @@ class ServedModel:
 
     @property
     def queue(self) -> str:
-        return f"inference.{self.name}"
+        return queue_name(self.name)
 
     def input_spec(self, name: str | None = None) -> dict[str, Any]:
         inputs = self.signature["inputs"]

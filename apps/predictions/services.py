@@ -118,15 +118,19 @@ def request_fingerprint(served: ServedModel, inputs: dict[str, np.ndarray]) -> s
     return digest.hexdigest()
 
 
-async def _task_id_claim(*, caller: Caller, fingerprint: str) -> tuple[str, bool]:
+async def _task_id_claim(
+    *, caller: Caller, served: ServedModel, inputs: dict[str, np.ndarray]
+) -> tuple[str, bool]:
     """A fresh task id, or the id already claimed by this caller's Idempotency-Key.
 
-    Returns (task id, fresh). The same key with a different request body is refused (422).
+    Returns (task id, fresh). The same key with a different request body is refused (422). The
+    request is fingerprinted only when it carries a key: hashing tensors is not free.
     """
     waiter = result_waiter_get()
     task_id = waiter.new_task_id()
     if not caller.idempotency_key:
         return task_id, True
+    fingerprint = request_fingerprint(served, inputs)
     record = (
         IDEMPOTENCY_PREFIX + hashlib.sha256(f"{caller.owner}\0{caller.idempotency_key}".encode()).hexdigest()
     )
@@ -134,7 +138,7 @@ async def _task_id_claim(*, caller: Caller, fingerprint: str) -> tuple[str, bool
         return task_id, True
     existing = await waiter.redis.get(record)
     if existing is None:  # expired between the two calls
-        return await _task_id_claim(caller=caller, fingerprint=fingerprint)
+        return await _task_id_claim(caller=caller, served=served, inputs=inputs)
     claimed_id, claimed_fingerprint = existing.decode().split(" ")
     if claimed_fingerprint != fingerprint:
         raise ApiError(
@@ -166,7 +170,7 @@ async def prediction_run(
     """
     try:
         await admission_check(owner=caller.owner, rate=caller.rate, queue=served.queue)
-        task_id, fresh = await _task_id_claim(caller=caller, fingerprint=request_fingerprint(served, inputs))
+        task_id, fresh = await _task_id_claim(caller=caller, served=served, inputs=inputs)
         waiter = result_waiter_get()
         future = waiter.expect(task_id)
         try:
@@ -188,7 +192,7 @@ async def prediction_enqueue(*, served: ServedModel, inputs: dict[str, np.ndarra
     """Enqueue without waiting; the job id is then polled with `prediction_status`."""
     try:
         await admission_check(owner=caller.owner, rate=caller.rate, queue=served.queue)
-        task_id, fresh = await _task_id_claim(caller=caller, fingerprint=request_fingerprint(served, inputs))
+        task_id, fresh = await _task_id_claim(caller=caller, served=served, inputs=inputs)
         if not fresh:
             return task_id
         job = json.dumps(

@@ -13,6 +13,7 @@ from django.http import HttpRequest, JsonResponse
 from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
 
+from apps.models_registry.models import queue_name
 from apps.predictions.services import PREDICT_TASK
 from apps.predictions.wire import tensor_decode, tensor_encode
 from inference_project.celery_app import app
@@ -28,7 +29,7 @@ def predict(request: HttpRequest) -> JsonResponse:
     task = app.send_task(
         PREDICT_TASK,
         args=[{"model": MODEL, "version": VERSION, "inputs": {INPUT: tensor_encode(rows)}}],
-        queue=f"inference.{MODEL}",
+        queue=queue_name(MODEL),
     )
     answer = task.get(timeout=60)
     return JsonResponse({"predictions": tensor_decode(answer["outputs"][OUTPUT]).tolist()})

@@ -9,14 +9,37 @@ import httpx
 from tests.integration.conftest import Platform
 
 
-def worker_children(platform: Platform) -> list[int]:
+def children(pid: int) -> list[int]:
     out = subprocess.run(
-        ["ps", "-o", "pid=", "--ppid", str(platform.pids()["worker-digits"])],
-        capture_output=True,
-        text=True,
-        check=False,
+        ["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False
     )
     return [int(p) for p in out.stdout.split()]
+
+
+def worker_children(platform: Platform) -> list[int]:
+    return children(platform.pids()["worker-digits"])
+
+
+def assert_keeps_serving(platform: Platform, *, seconds: float, not_version: int) -> None:
+    """For `seconds`, every live-route answer is a 200 from a version other than `not_version`."""
+    with platform.client() as client:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            response = client.post("/api/v1/predictions", json={"model": "digits", "inputs": [[0.0] * 64]})
+            assert response.status_code == 200
+            assert response.json()["version"] != not_version
+            time.sleep(0.2)
+    assert httpx.get(f"{platform.base_url}/readyz").status_code == 200
+
+
+def load_failures(platform: Platform, version: int) -> str:
+    """The registry's load_failed records of a digits version, as printed by the shell."""
+    return platform.manage(
+        "shell",
+        "-c",
+        "from apps.models_registry.models import RegistryEvent as E; "
+        f"print([e.details for e in E.objects.filter(action='load_failed', to_version={version})])",
+    ).stdout
 
 
 def wait_ready(platform: Platform, timeout: float = 60) -> float:

@@ -19,7 +19,14 @@ import pytest
 
 from tests.conftest import _wait_port, free_port
 from tests.integration.conftest import Platform, platform_env, running_platform
-from tests.integration.load import fire, poll_jobs, wait_ready, worker_children
+from tests.integration.load import (
+    assert_keeps_serving,
+    fire,
+    load_failures,
+    poll_jobs,
+    wait_ready,
+    worker_children,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -277,23 +284,10 @@ def test_a_version_that_fails_to_load_leaves_the_previous_one_serving(
     shutil.copytree(demo_model_dir, broken)
     (broken / "model.keras").write_bytes(b"not a keras archive: the worker cannot load this")
     # --deploy skips the gates (which would refuse it), as a bad manual change might.
-    faulty.manage("register_model", str(broken), "--deploy")
-    body = {"model": "digits", "inputs": [[0.0] * 64]}
-    with faulty.client() as client:
-        deadline = time.monotonic() + 8
-        while time.monotonic() < deadline:
-            response = client.post("/api/v1/predictions", json=body)
-            assert response.status_code == 200
-            assert response.json()["version"] == 1
-            time.sleep(0.2)
-    assert httpx.get(f"{faulty.base_url}/readyz").status_code == 200
-    history = faulty.manage(
-        "shell",
-        "-c",
-        "from apps.models_registry.models import RegistryEvent as E; "
-        "print([(e.action, e.to_version) for e in E.objects.filter(action='load_failed')])",
-    ).stdout
-    assert "('load_failed', " in history
+    registered = faulty.manage("register_model", str(broken), "--deploy").stdout
+    number = int(re.search(r"registered digits v(\d+)", registered).group(1))  # type: ignore[union-attr]
+    assert_keeps_serving(faulty, seconds=8, not_version=number)
+    assert "{'error': " in load_failures(faulty, number)  # the worker recorded why it failed
     faulty.manage("rollback", "digits", "--env", "dev")
 
 
@@ -314,22 +308,8 @@ def test_a_version_that_hangs_while_loading_is_reported_and_the_previous_keeps_s
         f"deployment_set(version=get(model_name='digits', number={number}), environment='dev')",
     )
     try:
-        body = {"model": "digits", "inputs": [[0.0] * 64]}
-        with faulty.client() as client:
-            deadline = time.monotonic() + 8
-            while time.monotonic() < deadline:
-                response = client.post("/api/v1/predictions", json=body)
-                assert response.status_code == 200
-                assert response.json()["version"] != number
-                time.sleep(0.2)
-        assert httpx.get(f"{faulty.base_url}/readyz").status_code == 200
-        events = faulty.manage(
-            "shell",
-            "-c",
-            "from apps.models_registry.models import RegistryEvent as E; "
-            f"print([e.details for e in E.objects.filter(action='load_failed', to_version={number})])",
-        ).stdout
-        assert "did not load within 4s" in events
+        assert_keeps_serving(faulty, seconds=8, not_version=number)
+        assert "did not load within 4s" in load_failures(faulty, number)
     finally:
         # Release the hung loads (they read an empty file and fail their checksum), then go back.
         descriptor = os.open(stored, os.O_WRONLY | os.O_NONBLOCK)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from tests.integration.conftest import Platform
+from tests.integration.load import children
 
 pytestmark = pytest.mark.integration
 
@@ -278,22 +279,15 @@ def _maps(pid: int) -> str:
     return Path(f"/proc/{pid}/maps").read_text()
 
 
-def _children(pid: int) -> list[int]:
-    out = subprocess.run(
-        ["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False
-    )
-    return [int(p) for p in out.stdout.split()]
-
-
 def test_tensorflow_is_loaded_only_in_worker_children(platform: Platform) -> None:
     pids = platform.pids()
-    api = [pids["api"], *_children(pids["api"])]
+    api = [pids["api"], *children(pids["api"])]
     assert all("tensorflow" not in _maps(pid) for pid in api)
     worker_parent = pids["worker-digits"]
     assert "tensorflow" not in _maps(worker_parent), "the Celery parent must not load TensorFlow"
-    children = _children(worker_parent)
-    assert len(children) == 2
-    assert all("libtensorflow" in _maps(pid) for pid in children)
+    pool = children(worker_parent)
+    assert len(pool) == 2
+    assert all("libtensorflow" in _maps(pid) for pid in pool)
 
 
 def test_printed_curl_example_returns_the_digit(platform: Platform) -> None:
