@@ -24,11 +24,12 @@ system-deps:
 	  echo "redis-server missing: installing it (apt-get install -y redis-server)"; \
 	  $(SUDO) apt-get update && $(SUDO) apt-get install -y redis-server; }
 
-# Debian's chromium drives the admin's browser tests (playwright uses it; it downloads nothing).
+# Debian's chromium drives the admin's browser tests (playwright uses it; it downloads nothing);
+# prometheus (with promtool) scrapes the platform and evaluates the alert rules in the tests.
 test-deps: system-deps
-	@command -v chromium >/dev/null && command -v wrk >/dev/null || { \
-	  echo "chromium or wrk missing: installing them (apt-get install -y chromium wrk)"; \
-	  $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium wrk; }
+	@command -v chromium >/dev/null && command -v wrk >/dev/null && command -v prometheus >/dev/null || { \
+	  echo "chromium, wrk or prometheus missing: installing them (apt-get install -y chromium wrk prometheus)"; \
+	  $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium wrk prometheus; }
 
 run: venv system-deps
 	$(BIN)/python -m inference_project.local_platform

@@ -2,7 +2,8 @@
 
 Starts Redis (own data dir, AOF on), applies migrations, on first run trains, registers and
 deploys the demo model, creates the admin user and the demo API key, then starts one Celery
-worker per served model queue, the API under uvicorn, and Flower. Prints the URLs and a working
+worker per served model queue, the API under uvicorn, Flower, and Prometheus (with the node
+exporter) when Debian's packages are installed. Prints the URLs and a working
 curl once /readyz answers 200. Ctrl-C (or SIGTERM) stops every child; if one child dies, all stop.
 
 This process never imports TensorFlow: training runs in a child process.
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import django
 import redis
+import yaml
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "inference_project.settings.local")
 django.setup()
@@ -45,6 +47,13 @@ DEMO_DIR = Path(os.environ.get("INFERENCE_DEMO_DIR", VAR / "demo" / "digits"))
 READY_TIMEOUT_S = float(os.environ.get("READY_TIMEOUT_S", "300"))
 # Flower always sits behind basic auth: FLOWER_BASIC_AUTH=user:password, else generated and printed.
 FLOWER_AUTH = os.environ.get("FLOWER_BASIC_AUTH") or f"admin:{secrets.token_urlsafe(12)}"
+# Worker n (0, 1, ...) serves its metrics on WORKER_METRICS_PORT + n.
+WORKER_METRICS_PORT = int(os.environ.get("WORKER_METRICS_PORT", "9464"))
+# Prometheus (Debian's package) starts when installed, unless START_PROMETHEUS=false.
+PROMETHEUS_PORT = int(os.environ.get("PROMETHEUS_PORT", "9090"))
+PROMETHEUS_SCRAPE_INTERVAL = os.environ.get("PROMETHEUS_SCRAPE_INTERVAL", "5s")
+NODE_EXPORTER_PORT = int(os.environ.get("NODE_EXPORTER_PORT", "9100"))
+PROMETHEUS_CONFIG = Path(settings.BASE_DIR) / "deploy" / "prometheus"
 
 
 def log(message: str) -> None:
@@ -167,6 +176,56 @@ def redis_start(children: Children) -> None:
     sys.exit("redis-server did not answer PING")
 
 
+def metrics_dir(name: str) -> str:
+    """An empty PROMETHEUS_MULTIPROC_DIR for one service (its processes' samples)."""
+    path = VAR / "metrics" / name
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return str(path)
+
+
+def _enabled(name: str) -> bool:
+    return os.environ.get(name, "true").lower() not in {"0", "false", "no"}
+
+
+def prometheus_start(children: Children, targets: dict[str, list[str]]) -> str | None:
+    """Prometheus with deploy/prometheus/prometheus.local.yml and its rules, scraping `targets`
+    (job -> host:port); its URL, or None when it is not installed or turned off."""
+    if not _enabled("START_PROMETHEUS") or shutil.which("prometheus") is None:
+        return None
+    folder = VAR / "prometheus"
+    folder.mkdir(parents=True, exist_ok=True)
+    node_exporter = shutil.which("prometheus-node-exporter")
+    if node_exporter and _enabled("START_NODE_EXPORTER"):
+        address = f"127.0.0.1:{NODE_EXPORTER_PORT}"
+        children.start(
+            "node-exporter",
+            [node_exporter, f"--web.listen-address={address}", "--log.level=warn", "--no-collector.systemd"],
+        )
+        targets = {**targets, "node": [address]}
+    config = yaml.safe_load((PROMETHEUS_CONFIG / "prometheus.local.yml").read_text())
+    config["global"]["scrape_interval"] = config["global"]["evaluation_interval"] = PROMETHEUS_SCRAPE_INTERVAL
+    config["rule_files"] = [str(PROMETHEUS_CONFIG / "rules" / "inference.yml")]
+    for job in config["scrape_configs"]:
+        job["file_sd_configs"] = [{"files": [str(folder / f"{job['job_name']}.json")]}]
+        (folder / f"{job['job_name']}.json").write_text(
+            json.dumps([{"targets": targets.get(job["job_name"], [])}])
+        )
+    (folder / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    address = f"127.0.0.1:{PROMETHEUS_PORT}"
+    children.start(
+        "prometheus",
+        [
+            "prometheus",
+            f"--config.file={folder / 'prometheus.yml'}",
+            f"--storage.tsdb.path={folder / 'data'}",
+            f"--web.listen-address={address}",
+            "--log.level=warn",
+        ],
+    )
+    return f"http://{address}"
+
+
 def admin_ensure() -> str | None:
     """The admin from DJANGO_SUPERUSER_USERNAME/PASSWORD, else a generated one (printed once)."""
     user_model = get_user_model()
@@ -216,7 +275,7 @@ def wait_ready(children: Children) -> None:
     raise RuntimeError(f"{url} did not answer 200 within {READY_TIMEOUT_S:.0f}s")
 
 
-def banner(token: str, admin_note: str | None) -> None:
+def banner(token: str, admin_note: str | None, prometheus: str | None) -> None:
     api = f"http://{API_HOST}:{API_PORT}"
     lines = [
         "",
@@ -225,6 +284,8 @@ def banner(token: str, admin_note: str | None) -> None:
         f"  admin      {api}/admin/",
         f"  readiness  {api}/readyz",
         f"  Flower     http://127.0.0.1:{FLOWER_PORT}   (basic auth {FLOWER_AUTH})",
+        f"  metrics    {api}/metrics   (workers: :{WORKER_METRICS_PORT} and up)",
+        f"  Prometheus {prometheus or 'not started (apt-get install -y prometheus to have it)'}",
         f"  demo key   {token}",
     ]
     if admin_note:
@@ -262,8 +323,11 @@ def main() -> None:
         demo_model_ensure()
         _, token = api_key_create(name="demo", raw_key=os.environ.get("INFERENCE_DEMO_TOKEN") or None)
         deployments = selectors.deployment_list(environment=settings.INFERENCE_ENVIRONMENT)
-        for deployment in deployments:
+        targets: dict[str, list[str]] = {"inference-api": [f"{API_HOST}:{API_PORT}"], "inference-worker": []}
+        for index, deployment in enumerate(deployments):
             name = deployment.model.name
+            metrics_port = WORKER_METRICS_PORT + index
+            targets["inference-worker"].append(f"127.0.0.1:{metrics_port}")
             children.start(
                 f"worker-{name}",
                 [
@@ -280,7 +344,12 @@ def main() -> None:
                     "--loglevel",
                     "INFO",
                 ],
-                env={"INFERENCE_WORKER_MODELS": name},
+                env={
+                    "INFERENCE_WORKER_MODELS": name,
+                    "INFERENCE_SERVICE": f"worker-{name}",
+                    "INFERENCE_WORKER_METRICS_PORT": str(metrics_port),
+                    "PROMETHEUS_MULTIPROC_DIR": metrics_dir(f"worker-{name}"),
+                },
                 restart=True,
             )
         children.start(
@@ -302,7 +371,7 @@ def main() -> None:
                 "--loglevel",
                 "INFO",
             ],
-            env={"INFERENCE_WORKER_ROLE": "platform"},
+            env={"INFERENCE_WORKER_ROLE": "platform", "INFERENCE_SERVICE": "worker-platform"},
             restart=True,
         )
         children.start(
@@ -320,6 +389,7 @@ def main() -> None:
                 "--timeout-graceful-shutdown",
                 "10",
             ],
+            env={"INFERENCE_SERVICE": "api", "PROMETHEUS_MULTIPROC_DIR": metrics_dir("api")},
         )
         flower = [
             str(BIN / "celery"),
@@ -330,9 +400,10 @@ def main() -> None:
             "--address=127.0.0.1",
         ]
         flower.append(f"--basic-auth={FLOWER_AUTH}")
-        children.start("flower", flower)
+        children.start("flower", flower, env={"INFERENCE_SERVICE": "flower"})
+        prometheus = prometheus_start(children, targets)
         wait_ready(children)
-        banner(token, admin_note)
+        banner(token, admin_note, prometheus)
         while not stopping:
             if name := children.check():
                 log(f"{name} exited unexpectedly; stopping the platform")

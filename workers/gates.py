@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from apps.models_registry.drift import reference_stats
+
 BATCH = 256
 
 
@@ -71,6 +73,7 @@ def evaluate(job: dict[str, Any]) -> dict[str, Any]:
         "rows": len(labels),
         "metrics": {name: fn(scores, labels) for name, fn in METRICS.items()},
         "load_seconds": round(load_seconds, 3),
+        "reference": reference_stats(features.reshape(shape), scores),
     }
 
 

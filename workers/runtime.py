@@ -28,6 +28,8 @@ from apps.models_registry.storage import ChecksumMismatch, artifact_fetch_verifi
 from apps.predictions.readiness import serving_mark, serving_unmark
 from apps.predictions.wire import tensor_decode, tensor_encode
 from inference_project.redis_clients import redis_sync
+from workers.metrics import BATCH_REQUESTS, BATCH_SIZE, LOAD_SECONDS, LOADED, PREDICT
+from workers.monitoring import DriftMonitor, SummaryPublisher
 from workers.predictor import KerasPredictor, ModelFiles, Predictor
 
 logger = logging.getLogger(__name__)
@@ -83,7 +85,15 @@ def predictor_build(*, model_name: str, version_number: int, worker_id: str) -> 
         )
         code = "model_unavailable" if isinstance(exc, ChecksumMismatch | OSError) else "load_failed"
         raise ModelUnavailable(code, f"{model_name} v{version_number} could not be loaded: {exc}") from exc
-    logger.info("loaded %s v%s in %.2fs", model_name, version_number, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    LOAD_SECONDS.labels(model_name, str(version_number)).observe(seconds)
+    logger.info(
+        "loaded %s v%s in %.2fs",
+        model_name,
+        version_number,
+        seconds,
+        extra={"model": model_name, "version": version_number, "load_seconds": round(seconds, 3)},
+    )
     return predictor
 
 
@@ -99,6 +109,9 @@ class ModelRuntime:
         self._lock = threading.Lock()
         self._loading: dict[tuple[str, int], threading.Lock] = {}
         self._redis = redis_sync()
+        self._monitors: dict[tuple[str, int], DriftMonitor | None] = {}
+        self._monitor_checked: dict[tuple[str, int], float] = {}
+        self._publish_summary = SummaryPublisher(self._redis, environment=environment, worker_id=worker_id)
 
     def predictor_get(self, *, model_name: str, version: int) -> Predictor:
         key = (model_name, version)
@@ -118,6 +131,7 @@ class ModelRuntime:
             predictor = predictor_build(
                 model_name=model_name, version_number=version, worker_id=self.worker_id
             )
+            LOADED.labels(model_name, str(version)).set(1)
             with self._lock:
                 self._loaded[key] = predictor
                 self._last_used[key] = time.monotonic()
@@ -211,7 +225,12 @@ class ModelRuntime:
         decoded = [{name: tensor_decode(wire) for name, wire in part["inputs"].items()} for part in parts]
         names = list(decoded[0])
         batch = {name: np.concatenate([inputs[name] for inputs in decoded]) for name in names}
+        started = time.perf_counter()
         outputs = predictor.predict(batch)
+        PREDICT.labels(model_name, str(version)).observe(time.perf_counter() - started)
+        BATCH_SIZE.labels(model_name).observe(len(batch[names[0]]))
+        BATCH_REQUESTS.labels(model_name).observe(len(parts))
+        self._monitor_observe(model_name, version, batch[names[0]], next(iter(outputs.values())))
         results = []
         start = 0
         for part, inputs in zip(parts, decoded, strict=True):
@@ -232,6 +251,38 @@ class ModelRuntime:
             )
             start += rows
         return results
+
+    def _monitor_observe(self, model_name: str, version: int, inputs: np.ndarray, scores: np.ndarray) -> None:
+        """Feed the version's drift monitor; never lets monitoring fail a batch."""
+        try:
+            monitor = self._monitor_get(model_name, version)
+            if monitor is not None:
+                monitor.observe(inputs, scores)
+        except Exception:
+            logger.exception("drift monitoring of %s v%s failed", model_name, version)
+
+    def _monitor_get(self, model_name: str, version: int) -> DriftMonitor | None:
+        """The version's monitor, once its reference statistics exist (computed after
+        registration, perhaps after this worker loaded it: looked up again every 10 s)."""
+        key = (model_name, version)
+        monitor = self._monitors.get(key)
+        if monitor is not None or time.monotonic() - self._monitor_checked.get(key, -1e9) < 10:
+            return monitor
+        self._monitor_checked[key] = time.monotonic()
+        found = selectors.model_version_get(model_name=model_name, number=version)
+        if found is None or not found.reference_stats:
+            return None
+        monitor = self._monitors[key] = DriftMonitor(
+            model=model_name,
+            version=version,
+            reference=found.reference_stats,
+            window=settings.INFERENCE_DRIFT_WINDOW,
+            min_rows=settings.INFERENCE_DRIFT_MIN_ROWS,
+            eval_s=settings.INFERENCE_DRIFT_EVAL_S,
+            psi_threshold=settings.INFERENCE_DRIFT_PSI_THRESHOLD,
+            publish=self._publish_summary,
+        )
+        return monitor
 
     def heartbeat(self) -> None:
         for model_name, version in self.loaded_versions():
@@ -262,7 +313,9 @@ class ModelRuntime:
         except redis.RedisError:
             logger.warning("could not clear the serving mark of %s v%s", model_name, version)
         predictor.unload()
-        logger.info("unloaded %s v%s", model_name, version)
+        LOADED.labels(model_name, str(version)).set(0)
+        self._monitors.pop((model_name, version), None)
+        logger.info("unloaded %s v%s", model_name, version, extra={"model": model_name, "version": version})
 
 
 _runtime: ModelRuntime | None = None

@@ -1,18 +1,22 @@
 """Celery tasks of the workers: thin wrappers over `workers.runtime`."""
 
 import logging
+import os
 from typing import Any
 
 from billiard.process import current_process
 from celery import Task, states
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import task_retry, worker_init, worker_process_init, worker_process_shutdown
 from django.conf import settings
+from prometheus_client import multiprocess
 
 from apps.predictions.services import PREDICT_BATCH_TASK, PREDICT_TASK
 from inference_project.celery_app import app
+from inference_project.metrics import MULTIPROC_DIR
 from workers.gpu import child_gpu_pin
-from workers.results import results_existing, results_store
+from workers.metrics import RETRIES, metrics_server_start
 from workers.runtime import deployments_listen, heartbeat_start, runtime_get
+from workers.serving import batch_serve
 
 logger = logging.getLogger(__name__)
 
@@ -34,13 +38,20 @@ def predict(self: Task, request: dict[str, Any]) -> dict[str, Any]:
 def predict_batch(self: Task, batch: dict[str, Any]) -> dict[str, int]:
     """Several requests for one model version, run as one predict; each answer is stored under
     its request's id. A redelivered batch computes only the requests not yet answered."""
-    parts = batch["parts"]
-    answered = results_existing(self.backend, [p["id"] for p in parts])
-    todo = [p for p in parts if p["id"] not in answered]
-    if todo:
-        results = runtime_get().run_batch(todo, model_name=batch["model"], version=int(batch["version"]))
-        results_store(self.backend, results)
-    return {"parts": len(parts), "computed": len(todo)}
+    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+    return batch_serve(self.backend, batch, redelivered=redelivered)
+
+
+@worker_init.connect
+def _serve_metrics(**_: Any) -> None:
+    """The Celery parent serves the metrics its children write (workers/metrics.py)."""
+    if settings.INFERENCE_WORKER_ROLE == "inference":
+        metrics_server_start(settings.INFERENCE_WORKER_METRICS_PORT)
+
+
+@task_retry.connect
+def _count_retry(sender: Task | None = None, **_: Any) -> None:
+    RETRIES.labels(getattr(sender, "name", "unknown")).inc()
 
 
 @worker_process_init.connect
@@ -67,3 +78,5 @@ def _unload_models_in_child(**_: Any) -> None:
     if settings.INFERENCE_WORKER_ROLE != "inference":
         return
     runtime_get().shutdown()
+    if MULTIPROC_DIR:
+        multiprocess.mark_process_dead(os.getpid(), MULTIPROC_DIR)

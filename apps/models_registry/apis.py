@@ -22,6 +22,7 @@ from apps.models_registry.services import (
     deployment_rollout_record,
     model_version_promote,
     model_version_register,
+    version_profile_request,
 )
 
 
@@ -181,6 +182,7 @@ class ModelVersionListCreateApi(APIView):
                 notes=data["notes"],
                 user=request.user,
             )
+            version_profile_request(version=version)
         return Response(VersionOutputSerializer(version).data, status=status.HTTP_201_CREATED)
 
 

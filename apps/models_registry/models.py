@@ -42,6 +42,9 @@ class ModelVersion(models.Model):
     # {"inputs": [{"name", "datatype", "shape"}], "outputs": [...], "class_names": [...]}
     signature = models.JSONField()
     metrics = models.JSONField(default=dict, blank=True)
+    # Statistics of the validation set's inputs and of the version's predictions on it, computed
+    # after registration (apps/models_registry/drift.py); workers compare live traffic with them.
+    reference_stats = models.JSONField(null=True, blank=True, editable=False)
     framework = models.CharField(max_length=64, default="keras")
     notes = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

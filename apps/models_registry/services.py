@@ -43,7 +43,12 @@ from apps.models_registry.storage import (
     sha256_file,
     storage_get,
 )
-from apps.models_registry.tasks import EVALUATE_GATE_TASK, PLATFORM_QUEUE, PUBLISH_OUTBOX_TASK
+from apps.models_registry.tasks import (
+    EVALUATE_GATE_TASK,
+    PLATFORM_QUEUE,
+    PROFILE_VERSION_TASK,
+    PUBLISH_OUTBOX_TASK,
+)
 from inference_project.celery_app import app as celery_app
 from inference_project.redis_clients import redis_sync
 
@@ -297,8 +302,48 @@ def gate_evaluate(*, version: ModelVersion, paths: dict[str, Path]) -> tuple[Gat
         result = gate_subprocess_run(gate_job(version=version, paths=paths))
     if "error" in result:
         return GateResult("smoke", False, f"the model failed to load or predict: {result['error']}"), {}
+    reference_store(version=version, result=result)
     detail = f"loaded in {result['load_seconds']}s, answered {result['rows']} validation rows"
     return GateResult("smoke", True, detail), result["metrics"]
+
+
+def reference_store(*, version: ModelVersion, result: dict[str, Any]) -> bool:
+    """Keep the reference statistics a gate run computed, unless the version has them already
+    (same model, same validation set: the same numbers)."""
+    if version.reference_stats is not None or not result.get("reference"):
+        return False
+    version.reference_stats = result["reference"]
+    version.save(update_fields=["reference_stats"])
+    return True
+
+
+def version_profile(*, version: ModelVersion) -> bool:
+    """Compute and store the reference statistics of a version on its validation set, in a
+    separate process (the gate's: it loads the model and predicts the whole set)."""
+    checksum, paths = gate_checksums(version=version)
+    if not checksum.passed or Artifact.Kind.VALIDATION not in paths:
+        logger.warning("%s: no reference statistics (%s)", version, checksum.detail)
+        return False
+    result = gate_subprocess_run(gate_job(version=version, paths=paths))
+    if "error" in result:
+        logger.warning("%s: no reference statistics: %s", version, result["error"])
+        return False
+    return reference_store(version=version, result=result)
+
+
+def version_profile_request(*, version: ModelVersion) -> None:
+    """After registration: profile now (PROMOTION_GATE_RUNNER=local) or on the platform worker,
+    without waiting for it (=worker: the API image has no TensorFlow)."""
+    if not settings.REGISTRY_PROFILE_ON_REGISTER:
+        return
+    if not version.artifacts.filter(kind=Artifact.Kind.VALIDATION).exists():
+        return
+    if settings.PROMOTION_GATE_RUNNER == "worker":
+        transaction.on_commit(
+            lambda: celery_app.send_task(PROFILE_VERSION_TASK, args=[version.pk], queue=PLATFORM_QUEUE)
+        )
+    else:
+        version_profile(version=version)
 
 
 def gates_run(*, version: ModelVersion) -> GateReport:

@@ -8,6 +8,7 @@ from apps.models_registry.release import PublishFailed, outbox_publish_pending
 
 PUBLISH_OUTBOX_TASK = "release.publish_outbox"
 EVALUATE_GATE_TASK = "registry.evaluate_gate"
+PROFILE_VERSION_TASK = "registry.profile_version"
 PLATFORM_QUEUE = "platform"
 
 
@@ -33,3 +34,11 @@ def evaluate_gate(version_id: int) -> dict[str, Any]:
     if not checksum.passed:
         return {"error": checksum.detail}
     return gate_subprocess_run(gate_job(version=version, paths=paths))
+
+
+@shared_task(name=PROFILE_VERSION_TASK, acks_late=True)
+def profile_version(version_id: int) -> bool:
+    from apps.models_registry.models import ModelVersion
+    from apps.models_registry.services import version_profile
+
+    return version_profile(version=ModelVersion.objects.get(pk=version_id))

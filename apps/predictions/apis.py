@@ -14,7 +14,7 @@ from apps.predictions import protocols
 from apps.predictions.authentication import api_key_authenticate
 from apps.predictions.errors import ApiError
 from apps.predictions.fastpath import db_fresh
-from apps.predictions.health import platform_readiness
+from apps.predictions.health import platform_gauges, platform_readiness
 from apps.predictions.http import (
     api_errors,
     idempotency_key,
@@ -25,8 +25,11 @@ from apps.predictions.http import (
     request_timeout,
 )
 from apps.predictions.models import ApiKey
-from apps.predictions.selectors import served_model_get, served_model_ready
+from apps.predictions.observability import request_identified, request_served
+from apps.predictions.selectors import ServedModel, served_model_get, served_model_ready
 from apps.predictions.services import Caller, prediction_enqueue, prediction_run, prediction_status
+from inference_project.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from inference_project.metrics import OneShot, metrics_text
 
 
 def _version_numbers(name: str) -> list[int]:
@@ -47,6 +50,12 @@ def _caller(request: HttpRequest, key: ApiKey | None) -> Caller:
     )
 
 
+async def _served(*, name: str, version: int | None = None) -> ServedModel:
+    served = await served_model_get(name=name, version=version)
+    request_served(model=served.name, version=served.version)
+    return served
+
+
 def _scope(key: ApiKey | None, model: str) -> None:
     if key is not None and not key.allows(model):
         raise ApiError(403, "forbidden", f"this API key may not call model {model!r}", field="model")
@@ -64,6 +73,15 @@ class ReadinessApi(View):
     async def get(self, request: HttpRequest) -> HttpResponse:
         ready, details = await platform_readiness()
         return json_response({"ready": ready, **details}, status=200 if ready else 503)
+
+
+class MetricsApi(View):
+    """Prometheus exposition: this API's (or, in multiprocess mode, all its processes')
+    request metrics, plus queue depths and serving workers read from Redis now."""
+
+    async def get(self, request: HttpRequest) -> HttpResponse:
+        text = metrics_text(OneShot(await platform_gauges()))
+        return HttpResponse(text, content_type=METRICS_CONTENT_TYPE)
 
 
 class SchemaApi(View):
@@ -87,7 +105,7 @@ class PredictionCreateApi(View):
         key = await api_key_authenticate(request)
         payload = protocols.native_request_parse(json_object(json_body(request)))
         _scope(key, payload.model)
-        served = await served_model_get(name=payload.model, version=payload.version)
+        served = await _served(name=payload.model, version=payload.version)
         inputs = protocols.native_inputs(payload, served)
         if payload.run_async:
             job_id = await prediction_enqueue(served=served, inputs=inputs, caller=_caller(request, key))
@@ -101,6 +119,7 @@ class PredictionDetailApi(View):
     @api_errors("native")
     async def get(self, request: HttpRequest, job_id: str) -> HttpResponse:
         key = await api_key_authenticate(request)
+        request_identified(job_id)
         status, outcome, job = await prediction_status(job_id=job_id, owner=_owner(key))
         body: dict[str, object] = {
             "id": job_id,
@@ -111,7 +130,7 @@ class PredictionDetailApi(View):
         if isinstance(outcome, ApiError):
             body["error"] = {"code": outcome.code, "message": outcome.message}
         elif outcome is not None:
-            served = await served_model_get(name=job["model"], version=job["version"])
+            served = await _served(name=job["model"], version=job["version"])
             body.update(protocols.native_response(outcome, served))
         return json_response(body)
 
@@ -124,7 +143,7 @@ class TfServingPredictApi(View):
     async def post(self, request: HttpRequest, name: str, version: int | None = None) -> HttpResponse:
         key = await api_key_authenticate(request)
         _scope(key, name)
-        served = await served_model_get(name=name, version=version)
+        served = await _served(name=name, version=version)
         inputs, row_format = protocols.tfserving_inputs(json_object(json_body(request)), served)
         result = await prediction_run(served=served, inputs=inputs, caller=_caller(request, key))
         return json_response(
@@ -136,7 +155,7 @@ class TfServingStatusApi(View):
     @api_errors("plain")
     async def get(self, request: HttpRequest, name: str, version: int | None = None) -> HttpResponse:
         await api_key_authenticate(request)
-        served = await served_model_get(name=name, version=version)
+        served = await _served(name=name, version=version)
         state = "AVAILABLE" if await served_model_ready(served) else "LOADING"
         return json_response(
             {
@@ -175,7 +194,7 @@ class V2ModelMetadataApi(View):
     @api_errors("plain")
     async def get(self, request: HttpRequest, name: str, version: int | None = None) -> HttpResponse:
         await api_key_authenticate(request)
-        served = await served_model_get(name=name, version=version)
+        served = await _served(name=name, version=version)
         versions = [served.version] if version else await sync_to_async(_version_numbers)(name)
         return json_response(protocols.v2_metadata(served, versions))
 
@@ -184,7 +203,7 @@ class V2ModelReadyApi(View):
     @api_errors("plain")
     async def get(self, request: HttpRequest, name: str, version: int | None = None) -> HttpResponse:
         await api_key_authenticate(request)
-        served = await served_model_get(name=name, version=version)
+        served = await _served(name=name, version=version)
         ready = await served_model_ready(served)
         return json_response({"name": name, "ready": ready}, status=200 if ready else 400)
 
@@ -197,7 +216,7 @@ class V2InferApi(View):
     async def post(self, request: HttpRequest, name: str, version: int | None = None) -> HttpResponse:
         key = await api_key_authenticate(request)
         _scope(key, name)
-        served = await served_model_get(name=name, version=version)
+        served = await _served(name=name, version=version)
         header_length = request.headers.get(BINARY_HEADER)
         if header_length is None:
             body, binary = json_object(json_body(request)), None

@@ -25,6 +25,8 @@ from django.db import close_old_connections
 from django.http import HttpResponse, JsonResponse
 from django.urls import Resolver404, get_resolver
 
+from apps.predictions.observability import request_closed, request_failed, request_opened
+
 logger = logging.getLogger(__name__)
 
 ASGIApp = Callable[
@@ -79,26 +81,45 @@ class FastPath:
             match = self.resolver.resolve(scope["path"])
         except Resolver404:
             return await self.django_app(scope, receive, send)
+        info = request_opened(
+            route=match.route, method=scope["method"], client_request_id=_header(scope, b"x-request-id")
+        )
+        response = None
+        try:
+            response = await self._respond(scope, receive, match)
+            if info.request_id and "X-Request-ID" not in response:
+                response["X-Request-ID"] = info.request_id
+            await _send(send, response)
+        finally:
+            request_closed(info, response.status_code if response is not None else 500)
+        return None
+
+    async def _respond(self, scope: dict[str, Any], receive: Any, match: Any) -> HttpResponse:
         limit = settings.INFERENCE_MAX_BODY_BYTES
         body = await _read_body(receive, limit)
         if body is None:
+            request_failed("payload_too_large")
             message = f"request body exceeds {limit} bytes"
-            return await _send(
-                send,
-                JsonResponse(
-                    {"error": {"code": "payload_too_large", "message": message, "field": "body"}}, status=413
-                ),
+            return JsonResponse(
+                {"error": {"code": "payload_too_large", "message": message, "field": "body"}}, status=413
             )
         request = ASGIRequest(scope, io.BytesIO(body))
         try:
-            response = await match.func(request, *match.args, **match.kwargs)
+            return await match.func(request, *match.args, **match.kwargs)
         except DisallowedHost as exc:
-            response = JsonResponse({"error": {"code": "bad_request", "message": str(exc)}}, status=400)
+            request_failed("bad_request")
+            return JsonResponse({"error": {"code": "bad_request", "message": str(exc)}}, status=400)
         except Exception:
             logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
-            response = JsonResponse(
+            request_failed("internal_error")
+            return JsonResponse(
                 {"error": {"code": "internal_error", "message": "internal error; it has been logged"}},
                 status=500,
             )
-        await _send(send, response)
-        return None
+
+
+def _header(scope: dict[str, Any], name: bytes) -> str:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return value.decode("latin-1")[:128]
+    return ""

@@ -1,10 +1,13 @@
-"""Readiness: Redis answers and every deployed model has a worker that can serve it."""
+"""Readiness (Redis answers and every deployed model has a worker that can serve it) and the
+platform gauges the API exports at scrape time."""
 
 import asyncio
 
 from django.conf import settings
+from prometheus_client.core import GaugeMetricFamily
 from redis.exceptions import RedisError
 
+from apps.predictions.readiness import serving_count
 from apps.predictions.results import result_waiter_get
 from apps.predictions.selectors import route_servable, routes_list
 
@@ -28,3 +31,41 @@ async def platform_readiness() -> tuple[bool, dict[str, object]]:
     if not ready:
         details["reason"] = f"no worker has loaded {[n for n, m in models.items() if not m['ready']]}"
     return ready, details
+
+
+async def platform_gauges() -> list[GaugeMetricFamily]:
+    """Per deployed model: its queue's length (Redis list) and the workers serving each version.
+
+    Computed at scrape time, so every API process reports the same values: aggregate with
+    max(), not sum(), across API instances.
+    """
+    depth = GaugeMetricFamily(
+        "inference_queue_depth",
+        "Tasks waiting in the model's queue (Redis list length).",
+        labels=["model", "queue"],
+    )
+    serving = GaugeMetricFamily(
+        "inference_model_serving_workers",
+        "Worker processes with a fresh readiness mark for a deployed version.",
+        labels=["model", "version", "role"],
+    )
+    redis_up = GaugeMetricFamily("inference_redis_up", "1 if the API reaches Redis.")
+    redis = result_waiter_get().redis
+    try:
+        for route in await routes_list():
+            live = route.live
+            depth.add_metric([live.name, live.queue], await redis.llen(live.queue))
+            roles = [("live", live)] + ([("previous", route.previous)] if route.previous else [])
+            for role, served in roles:
+                count = await serving_count(
+                    redis,
+                    environment=settings.INFERENCE_ENVIRONMENT,
+                    model=served.name,
+                    version=served.version,
+                )
+                serving.add_metric([served.name, str(served.version), role], count)
+    except (RedisError, OSError):
+        redis_up.add_metric([], 0)
+        return [redis_up]
+    redis_up.add_metric([], 1)
+    return [depth, serving, redis_up]

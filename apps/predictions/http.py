@@ -12,6 +12,7 @@ from django.http import HttpRequest, HttpResponse
 from redis.exceptions import RedisError
 
 from apps.predictions.errors import ApiError, bad_request
+from apps.predictions.observability import request_failed
 
 
 def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> HttpResponse:
@@ -84,6 +85,7 @@ def api_errors(render: str) -> Callable[[ViewFunc], ViewFunc]:
                 )
             except ApiError as error:
                 exc = error
+            request_failed(exc.code)
             return exc.native_response() if render == "native" else exc.plain_response()
 
         return wrapper

@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 from apps.predictions.admission import admission_check
 from apps.predictions.batching import Batcher, batcher_get
 from apps.predictions.errors import ApiError
+from apps.predictions.observability import request_identified
 from apps.predictions.results import result_payload_decode, result_waiter_get
 from apps.predictions.selectors import ServedModel
 from apps.predictions.wire import tensor_decode
@@ -56,7 +57,8 @@ def _publish_batch(served: ServedModel, parts: list[dict[str, Any]], expires: fl
     rows = sum(next(iter(part["inputs"].values()))["shape"][0] for part in parts)
     celery_app.send_task(
         PREDICT_BATCH_TASK,
-        args=[{"model": served.name, "version": served.version, "parts": parts}],
+        # "sent": the worker reports the time a batch waited in the queue.
+        args=[{"model": served.name, "version": served.version, "parts": parts, "sent": time.time()}],
         queue=served.queue,
         expires=expires,
         # Flower and logs show this instead of the tensor bytes.
@@ -171,6 +173,7 @@ async def prediction_run(
     try:
         await admission_check(owner=caller.owner, rate=caller.rate, queue=served.queue)
         task_id, fresh = await _task_id_claim(caller=caller, served=served, inputs=inputs)
+        request_identified(task_id)
         waiter = result_waiter_get()
         future = waiter.expect(task_id)
         try:
@@ -193,6 +196,7 @@ async def prediction_enqueue(*, served: ServedModel, inputs: dict[str, np.ndarra
     try:
         await admission_check(owner=caller.owner, rate=caller.rate, queue=served.queue)
         task_id, fresh = await _task_id_claim(caller=caller, served=served, inputs=inputs)
+        request_identified(task_id)
         if not fresh:
             return task_id
         job = json.dumps(

@@ -26,6 +26,7 @@ urlpatterns = [
     path("healthz", exempt(apis.LivenessApi)),
     path("readyz", exempt(apis.ReadinessApi)),
     path("api/schema", exempt(apis.SchemaApi)),
+    path("metrics", exempt(apis.MetricsApi)),
     # native
     path("api/v1/predictions", exempt(apis.PredictionCreateApi)),
     path("api/v1/predictions/<job:job_id>", exempt(apis.PredictionDetailApi)),

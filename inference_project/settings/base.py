@@ -179,14 +179,31 @@ INFERENCE_REGISTRY_CACHE_S = env.float("INFERENCE_REGISTRY_CACHE_S", default=2.0
 INFERENCE_HEARTBEAT_S = env.float("INFERENCE_HEARTBEAT_S", default=2.0)
 INFERENCE_HEARTBEAT_TTL_S = env.float("INFERENCE_HEARTBEAT_TTL_S", default=10.0)
 
+# LOG_FORMAT=json (default): one JSON object a line (inference_project/logs.py), for ELK;
+# LOG_FORMAT=plain for people reading a terminal.
+LOG_FORMAT = env("LOG_FORMAT", default="json")
+LOG_LEVEL = env("LOG_LEVEL", default="INFO")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "inference_project.logs.JsonFormatter"},
+    },
     "filters": {"skip_expected": {"()": "inference_project.logging_filters.SkipExpectedUnavailable"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.request": {"level": "WARNING", "filters": ["skip_expected"]}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.request": {"level": "WARNING", "filters": ["skip_expected"]},
+        # uvicorn configures its own handlers before Django starts; route them through ours.
+        "uvicorn": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
+        "uvicorn.error": {"level": LOG_LEVEL},
+        "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
+        # Celery logs two lines per task ("received", "succeeded"); the worker writes its own
+        # line per request instead (workers/serving.py).
+        "celery.worker.strategy": {"level": env("CELERY_TASK_LOG_LEVEL", default="WARNING")},
+        "celery.app.trace": {"level": env("CELERY_TASK_LOG_LEVEL", default="WARNING")},
+    },
 }
 
 # Release pipeline: SNS topic per environment, e.g. "dev=arn:aws:sns:...:release-dev.fifo,prod=...".
@@ -210,6 +227,14 @@ INFERENCE_WORKER_MODELS = env.list("INFERENCE_WORKER_MODELS", default=[])
 INFERENCE_SWAP_GRACE_S = env.float("INFERENCE_SWAP_GRACE_S", default=5.0)
 # A new version still loading after this long is reported to the registry as a failed load.
 INFERENCE_LOAD_TIMEOUT_S = env.float("INFERENCE_LOAD_TIMEOUT_S", default=120.0)
+# Each inference worker serves Prometheus metrics on this port (needs PROMETHEUS_MULTIPROC_DIR).
+INFERENCE_WORKER_METRICS_PORT = env.int("INFERENCE_WORKER_METRICS_PORT", default=9464)
+# Drift detection (workers/monitoring.py): each worker child compares its last WINDOW rows per
+# version with the version's reference statistics every EVAL_S seconds, from MIN_ROWS rows on.
+INFERENCE_DRIFT_WINDOW = env.int("INFERENCE_DRIFT_WINDOW", default=1000)
+INFERENCE_DRIFT_MIN_ROWS = env.int("INFERENCE_DRIFT_MIN_ROWS", default=300)
+INFERENCE_DRIFT_EVAL_S = env.float("INFERENCE_DRIFT_EVAL_S", default=10.0)
+INFERENCE_DRIFT_PSI_THRESHOLD = env.float("INFERENCE_DRIFT_PSI_THRESHOLD", default=0.2)
 
 # --- Model registry -----------------------------------------------------------------------------
 # Artifact storage: "local" (ARTIFACTS_ROOT) or "s3" (bucket/prefix; endpoint and credentials come
@@ -231,3 +256,6 @@ PROMOTION_GATE_TIMEOUT_S = env.int("PROMOTION_GATE_TIMEOUT_S", default=180)
 # Where that process runs: "local" (beside the caller) or "worker" (the platform worker; the API
 # image has no TensorFlow, so deployments set this).
 PROMOTION_GATE_RUNNER = env("PROMOTION_GATE_RUNNER", default="local")
+# After registration, compute the version's reference statistics on its validation set (drift
+# detection compares live traffic with them), with the same runner as the gates.
+REGISTRY_PROFILE_ON_REGISTER = env.bool("REGISTRY_PROFILE_ON_REGISTER", default=True)

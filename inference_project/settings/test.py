@@ -5,3 +5,6 @@ from inference_project.settings.base import *  # noqa: F403
 DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 INFERENCE_REGISTRY_CACHE_S = 0.0
+# Registration does not start a TensorFlow process per version; tests that need the reference
+# statistics turn it on.
+REGISTRY_PROFILE_ON_REGISTER = False

@@ -7,7 +7,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
-from apps.models_registry.services import deployment_set, model_version_register
+from apps.models_registry.services import deployment_set, model_version_register, version_profile_request
 
 
 class Command(BaseCommand):
@@ -51,6 +51,7 @@ class Command(BaseCommand):
                     progress=bar.update,
                 )
             self.stdout.write(f"registered {version} ({len(files)} artifacts)")
+            version_profile_request(version=version)
             if options["deploy"]:
                 deployment = deployment_set(version=version, environment=options["deploy"])
                 self.stdout.write(f"deployed {deployment}")

@@ -1,0 +1,147 @@
+"""Unusual values: each worker child compares its recent requests with the version's reference.
+
+A `DriftMonitor` per loaded version keeps the last INFERENCE_DRIFT_WINDOW rows (features as in
+`apps.models_registry.drift`, plus the predicted class and confidence). Every
+INFERENCE_DRIFT_EVAL_S seconds, once it holds INFERENCE_DRIFT_MIN_ROWS rows, it computes the
+drift measures, sets them as Prometheus gauges (the alert rules in deploy/prometheus/ read them)
+and publishes its window's counts to Redis for a minute, where the admin's drift page adds up
+the windows of all workers.
+"""
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import orjson
+import redis
+from prometheus_client import Counter, Gauge
+
+from apps.models_registry import drift
+
+logger = logging.getLogger(__name__)
+
+
+def _gauge(name: str, text: str, mode: str = "livemax") -> Gauge:
+    return Gauge(name, text, ["model", "version"], multiprocess_mode=mode)
+
+
+INPUT_PSI_MAX = _gauge(
+    "inference_drift_input_psi_max", "Largest per-feature PSI of live inputs vs reference."
+)
+FEATURES_DRIFTED = _gauge(
+    "inference_drift_input_features_drifted",
+    "Input features whose PSI is above INFERENCE_DRIFT_PSI_THRESHOLD.",
+)
+PREDICTION_PSI = _gauge(
+    "inference_drift_prediction_psi", "PSI of the predicted-class distribution vs reference."
+)
+CONFIDENCE_KS = _gauge(
+    "inference_drift_confidence_ks", "KS statistic of the top-score distribution vs reference."
+)
+CONFIDENCE_MEAN = _gauge(
+    "inference_drift_confidence_mean", "Mean top score of the live window.", mode="livemin"
+)
+REFERENCE_CONFIDENCE_MEAN = _gauge(
+    "inference_drift_reference_confidence_mean", "Mean top score on the validation set.", mode="livemax"
+)
+OUT_OF_RANGE_SHARE = _gauge(
+    "inference_drift_out_of_range_share", "Share of window rows with a feature outside the reference range."
+)
+WINDOW_ROWS = _gauge("inference_drift_window_rows", "Rows in the drift window.", mode="livesum")
+ROWS = Counter("inference_monitored_rows_total", "Rows compared with the reference.", ["model", "version"])
+OUT_OF_RANGE = Counter(
+    "inference_input_out_of_range_total",
+    "Rows with a feature outside the reference range (widened by 10 %).",
+    ["model", "version"],
+)
+
+
+class DriftMonitor:
+    def __init__(
+        self,
+        *,
+        model: str,
+        version: int,
+        reference: dict[str, Any],
+        window: int,
+        min_rows: int,
+        eval_s: float,
+        psi_threshold: float,
+        publish: "SummaryPublisher | None" = None,
+    ) -> None:
+        self.model, self.version = model, version
+        self.labels = (model, str(version))
+        self.reference = drift.Reference(reference)
+        self.window, self.min_rows, self.eval_s = window, min_rows, eval_s
+        self.psi_threshold = psi_threshold
+        self.publish = publish
+        self._x = np.zeros((window, self.reference.features))
+        self._scores: np.ndarray | None = None
+        self._filled = 0
+        self._next = 0
+        self._last_eval = time.monotonic()
+        if self.reference.confidence_mean is not None:
+            REFERENCE_CONFIDENCE_MEAN.labels(*self.labels).set(self.reference.confidence_mean)
+
+    def observe(self, inputs: np.ndarray, scores: np.ndarray | None) -> dict[str, Any] | None:
+        """Add a batch; returns the measures when this call evaluated the window."""
+        x = drift.features_view(inputs)
+        if x.shape[1] != self.reference.features:
+            return None
+        ROWS.labels(*self.labels).inc(len(x))
+        OUT_OF_RANGE.labels(*self.labels).inc(int(self.reference.out_of_range(x).sum()))
+        if scores is not None and drift.is_classifier(scores) and self.reference.classes is not None:
+            if self._scores is None:
+                self._scores = np.zeros((self.window, scores.shape[1]))
+            self._ring_put(self._scores, scores[-self.window :])
+        self._ring_put(self._x, x[-self.window :])
+        self._next = (self._next + min(len(x), self.window)) % self.window
+        self._filled = min(self.window, self._filled + len(x))
+        if time.monotonic() - self._last_eval < self.eval_s:
+            return None
+        return self.evaluate()
+
+    def _ring_put(self, ring: np.ndarray, rows: np.ndarray) -> None:
+        positions = (self._next + np.arange(len(rows))) % self.window
+        ring[positions] = rows
+
+    def evaluate(self) -> dict[str, Any] | None:
+        self._last_eval = time.monotonic()
+        WINDOW_ROWS.labels(*self.labels).set(self._filled)
+        if self._filled < self.min_rows:
+            return None
+        x = self._x[: self._filled]
+        scores = None if self._scores is None else self._scores[: self._filled]
+        summary = drift.window_summary(self.reference, x, scores)
+        measures = drift.drift_measures(self.reference, summary)
+        INPUT_PSI_MAX.labels(*self.labels).set(measures["input_psi_max"])
+        drifted = sum(p > self.psi_threshold for p in measures["feature_psi"])
+        FEATURES_DRIFTED.labels(*self.labels).set(drifted)
+        OUT_OF_RANGE_SHARE.labels(*self.labels).set(measures["out_of_range_share"])
+        if measures["prediction_psi"] is not None:
+            PREDICTION_PSI.labels(*self.labels).set(measures["prediction_psi"])
+            CONFIDENCE_KS.labels(*self.labels).set(measures["confidence_ks"])
+            CONFIDENCE_MEAN.labels(*self.labels).set(measures["confidence_mean"])
+        if self.publish is not None:
+            self.publish(self.model, self.version, summary)
+        return measures
+
+
+class SummaryPublisher:
+    """Writes a worker's latest window to Redis (a hash per version, expiring a minute after the
+    last write), for the admin's drift page."""
+
+    def __init__(self, client: redis.Redis, *, environment: str, worker_id: str, ttl_s: int = 60) -> None:
+        self.client, self.environment, self.worker_id, self.ttl_s = client, environment, worker_id, ttl_s
+
+    def __call__(self, model: str, version: int, summary: dict[str, Any]) -> None:
+        key = drift.SUMMARY_KEY.format(environment=self.environment, model=model, version=version)
+        value = orjson.dumps({**summary, "at": time.time()})
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hset(key, self.worker_id, value)
+            pipe.expire(key, self.ttl_s)
+            pipe.execute()
+        except redis.RedisError:
+            logger.warning("could not publish the drift window of %s v%s", model, version)

@@ -1,0 +1,56 @@
+"""One batch task, end to end in the worker: skip what is already answered, run the rest as one
+predict, store each answer, and record it (metrics, one JSON log line per request).
+
+The log line carries the request id the API logged for the same request, so the two sides of a
+request can be joined in Kibana.
+"""
+
+import logging
+import time
+from typing import Any
+
+from celery.backends.redis import RedisBackend
+
+from workers.metrics import QUEUE_WAIT, REDELIVERIES, WORKER_REQUESTS
+from workers.results import results_existing, results_store
+from workers.runtime import runtime_get
+
+logger = logging.getLogger("inference.worker")
+
+
+def batch_serve(backend: RedisBackend, batch: dict[str, Any], *, redelivered: bool) -> dict[str, int]:
+    """`batch`: {"model", "version", "parts": [{"id", "inputs"}], "sent"}. A redelivered batch
+    computes only the requests not yet answered."""
+    started = time.time()
+    model, version = batch["model"], int(batch["version"])
+    queue_wait = max(0.0, started - batch["sent"]) if "sent" in batch else None
+    if queue_wait is not None:
+        QUEUE_WAIT.labels(model).observe(queue_wait)
+    parts = batch["parts"]
+    answered = results_existing(backend, [p["id"] for p in parts])
+    if redelivered or answered:
+        REDELIVERIES.labels(model).inc()
+    todo = [p for p in parts if p["id"] not in answered]
+    if not todo:
+        return {"parts": len(parts), "computed": 0}
+    runtime = runtime_get()
+    results = runtime.run_batch(todo, model_name=model, version=version)
+    results_store(backend, results)
+    elapsed_ms = round((time.time() - started) * 1000, 3)
+    for request_id, result in results:
+        outcome = result["error"]["code"] if "error" in result else "ok"
+        WORKER_REQUESTS.labels(model, str(version), outcome).inc()
+        logger.info(
+            "prediction",
+            extra={
+                "request_id": request_id,
+                "model": model,
+                "version": version,
+                "status": outcome,
+                "queue_wait_ms": None if queue_wait is None else round(queue_wait * 1000, 3),
+                "inference_ms": elapsed_ms,
+                "batch_requests": len(todo),
+                "worker": runtime.worker_id,
+            },
+        )
+    return {"parts": len(parts), "computed": len(todo)}
