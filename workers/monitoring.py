@@ -9,6 +9,7 @@ the windows of all workers.
 """
 
 import logging
+import threading
 import time
 from typing import Any
 
@@ -81,6 +82,8 @@ class DriftMonitor:
         self._filled = 0
         self._next = 0
         self._last_eval = time.monotonic()
+        self._unevaluated = False  # rows arrived since the last evaluation
+        self._lock = threading.Lock()  # batches add rows; the heartbeat thread evaluates
         if self.reference.confidence_mean is not None:
             REFERENCE_CONFIDENCE_MEAN.labels(*self.labels).set(self.reference.confidence_mean)
 
@@ -91,14 +94,21 @@ class DriftMonitor:
             return None
         ROWS.labels(*self.labels).inc(len(x))
         OUT_OF_RANGE.labels(*self.labels).inc(int(self.reference.out_of_range(x).sum()))
-        if scores is not None and drift.is_classifier(scores) and self.reference.classes is not None:
-            if self._scores is None:
-                self._scores = np.zeros((self.window, scores.shape[1]))
-            self._ring_put(self._scores, scores[-self.window :])
-        self._ring_put(self._x, x[-self.window :])
-        self._next = (self._next + min(len(x), self.window)) % self.window
-        self._filled = min(self.window, self._filled + len(x))
-        if time.monotonic() - self._last_eval < self.eval_s:
+        with self._lock:
+            if scores is not None and drift.is_classifier(scores) and self.reference.classes is not None:
+                if self._scores is None:
+                    self._scores = np.zeros((self.window, scores.shape[1]))
+                self._ring_put(self._scores, scores[-self.window :])
+            self._ring_put(self._x, x[-self.window :])
+            self._next = (self._next + min(len(x), self.window)) % self.window
+            self._filled = min(self.window, self._filled + len(x))
+            self._unevaluated = True
+        return self.evaluate_if_due()
+
+    def evaluate_if_due(self) -> dict[str, Any] | None:
+        """Evaluate when rows arrived and `eval_s` passed; also called by the worker's heartbeat
+        thread, so the last rows of a burst are evaluated without waiting for more traffic."""
+        if not self._unevaluated or time.monotonic() - self._last_eval < self.eval_s:
             return None
         return self.evaluate()
 
@@ -107,12 +117,15 @@ class DriftMonitor:
         ring[positions] = rows
 
     def evaluate(self) -> dict[str, Any] | None:
-        self._last_eval = time.monotonic()
-        WINDOW_ROWS.labels(*self.labels).set(self._filled)
-        if self._filled < self.min_rows:
+        with self._lock:
+            self._last_eval = time.monotonic()
+            self._unevaluated = False
+            filled = self._filled
+            x = self._x[:filled].copy()
+            scores = None if self._scores is None else self._scores[:filled].copy()
+        WINDOW_ROWS.labels(*self.labels).set(filled)
+        if filled < self.min_rows:
             return None
-        x = self._x[: self._filled]
-        scores = None if self._scores is None else self._scores[: self._filled]
         summary = drift.window_summary(self.reference, x, scores)
         measures = drift.drift_measures(self.reference, summary)
         INPUT_PSI_MAX.labels(*self.labels).set(measures["input_psi_max"])

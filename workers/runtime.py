@@ -28,7 +28,7 @@ from apps.models_registry.storage import ChecksumMismatch, artifact_fetch_verifi
 from apps.predictions.readiness import serving_mark, serving_unmark
 from apps.predictions.wire import tensor_decode, tensor_encode
 from inference_project.redis_clients import redis_sync
-from workers.metrics import BATCH_REQUESTS, BATCH_SIZE, LOAD_SECONDS, LOADED, PREDICT
+from workers.metrics import BATCH_REQUESTS, BATCH_SIZE, LOAD_SECONDS, LOADED, PREDICT, REDELIVERIES
 from workers.monitoring import DriftMonitor, SummaryPublisher
 from workers.predictor import KerasPredictor, ModelFiles, Predictor
 
@@ -87,6 +87,7 @@ def predictor_build(*, model_name: str, version_number: int, worker_id: str) -> 
         raise ModelUnavailable(code, f"{model_name} v{version_number} could not be loaded: {exc}") from exc
     seconds = time.perf_counter() - started
     LOAD_SECONDS.labels(model_name, str(version_number)).observe(seconds)
+    REDELIVERIES.labels(model_name)  # exported from 0 on, so rate() and alerts see it
     logger.info(
         "loaded %s v%s in %.2fs",
         model_name,
@@ -285,6 +286,12 @@ class ModelRuntime:
         return monitor
 
     def heartbeat(self) -> None:
+        for key, monitor in list(self._monitors.items()):
+            if monitor is not None:
+                try:
+                    monitor.evaluate_if_due()
+                except Exception:
+                    logger.exception("drift evaluation of %s v%s failed", *key)
         for model_name, version in self.loaded_versions():
             serving_mark(
                 self._redis,

@@ -49,6 +49,10 @@ def _serve_metrics(**_: Any) -> None:
         metrics_server_start(settings.INFERENCE_WORKER_METRICS_PORT)
 
 
+for _task in (PREDICT_TASK, PREDICT_BATCH_TASK):
+    RETRIES.labels(_task)  # exported from 0 on
+
+
 @task_retry.connect
 def _count_retry(sender: Task | None = None, **_: Any) -> None:
     RETRIES.labels(getattr(sender, "name", "unknown")).inc()

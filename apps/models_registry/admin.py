@@ -7,9 +7,14 @@ from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils.html import format_html
+from django.utils.safestring import mark_safe
 
-from apps.models_registry import selectors
+from apps.models_registry import drift, selectors
+from apps.models_registry.charts import bars_svg
 from apps.models_registry.models import (
     Artifact,
     Deployment,
@@ -24,6 +29,7 @@ from apps.models_registry.services import (
     environment_next,
     model_version_promote,
 )
+from inference_project.redis_clients import redis_sync
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -79,11 +85,89 @@ def _metric_rows(version: ModelVersion, live: ModelVersion | None) -> list[dict[
     return rows
 
 
+def _share(counts: list[float] | None) -> list[float]:
+    total = sum(counts or []) or 1
+    return [c / total for c in counts or []]
+
+
+def _drift_charts(version: ModelVersion, report: selectors.DriftReport) -> list[str]:
+    reference, measures, summary = report.reference, report.measures, report.summary
+    if reference is None:
+        return []
+    charts = []
+    if measures is not None and summary is not None:
+        psi = measures["feature_psi"]
+        charts.append(
+            bars_svg(
+                [("PSI", psi)],
+                [str(i) for i in range(len(psi))],
+                title="PSI per input feature (live window vs validation set)",
+                threshold=drift.ALERT_PSI,
+            )
+        )
+        worst = int(max(range(len(psi)), key=psi.__getitem__))
+        edges = version.reference_stats["inputs"]["edges"][worst]
+        labels = [f"<{edges[0]:.3g}"] + [f"≥{e:.3g}" for e in edges]
+        n = len(labels)
+        charts.append(
+            bars_svg(
+                [
+                    ("validation", list(reference.proportions[worst][:n])),
+                    ("live", _share(summary["bins"][worst][:n])),
+                ],
+                labels,
+                title=f"Feature {worst} (largest PSI): share of rows per bin",
+            )
+        )
+    if reference.classes is not None:
+        names = version.signature.get("class_names") or [str(i) for i in range(len(reference.classes))]
+        live_classes = _share(summary["classes"]) if summary and summary.get("classes") else None
+        series = [("validation", list(reference.classes))] + (
+            [("live", live_classes)] if live_classes else []
+        )
+        charts.append(bars_svg(series, names, title="Predicted classes: share of rows"))
+        assert reference.confidence is not None  # noqa: S101 (set together with classes)
+        live_confidence = _share(summary["confidence"]) if summary and summary.get("confidence") else None
+        series = [("validation", list(reference.confidence))]
+        series += [("live", live_confidence)] if live_confidence else []
+        bins = [f"{i / 10:.1f}" for i in range(10)]
+        charts.append(bars_svg(series, bins, title="Confidence (top score): share of rows per 0.1 bin"))
+    return charts
+
+
+def _drift_features(report: selectors.DriftReport, top: int = 8) -> list[dict[str, Any]]:
+    """The features with the largest PSI, reference vs live."""
+    if report.measures is None or report.reference is None:
+        return []
+    measures, reference = report.measures, report.reference
+    order = sorted(range(len(measures["feature_psi"])), key=lambda f: -measures["feature_psi"][f])
+    return [
+        {
+            "index": f,
+            "psi": measures["feature_psi"][f],
+            "ref_mean": reference.mean[f],
+            "ref_std": reference.std[f],
+            "live_mean": measures["live_mean"][f],
+            "live_std": measures["live_std"][f],
+        }
+        for f in order[:top]
+    ]
+
+
 @admin.register(ModelVersion)
 class ModelVersionAdmin(ReadOnlyAdmin):
-    list_display = ("__str__", "accuracy", "environments", "created_at", "created_by")
+    list_display = ("__str__", "accuracy", "environments", "drift_link", "created_at", "created_by")
     list_filter = ("model",)
-    readonly_fields = ("model", "number", "signature", "metrics", "notes", "created_at", "created_by")
+    readonly_fields = (
+        "model",
+        "number",
+        "signature",
+        "metrics",
+        "drift_link",
+        "notes",
+        "created_at",
+        "created_by",
+    )
     inlines = [ArtifactInline]
     actions = ["promote_next"]
 
@@ -104,6 +188,40 @@ class ModelVersionAdmin(ReadOnlyAdmin):
     @admin.display(description="live in")
     def environments(self, version: ModelVersion) -> str:
         return ", ".join(sorted(version.deployments.values_list("environment", flat=True))) or "-"
+
+    @admin.display(description="drift")
+    def drift_link(self, version: ModelVersion) -> str:
+        url = reverse("admin:models_registry_modelversion_drift", args=[version.pk])
+        return format_html('<a href="{}">live vs reference</a>', url)
+
+    def get_urls(self) -> list[URLPattern]:
+        drift_url = path(
+            "<int:object_id>/drift/",
+            self.admin_site.admin_view(self.drift_view),
+            name="models_registry_modelversion_drift",
+        )
+        return [drift_url, *super().get_urls()]
+
+    def drift_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
+        """Live traffic of this version against its validation set: the workers' windows."""
+        version = get_object_or_404(ModelVersion.objects.select_related("model"), pk=object_id)
+        if not self.has_view_permission(request, version):
+            raise PermissionDenied
+        environment = request.GET.get("environment", settings.INFERENCE_ENVIRONMENT)
+        report = selectors.drift_report_get(version=version, environment=environment, client=redis_sync())
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Drift: {version}",
+            "opts": self.model._meta,
+            "version": version,
+            "environment": environment,
+            "environments": settings.INFERENCE_ENVIRONMENTS,
+            "report": report,
+            "charts": [mark_safe(svg) for svg in _drift_charts(version, report)],  # noqa: S308 (built by bars_svg, escaped)
+            "features": _drift_features(report),
+            "thresholds": {"psi": drift.ALERT_PSI, "out_of_range": drift.ALERT_OUT_OF_RANGE_SHARE},
+        }
+        return TemplateResponse(request, "admin/models_registry/drift.html", context)
 
     @admin.action(description="Promote to next environment", permissions=["promote"])
     def promote_next(self, request: HttpRequest, queryset: QuerySet[ModelVersion]) -> HttpResponse | None:

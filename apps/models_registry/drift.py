@@ -27,6 +27,10 @@ QUANTILES = np.linspace(0.1, 0.9, 9)
 CONFIDENCE_EDGES = np.linspace(0.0, 1.0, 11)
 RANGE_TOLERANCE = 0.1
 PSI_EPSILON = 1e-4
+# The alert rules' thresholds (deploy/prometheus/rules/inference.yml), also shown in the admin.
+ALERT_PSI = 0.25
+ALERT_CONFIDENCE_RATIO = 0.85
+ALERT_OUT_OF_RANGE_SHARE = 0.1
 # Each worker's latest window, a Redis hash per version: worker id -> window_summary JSON.
 SUMMARY_KEY = "inference:drift:{environment}:{model}:{version}"
 
@@ -202,3 +206,28 @@ def drift_measures(reference: Reference, summary: dict[str, Any]) -> dict[str, A
         measures["confidence_ks"] = ks_statistic(reference.confidence, confidence)
         measures["confidence_mean"] = summary["confidence_sum"] / max(confidence.sum(), 1)
     return measures
+
+
+def drift_findings(reference: Reference, measures: dict[str, Any]) -> list[str]:
+    """What the alert rules would say about these measures, in words."""
+    findings = []
+    if measures["input_psi_max"] > ALERT_PSI:
+        worst = int(np.argmax(measures["feature_psi"]))
+        findings.append(
+            f"input drift: feature {worst} has PSI {measures['input_psi_max']:.2f} (> {ALERT_PSI})"
+        )
+    if measures["out_of_range_share"] > ALERT_OUT_OF_RANGE_SHARE:
+        findings.append(
+            f"{measures['out_of_range_share']:.0%} of rows have values outside the reference range"
+        )
+    if measures["prediction_psi"] is not None and measures["prediction_psi"] > ALERT_PSI:
+        findings.append(f"predicted classes shifted: PSI {measures['prediction_psi']:.2f} (> {ALERT_PSI})")
+    if (
+        measures["confidence_mean"] is not None
+        and reference.confidence_mean
+        and measures["confidence_mean"] < ALERT_CONFIDENCE_RATIO * reference.confidence_mean
+    ):
+        findings.append(
+            f"confidence dropped: mean {measures['confidence_mean']:.2f} vs {reference.confidence_mean:.2f}"
+        )
+    return findings

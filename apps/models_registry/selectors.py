@@ -1,5 +1,13 @@
 """Reads from the registry."""
 
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import redis
+
+from apps.models_registry import drift
 from apps.models_registry.models import Deployment, ModelVersion, RegisteredModel, RegistryEvent
 
 
@@ -51,3 +59,37 @@ def registry_history(*, model: RegisteredModel, limit: int = 200) -> list[Regist
 
 def version_is_deployed_anywhere(*, model_name: str, number: int) -> bool:
     return Deployment.objects.filter(model__name=model_name, version__number=number).exists()
+
+
+@dataclass
+class DriftReport:
+    """Live traffic of a version against its reference: the windows of the workers that
+    published one within `max_age_s`, added up."""
+
+    reference: drift.Reference | None
+    workers: int = 0
+    summary: dict[str, Any] | None = None
+    measures: dict[str, Any] | None = None
+    findings: list[str] = field(default_factory=list)
+
+
+def drift_report_get(
+    *, version: ModelVersion, environment: str, client: redis.Redis, max_age_s: float = 60
+) -> DriftReport:
+    if not version.reference_stats:
+        return DriftReport(reference=None)
+    reference = drift.Reference(version.reference_stats)
+    key = drift.SUMMARY_KEY.format(environment=environment, model=version.model.name, version=version.number)
+    windows = [orjson.loads(raw) for raw in client.hvals(key)]
+    fresh = [w for w in windows if time.time() - w.get("at", 0) <= max_age_s]
+    summary = drift.summaries_merge(fresh)
+    if summary is None or not summary["rows"]:
+        return DriftReport(reference=reference)
+    measures = drift.drift_measures(reference, summary)
+    return DriftReport(
+        reference=reference,
+        workers=len(fresh),
+        summary=summary,
+        measures=measures,
+        findings=drift.drift_findings(reference, measures),
+    )

@@ -12,7 +12,8 @@ RUN python3 -m venv --system-site-packages /opt/venv \
 FROM tensorflow/tensorflow:2.21.0-gpu
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 \
     DJANGO_SETTINGS_MODULE=inference_project.settings.production \
-    MODEL=digits INFERENCE_GPU_PER_CHILD=true TF_FORCE_GPU_ALLOW_GROWTH=true
+    MODEL=digits INFERENCE_GPU_PER_CHILD=true TF_FORCE_GPU_ALLOW_GROWTH=true \
+    INFERENCE_SERVICE=worker-gpu PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus-multiproc
 RUN useradd --uid 10001 --create-home app
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
@@ -22,4 +23,5 @@ COPY --chown=app:app apps ./apps
 COPY --chown=app:app workers ./workers
 USER app
 # One child per visible GPU.
-CMD ["sh", "-c", "GPUS=$(python -c 'from workers.gpu import gpu_count; print(max(gpu_count(), 1))'); INFERENCE_WORKER_MODELS=${MODEL} exec celery -A inference_project worker -Q inference.${MODEL} -n ${MODEL}-gpu@%h --concurrency ${GPUS} --loglevel INFO"]
+EXPOSE 9464
+CMD ["sh", "-c", "rm -rf $PROMETHEUS_MULTIPROC_DIR && mkdir -p $PROMETHEUS_MULTIPROC_DIR && GPUS=$(python -c 'from workers.gpu import gpu_count; print(max(gpu_count(), 1))'); INFERENCE_WORKER_MODELS=${MODEL} exec celery -A inference_project worker -Q inference.${MODEL} -n ${MODEL}-gpu@%h --concurrency ${GPUS} --loglevel INFO"]

@@ -10,7 +10,8 @@ RUN python -m venv /opt/venv \
 FROM python:3.11.11-slim-bookworm
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 \
     DJANGO_SETTINGS_MODULE=inference_project.settings.production \
-    MODEL=digits WORKER_CONCURRENCY=1
+    MODEL=digits WORKER_CONCURRENCY=1 \
+    INFERENCE_SERVICE=worker PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus-multiproc
 RUN useradd --uid 10001 --create-home app
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
@@ -19,4 +20,6 @@ COPY --chown=app:app inference_project ./inference_project
 COPY --chown=app:app apps ./apps
 COPY --chown=app:app workers ./workers
 USER app
-CMD ["sh", "-c", "INFERENCE_WORKER_MODELS=${MODEL} exec celery -A inference_project worker -Q inference.${MODEL} -n ${MODEL}@%h --concurrency ${WORKER_CONCURRENCY} --loglevel INFO"]
+# /metrics of the worker (its children's samples, added up): workers/metrics.py
+EXPOSE 9464
+CMD ["sh", "-c", "rm -rf $PROMETHEUS_MULTIPROC_DIR && mkdir -p $PROMETHEUS_MULTIPROC_DIR && INFERENCE_WORKER_MODELS=${MODEL} exec celery -A inference_project worker -Q inference.${MODEL} -n ${MODEL}@%h --concurrency ${WORKER_CONCURRENCY} --loglevel INFO"]

@@ -5,6 +5,7 @@ stopped every child) at the end."""
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -89,6 +91,10 @@ def platform_env(root: Path, demo_model_dir: Path, **overrides: str) -> dict[str
             # Promotions through the platform's API run their gates on the platform worker, as
             # in the container deployment (unit tests cover the local runner).
             "PROMOTION_GATE_RUNNER": "worker",
+            "WORKER_METRICS_PORT": str(free_port()),
+            "PROMETHEUS_PORT": str(free_port()),
+            "NODE_EXPORTER_PORT": str(free_port()),
+            "PROMETHEUS_SCRAPE_INTERVAL": "1s",
         }
     )
     env.update(overrides)
@@ -135,6 +141,37 @@ def running_platform(root: Path, env: dict[str, str], name: str) -> Iterator[Pla
         survivors = {n: pid for n, pid in pids.items() if alive(pid)}
         assert code == 0, platform.log()[-3000:]
         assert not survivors, f"children still running after Ctrl-C: {survivors}"
+
+
+@contextlib.contextmanager
+def browser_page() -> Iterator[Any]:
+    """A page of Debian's Chromium, headless, driven by Playwright."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("Debian's chromium is required (make test installs it)")
+    ARTIFACTS_DIR.mkdir(exist_ok=True)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=chromium,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+            ],
+        )
+        try:
+            yield browser.new_page(viewport={"width": 1280, "height": 900})
+        finally:
+            browser.close()
+
+
+def admin_login(page: Any, platform: Platform) -> None:
+    page.goto(f"{platform.base_url}/admin/login/")
+    page.fill("#id_username", platform.env["DJANGO_SUPERUSER_USERNAME"])
+    page.fill("#id_password", platform.env["DJANGO_SUPERUSER_PASSWORD"])
+    page.click("input[type=submit]")
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT
-from tests.integration.conftest import ARTIFACTS_DIR, Platform
+from tests.integration.conftest import ARTIFACTS_DIR, Platform, admin_login, browser_page
 
 pytestmark = pytest.mark.integration
 SWITCH_TARGET_S = 5.0
@@ -174,27 +174,9 @@ def test_refused_promotions_keep_the_old_version_serving(
 def test_admin_promote_and_roll_back_in_a_browser(
     platform: Platform, staff: httpx.Client, demo_model_dir: Path
 ) -> None:
-    playwright = pytest.importorskip("playwright.sync_api")
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.fail("Debian's chromium is required (make test installs it)")
     candidate = upload(staff, demo_model_dir)
-    ARTIFACTS_DIR.mkdir(exist_ok=True)
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=chromium,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-            ],
-        )
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(f"{platform.base_url}/admin/login/")
-        page.fill("#id_username", platform.env["DJANGO_SUPERUSER_USERNAME"])
-        page.fill("#id_password", platform.env["DJANGO_SUPERUSER_PASSWORD"])
-        page.click("input[type=submit]")
+    with browser_page() as page:
+        admin_login(page, platform)
         page.goto(f"{platform.base_url}/admin/models_registry/modelversion/")
         page.locator("tr", has_text=f"digits v{candidate}").locator("input.action-select").check()
         page.select_option("select[name=action]", "promote_next")
@@ -217,7 +199,6 @@ def test_admin_promote_and_roll_back_in_a_browser(
         page.click("button[name=index]")
         page.wait_for_selector(".messagelist")
         assert "rolled back: digits v1 @ dev" in page.locator(".messagelist").inner_text().lower()
-        browser.close()
     assert wait_for_version(platform, 1) <= SWITCH_TARGET_S
     live = staff.get("/api/v1/models/digits").json()["deployments"]["dev"]
     assert (live["version"], live["previous_version"]) == (1, candidate)

@@ -1,0 +1,88 @@
+"""The workers' drift monitor, its Redis windows and the admin's report built from them."""
+
+import numpy as np
+import pytest
+import redis
+from prometheus_client import REGISTRY
+
+from apps.models_registry import drift
+from apps.models_registry.models import ModelVersion, RegisteredModel
+from apps.models_registry.selectors import drift_report_get
+from workers.monitoring import DriftMonitor, SummaryPublisher
+from workers.training.digits import dataset_split
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[np.ndarray, np.ndarray, dict]:
+    train, validation, _, y_validation = dataset_split(seed=0)
+    scores = np.eye(10)[y_validation] * 0.9 + 0.01
+    return train, validation, drift.reference_stats(validation, scores)
+
+
+def gauge(name: str, version: str) -> float | None:
+    return REGISTRY.get_sample_value(name, {"model": "monitored", "version": version})
+
+
+def test_monitor_reports_after_min_rows_and_flags_a_shift(digits) -> None:  # type: ignore[no-untyped-def]
+    train, _, reference = digits
+    published = []
+    monitor = DriftMonitor(
+        model="monitored",
+        version=1,
+        reference=reference,
+        window=300,
+        min_rows=200,
+        eval_s=0,
+        psi_threshold=0.2,
+        publish=lambda model, version, summary: published.append(summary),
+    )
+    labels = np.arange(len(train)) % 10
+    scores = np.eye(10)[labels] * 0.9 + 0.01
+    assert monitor.observe(train[:100], scores[:100]) is None  # below min_rows: nothing yet
+    assert published == []
+    measures = monitor.observe(train[100:400], scores[100:400])
+    assert measures is not None and measures["rows"] == 300
+    assert gauge("inference_drift_input_psi_max", "1") == pytest.approx(measures["input_psi_max"])
+    assert gauge("inference_drift_input_psi_max", "1") < drift.ALERT_PSI
+    assert gauge("inference_drift_input_features_drifted", "1") == 0
+    assert published[-1]["rows"] == 300
+    shifted = monitor.observe(16 - train[400:700], scores[400:700])
+    assert shifted is not None and shifted["input_psi_max"] > drift.ALERT_PSI
+    assert gauge("inference_drift_input_features_drifted", "1") > 10
+    assert gauge("inference_drift_out_of_range_share", "1") == 1.0
+    assert (
+        REGISTRY.get_sample_value(
+            "inference_input_out_of_range_total", {"model": "monitored", "version": "1"}
+        )
+        >= 300
+    )
+
+
+@pytest.mark.django_db
+def test_admin_report_adds_up_fresh_worker_windows(digits, redis_server: str) -> None:  # type: ignore[no-untyped-def]
+    train, _, reference = digits
+    client = redis.Redis.from_url(redis_server)
+    client.flushdb()
+    model = RegisteredModel.objects.create(name="monitored")
+    version = ModelVersion.objects.create(model=model, number=2, signature={}, reference_stats=reference)
+    assert drift_report_get(version=version, environment="dev", client=client).measures is None
+    scores = np.eye(10)[np.arange(300) % 10] * 0.9 + 0.01
+    for worker, rows in (("w1", train[:150]), ("w2", train[150:300])):
+        monitor = DriftMonitor(
+            model="monitored",
+            version=2,
+            reference=reference,
+            window=150,
+            min_rows=10,
+            eval_s=0,
+            psi_threshold=0.2,
+            publish=SummaryPublisher(client, environment="dev", worker_id=worker),
+        )
+        monitor.observe(rows, scores[:150])
+    report = drift_report_get(version=version, environment="dev", client=client)
+    assert report.workers == 2 and report.summary is not None and report.summary["rows"] == 300
+    assert report.measures is not None and report.findings == []
+    # A window older than a minute (a worker that stopped) is left out.
+    key = drift.SUMMARY_KEY.format(environment="dev", model="monitored", version=2)
+    client.hset(key, "w3", b'{"rows": 5, "at": 0}')
+    assert drift_report_get(version=version, environment="dev", client=client).workers == 2

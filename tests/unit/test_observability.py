@@ -1,0 +1,65 @@
+"""JSON log lines, and what the ASGI fast path records per request (metrics and a log line)."""
+
+import asyncio
+import json
+import logging
+import sys
+
+import httpx
+import pytest
+from prometheus_client import REGISTRY
+
+from inference_project.asgi import application  # sets up logging once, before caplog's handler
+from inference_project.logs import JsonFormatter
+
+
+def test_json_formatter_writes_one_object_with_the_extra_fields() -> None:
+    record = logging.LogRecord("inference.access", logging.INFO, __file__, 1, "request %s", ("done",), None)
+    record.request_id = "abc.123"
+    record.latency_ms = 4.2
+    line = JsonFormatter(service="api").format(record)
+    assert "\n" not in line
+    data = json.loads(line)
+    assert data["message"] == "request done" and data["service"] == "api" and data["level"] == "INFO"
+    assert (data["request_id"], data["latency_ms"]) == ("abc.123", 4.2)
+    assert data["timestamp"].endswith("+00:00")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        failed = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    assert "ValueError: boom" in json.loads(JsonFormatter().format(failed))["exception"]
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_fast_path_counts_and_logs_each_request(caplog: pytest.LogCaptureFixture, settings) -> None:  # type: ignore[no-untyped-def]
+    async def calls() -> httpx.Response:
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            assert (await client.get("/healthz")).status_code == 200
+            return await client.post(
+                "/api/v1/predictions", content=b"x" * 500, headers={"X-Request-ID": "trace-1"}
+            )
+
+    settings.INFERENCE_MAX_BODY_BYTES = 100
+    before_ok = sample("inference_requests_total", model="", version="", route="healthz", status="200")
+    labels = {"model": "", "route": "api/v1/predictions", "code": "payload_too_large"}
+    before_413 = sample("inference_errors_total", **labels)
+    with caplog.at_level(logging.INFO, logger="inference.access"):
+        response = asyncio.run(calls())
+    assert response.status_code == 413
+    assert (
+        sample("inference_requests_total", model="", version="", route="healthz", status="200")
+        == before_ok + 1
+    )
+    assert sample("inference_errors_total", **labels) == before_413 + 1
+    assert sample("inference_requests_in_flight", route="api/v1/predictions") == 0
+    (line,) = [r for r in caplog.records if r.name == "inference.access"]
+    assert (line.status, line.route, line.error_code, line.client_request_id) == (
+        413,
+        "api/v1/predictions",
+        "payload_too_large",
+        "trace-1",
+    )
