@@ -348,6 +348,7 @@ def main() -> None:
                     "INFERENCE_WORKER_MODELS": name,
                     "INFERENCE_SERVICE": f"worker-{name}",
                     "INFERENCE_WORKER_METRICS_PORT": str(metrics_port),
+                    "INFERENCE_WORKER_METRICS_HOST": "127.0.0.1",
                     "PROMETHEUS_MULTIPROC_DIR": metrics_dir(f"worker-{name}"),
                 },
                 restart=True,

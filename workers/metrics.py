@@ -113,7 +113,7 @@ class _MetricsHandler(BaseHTTPRequestHandler):
         return  # scrapes are not worth a log line each
 
 
-def metrics_server_start(port: int, host: str = "0.0.0.0") -> ThreadingHTTPServer | None:  # noqa: S104
+def metrics_server_start(port: int, host: str) -> ThreadingHTTPServer | None:
     """Serve /metrics from the Celery parent; None (and a warning) without a multiprocess dir,
     where the children's samples could not be collected."""
     if not MULTIPROC_DIR:

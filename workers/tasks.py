@@ -46,7 +46,7 @@ def predict_batch(self: Task, batch: dict[str, Any]) -> dict[str, int]:
 def _serve_metrics(**_: Any) -> None:
     """The Celery parent serves the metrics its children write (workers/metrics.py)."""
     if settings.INFERENCE_WORKER_ROLE == "inference":
-        metrics_server_start(settings.INFERENCE_WORKER_METRICS_PORT)
+        metrics_server_start(settings.INFERENCE_WORKER_METRICS_PORT, settings.INFERENCE_WORKER_METRICS_HOST)
 
 
 for _task in (PREDICT_TASK, PREDICT_BATCH_TASK):
