@@ -25,6 +25,9 @@ def heavy_model_build(out: Path, *, size: int, alpha: float) -> Path:
             "outputs": [{"name": "scores", "datatype": "FP32", "shape": [-1, 1000]}],
         },
         "metrics": {},
+        # An operator's tuning for a compute-bound model: batches up to its best raw batch size,
+        # and a longer window to fill them (the digits model keeps the defaults, 64 and 2 ms).
+        "batching": {"max_batch_size": 32, "max_delay_ms": 20},
     }
     (out / "model_card.json").write_text(json.dumps(card, indent=2))
     return out

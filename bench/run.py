@@ -200,7 +200,9 @@ class Bench:
             "INFERENCE_THROTTLE_PER_SECOND": "0",
             "INFERENCE_MAX_QUEUE_DEPTH": "1000000",
             "INFERENCE_SYNC_TIMEOUT_S": "120",
+            # Like the peers, no line per request; INFO costs ~14 % at 64 clients (docs/benchmarks.md).
             "LOG_LEVEL": "WARNING",
+            "START_PROMETHEUS": "false",
         }
         subprocess.run(
             [PYTHON, "manage.py", "migrate", "--noinput"],

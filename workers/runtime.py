@@ -109,10 +109,10 @@ class ModelRuntime:
         self._last_used: dict[tuple[str, int], float] = {}
         self._lock = threading.Lock()
         self._loading: dict[tuple[str, int], threading.Lock] = {}
-        self._redis = redis_sync()
+        self.redis = redis_sync()
         self._monitors: dict[tuple[str, int], DriftMonitor | None] = {}
         self._monitor_checked: dict[tuple[str, int], float] = {}
-        self._publish_summary = SummaryPublisher(self._redis, environment=environment, worker_id=worker_id)
+        self._publish_summary = SummaryPublisher(self.redis, environment=environment, worker_id=worker_id)
 
     def predictor_get(self, *, model_name: str, version: int) -> Predictor:
         key = (model_name, version)
@@ -294,7 +294,7 @@ class ModelRuntime:
                     logger.exception("drift evaluation of %s v%s failed", *key)
         for model_name, version in self.loaded_versions():
             serving_mark(
-                self._redis,
+                self.redis,
                 environment=self.environment,
                 model=model_name,
                 version=version,
@@ -311,7 +311,7 @@ class ModelRuntime:
     def _retire(self, model_name: str, version: int, predictor: Predictor) -> None:
         try:
             serving_unmark(
-                self._redis,
+                self.redis,
                 environment=self.environment,
                 model=model_name,
                 version=version,

@@ -11,11 +11,17 @@ from typing import Any
 
 from celery.backends.redis import RedisBackend
 
+from apps.predictions.tensor_store import tensors_fetch, tensors_forget
 from workers.metrics import QUEUE_WAIT, REDELIVERIES, WORKER_REQUESTS
 from workers.results import results_existing, results_store
 from workers.runtime import runtime_get
 
 logger = logging.getLogger("inference.worker")
+
+# A part whose offloaded tensors expired before a worker reached it: nobody waits for it.
+_EXPIRED = {
+    "error": {"code": "expired", "message": "the request's tensors expired before a worker reached it"}
+}
 
 
 def batch_serve(backend: RedisBackend, batch: dict[str, Any], *, redelivered: bool) -> dict[str, int]:
@@ -34,8 +40,13 @@ def batch_serve(backend: RedisBackend, batch: dict[str, Any], *, redelivered: bo
     if not todo:
         return {"parts": len(parts), "computed": 0}
     runtime = runtime_get()
-    results = runtime.run_batch(todo, model_name=model, version=version)
+    expired = set(tensors_fetch(runtime.redis, todo))
+    results = [(request_id, _EXPIRED) for request_id in expired]
+    live = [p for p in todo if p["id"] not in expired]
+    if live:
+        results += runtime.run_batch(live, model_name=model, version=version)
     results_store(backend, results)
+    tensors_forget(runtime.redis, todo)
     elapsed_ms = round((time.time() - started) * 1000, 3)
     for request_id, result in results:
         outcome = result["error"]["code"] if "error" in result else "ok"

@@ -179,6 +179,7 @@ class ModelVersionListCreateApi(APIView):
                 metrics=data.get("metrics") or card.get("metrics") or {},
                 description=card.get("description", ""),
                 gate=card.get("gate"),
+                batching=card.get("batching"),
                 notes=data["notes"],
                 user=request.user,
             )

@@ -169,14 +169,16 @@ def model_version_register(
     metrics: dict[str, float] | None = None,
     description: str = "",
     gate: dict[str, Any] | None = None,
+    batching: dict[str, Any] | None = None,
     notes: str = "",
     user: User = None,
     progress: Progress | None = None,
 ) -> ModelVersion:
     """Store a new version's artifacts (checksummed) and record it as the model's next version.
 
-    `gate` ({"metric", "minimum"}) configures the promotion gate when the model is new; later it
-    is changed in the admin, not by whoever uploads a version.
+    `gate` ({"metric", "minimum"}) configures the promotion gate and `batching`
+    ({"max_batch_size", "max_delay_ms"}) the dynamic batching when the model is new; later they
+    are changed in the admin, not by whoever uploads a version.
     """
     files = [Path(f) for f in files]
     signature_validate(signature=signature)
@@ -191,6 +193,10 @@ def model_version_register(
         defaults: dict[str, Any] = {"description": description}
         if gate:
             defaults.update(gate_metric=gate.get("metric", "accuracy"), gate_minimum=float(gate["minimum"]))
+        if batching:
+            defaults.update(
+                {k: batching[k] for k in ("max_batch_size", "max_delay_ms") if batching.get(k) is not None}
+            )
         model, _ = RegisteredModel.objects.get_or_create(name=name, defaults=defaults)
         model = RegisteredModel.objects.select_for_update().get(pk=model.pk)
         latest = model.versions.aggregate(latest=Max("number"))["latest"] or 0

@@ -4,6 +4,7 @@ Every protocol view (native, TF Serving, Open Inference Protocol) ends here.
 """
 
 import asyncio
+import functools
 import hashlib
 import json
 import time
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 from django.conf import settings
 from kombu.exceptions import OperationalError
+from redis import Redis
 from redis.exceptions import RedisError
 
 from apps.predictions.admission import admission_check
@@ -22,8 +24,10 @@ from apps.predictions.errors import ApiError
 from apps.predictions.observability import request_identified
 from apps.predictions.results import result_payload_decode, result_waiter_get
 from apps.predictions.selectors import ServedModel
+from apps.predictions.tensor_store import batch_bytes, tensors_offload
 from apps.predictions.wire import tensor_decode
 from inference_project.celery_app import app as celery_app
+from inference_project.redis_clients import redis_sync
 
 PREDICT_TASK = "inference.predict"
 PREDICT_BATCH_TASK = "inference.predict_batch"
@@ -55,6 +59,9 @@ def broker_unavailable() -> ApiError:
 
 def _publish_batch(served: ServedModel, parts: list[dict[str, Any]], expires: float | None) -> None:
     rows = sum(next(iter(part["inputs"].values()))["shape"][0] for part in parts)
+    if batch_bytes(parts) > settings.INFERENCE_TENSOR_OFFLOAD_BYTES:
+        ttl = int(expires) + 60 if expires else settings.CELERY_RESULT_EXPIRES
+        tensors_offload(_tensor_redis(), parts, ttl_s=ttl)
     celery_app.send_task(
         PREDICT_BATCH_TASK,
         # "sent": the worker reports the time a batch waited in the queue.
@@ -75,6 +82,11 @@ async def _publish_batch_async(
         )
     except (OperationalError, RedisError, OSError) as exc:
         raise broker_unavailable() from exc
+
+
+@functools.cache
+def _tensor_redis() -> Redis:
+    return redis_sync()
 
 
 def _batcher(served: ServedModel) -> Batcher:

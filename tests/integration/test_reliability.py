@@ -89,6 +89,9 @@ def faulty(
         INFERENCE_MAX_QUEUE_DEPTH="40",
         INFERENCE_SYNC_TIMEOUT_S="90",
         INFERENCE_LOAD_TIMEOUT_S="4",
+        # Batches above 4 digits send their tensors beside the task (apps/predictions/
+        # tensor_store.py): the kills below then also cover redelivery of offloaded tensors.
+        INFERENCE_TENSOR_OFFLOAD_BYTES="1024",
     )
     with running_platform(root, env, "faults") as platform:
         yield platform

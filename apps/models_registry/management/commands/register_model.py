@@ -47,6 +47,7 @@ class Command(BaseCommand):
                     metrics=card.get("metrics", {}),
                     description=card.get("description", ""),
                     gate=card.get("gate"),
+                    batching=card.get("batching"),
                     notes=options["notes"],
                     progress=bar.update,
                 )
