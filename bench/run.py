@@ -94,14 +94,19 @@ def machine() -> dict[str, Any]:
         ),
         "?",
     )
-    versions = {}
-    for package in ("tensorflow", "keras", "django", "celery", "uvicorn", "ray"):
-        try:
-            from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
-            versions[package] = version(package)
-        except Exception:
-            versions[package] = "not installed"
+    versions = {}
+    # tensorflow-cpu on CPU machines (requirements.txt), tensorflow[and-cuda] in the GPU image.
+    distributions = {"tensorflow": ("tensorflow", "tensorflow-cpu")}
+    for package in ("tensorflow", "keras", "django", "celery", "uvicorn", "ray"):
+        versions[package] = "not installed"
+        for name in distributions.get(package, (package,)):
+            try:
+                versions[package] = version(name)
+                break
+            except PackageNotFoundError:
+                continue
     redis_version = subprocess.run(
         ["redis-server", "--version"], capture_output=True, text=True, check=False
     ).stdout.split()[2]
