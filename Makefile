@@ -53,6 +53,7 @@ ifdef QUICK
 else
 	$(BIN)/python -m pip install --quiet -r requirements-bench.txt
 	$(BIN)/python -m bench.run --docs
+	$(BIN)/python -m bench.batching_mechanisms
 endif
 
 # 20,000 mixed requests with random worker kills (SOAK_REQUESTS to change); about 6 minutes.
