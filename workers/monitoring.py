@@ -89,6 +89,8 @@ class DriftMonitor:
 
     def observe(self, inputs: np.ndarray, scores: np.ndarray | None) -> dict[str, Any] | None:
         """Add a batch; returns the measures when this call evaluated the window."""
+        if inputs.dtype == object:  # BYTES inputs have no per-feature statistics
+            return None
         x = drift.features_view(inputs)
         if x.shape[1] != self.reference.features:
             return None

@@ -71,7 +71,12 @@ class KerasPredictor(Predictor):
         """Trace the predict function for a single row and for a batch before serving."""
         spec = self.files.signature["inputs"][0]
         for rows in (1, 8):
-            self.predict({spec["name"]: np.zeros([rows, *spec["shape"][1:]], dtype=np.float32)})
+            shape = [rows, *spec["shape"][1:]]
+            if spec["datatype"] == "BYTES":
+                x = np.full(shape, b"", dtype=object)
+            else:
+                x = np.zeros(shape, dtype=np.float32)
+            self.predict({spec["name"]: x})
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # Local references: a concurrent unload() (hot swap) lets an in-flight batch finish.
@@ -80,9 +85,15 @@ class KerasPredictor(Predictor):
             raise RuntimeError("predictor is not loaded")
         input_spec = self.files.signature["inputs"][0]
         output_specs = self.files.signature["outputs"]
-        x = inputs[input_spec["name"]].astype(np.float32, copy=False)
-        if scaler is not None:
-            x = scaler.transform(x.reshape(len(x), -1)).reshape(x.shape).astype(np.float32)
+        x = inputs[input_spec["name"]]
+        if input_spec["datatype"] == "BYTES":
+            import tensorflow as tf
+
+            x = tf.constant(x)  # an object array of bytes: Keras takes it as a tf.string tensor
+        else:
+            x = x.astype(np.float32, copy=False)
+            if scaler is not None:
+                x = scaler.transform(x.reshape(len(x), -1)).reshape(x.shape).astype(np.float32)
         # predict_on_batch runs the compiled (traced once, reduce_retracing) predict function:
         # 0.44 ms per single-row call for the demo CNN against 3.1 ms for eager model(x), and none
         # of model.predict()'s per-call dataset/callback set-up or its memory growth.

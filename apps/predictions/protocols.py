@@ -17,8 +17,8 @@ import orjson
 from apps.predictions.errors import bad_request
 from apps.predictions.selectors import ServedModel
 from apps.predictions.services import PredictionResult
-from apps.predictions.validation import tensor_check, tensor_from_json
-from apps.predictions.wire import NUMPY_TO_V2, V2_TO_NUMPY
+from apps.predictions.validation import bytes_check, bytes_from_json, tensor_check, tensor_from_json
+from apps.predictions.wire import NUMPY_TO_V2, V2_TO_NUMPY, bytes_array
 
 # --- native -----------------------------------------------------------------------------------
 
@@ -92,7 +92,7 @@ def tfserving_inputs(body: dict[str, Any], served: ServedModel) -> tuple[dict[st
         instances = body["instances"]
         if not isinstance(instances, list) or not instances:
             raise bad_request("instances must be a non-empty list", field="instances")
-        if all(isinstance(row, dict) for row in instances):
+        if all(isinstance(row, dict) and set(row) != {"b64"} for row in instances):
             return {
                 spec["name"]: tensor_from_json(
                     [row.get(spec["name"]) for row in instances], spec=spec, field=f"instances.{spec['name']}"
@@ -147,8 +147,32 @@ def v2_metadata(served: ServedModel, versions: list[int]) -> dict[str, Any]:
     }
 
 
+def _v2_binary_bytes(chunk: bytes, shape: list[int], *, field: str) -> np.ndarray:
+    """BYTES in the binary data extension: each element is a 4-byte little-endian length and
+    that many bytes."""
+    items, offset = [], 0
+    while offset < len(chunk):
+        if offset + 4 > len(chunk):
+            raise bad_request("BYTES element length is cut short", field=f"{field}.parameters")
+        size = int.from_bytes(chunk[offset : offset + 4], "little")
+        offset += 4
+        if offset + size > len(chunk):
+            raise bad_request("BYTES element is longer than the data sent", field=f"{field}.parameters")
+        items.append(chunk[offset : offset + size])
+        offset += size
+    if len(items) != math.prod(shape):
+        raise bad_request(
+            f"{len(items)} BYTES elements sent, shape {shape} needs {math.prod(shape)}", field=f"{field}.data"
+        )
+    return bytes_array(items, shape)
+
+
 def _v2_binary_tensor(item: dict[str, Any], spec: dict[str, Any], chunk: bytes, *, field: str) -> np.ndarray:
     """A tensor sent with the binary data extension: raw little-endian bytes after the JSON."""
+    if spec["datatype"] == "BYTES":
+        return bytes_check(
+            _v2_binary_bytes(chunk, item["shape"], field=field), spec=spec, field=f"{field}.data"
+        )
     dtype = np.dtype(V2_TO_NUMPY[spec["datatype"]]).newbyteorder("<")
     shape = item["shape"]
     if len(chunk) != math.prod(shape) * dtype.itemsize:
@@ -190,6 +214,14 @@ def _v2_tensor(
     data = item.get("data")
     if not isinstance(data, list):
         raise bad_request("data must be a list (flat or nested)", field=f"{field}.data")
+    if spec["datatype"] == "BYTES":
+        array = bytes_from_json(data, field=f"{field}.data")
+        if array.size != math.prod(shape):
+            raise bad_request(
+                f"data has {array.size} elements but shape {shape} needs {math.prod(shape)}",
+                field=f"{field}.data",
+            )
+        return name, bytes_check(array.reshape(shape), spec=spec, field=f"{field}.data")
     try:
         array = np.asarray(data)
     except (ValueError, TypeError, OverflowError):

@@ -128,7 +128,11 @@ def request_fingerprint(served: ServedModel, inputs: dict[str, np.ndarray]) -> s
     for name in sorted(inputs):
         array = np.ascontiguousarray(inputs[name])
         digest.update(f"\0{name}\0{array.dtype}\0{array.shape}\0".encode())
-        digest.update(array.tobytes())
+        if array.dtype == object:  # BYTES: the elements, each with its length
+            for item in array.ravel():
+                digest.update(len(item).to_bytes(8, "little") + item)
+        else:
+            digest.update(array.tobytes())
     return digest.hexdigest()
 
 

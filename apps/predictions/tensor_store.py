@@ -17,7 +17,7 @@ TENSOR_PREFIX = "inference:tensor:"
 
 
 def batch_bytes(parts: list[dict[str, Any]]) -> int:
-    return sum(len(wire["data"]) for part in parts for wire in part["inputs"].values())
+    return sum(len(wire.get("data", b"")) for part in parts for wire in part["inputs"].values())
 
 
 def tensors_offload(client: redis.Redis, parts: list[dict[str, Any]], *, ttl_s: int) -> None:
@@ -26,6 +26,8 @@ def tensors_offload(client: redis.Redis, parts: list[dict[str, Any]], *, ttl_s: 
     pipe = client.pipeline(transaction=False)
     for part in parts:
         for name, wire in part["inputs"].items():
+            if "data" not in wire:  # BYTES tensors stay inline
+                continue
             key = f"{TENSOR_PREFIX}{part['id']}:{name}"
             pipe.set(key, wire["data"], ex=ttl_s)
             wire["data"], wire["key"] = b"", key

@@ -5,19 +5,23 @@ numpy on the whole nested list at once: per-element serializer fields would cost
 inference itself for a small model.
 """
 
+import base64
+import binascii
 from typing import Any
 
 import numpy as np
 from django.conf import settings
 
 from apps.predictions.errors import bad_request
-from apps.predictions.wire import V2_TO_NUMPY
+from apps.predictions.wire import V2_TO_NUMPY, bytes_array
 
 NUMERIC_KINDS = {"f", "i", "u"}
 
 
 def tensor_from_json(value: Any, *, spec: dict[str, Any], field: str) -> np.ndarray:
     """Validate nested lists against `spec` (`{"name", "datatype", "shape"}`)."""
+    if spec["datatype"] == "BYTES":
+        return bytes_check(bytes_from_json(value, field=field), spec=spec, field=field)
     if not isinstance(value, list):
         raise bad_request(f"expected a list of numbers (a tensor), got {type(value).__name__}", field=field)
     try:
@@ -29,13 +33,46 @@ def tensor_from_json(value: Any, *, spec: dict[str, Any], field: str) -> np.ndar
     return tensor_check(array, spec=spec, field=field)
 
 
-def tensor_check(array: np.ndarray, *, spec: dict[str, Any], field: str) -> np.ndarray:
-    """Check dtype, shape, finiteness and batch size of an already-built array."""
+def _bytes_leaf(value: Any, *, field: str) -> bytes:
+    """TF Serving sends binary strings as {"b64": "<base64>"}; plain strings are UTF-8 text."""
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, dict) and set(value) == {"b64"} and isinstance(value["b64"], str):
+        try:
+            return base64.b64decode(value["b64"], validate=True)
+        except binascii.Error:
+            raise bad_request("b64 is not valid base64", field=field) from None
+    raise bad_request('BYTES elements must be strings or {"b64": "<base64>"} objects', field=field)
+
+
+def bytes_from_json(value: Any, *, field: str) -> np.ndarray:
+    """Nested lists of strings or {"b64"} objects as an object array of bytes."""
+
+    def leaves(node: Any, depth: int) -> tuple[list[bytes], list[int]]:
+        if not isinstance(node, list):
+            return [_bytes_leaf(node, field=field)], []
+        if depth > 32 or not node:
+            raise bad_request("malformed or empty BYTES tensor", field=field)
+        parts = [leaves(child, depth + 1) for child in node]
+        shapes = {tuple(shape) for _, shape in parts}
+        if len(shapes) != 1:
+            raise bad_request("ragged tensor: every row must have the same length", field=field)
+        return [item for items, _ in parts for item in items], [len(node), *parts[0][1]]
+
+    if not isinstance(value, list):
+        raise bad_request(f"expected a list (a tensor), got {type(value).__name__}", field=field)
+    items, shape = leaves(value, 0)
+    return bytes_array(items, shape)
+
+
+def bytes_check(array: np.ndarray, *, spec: dict[str, Any], field: str) -> np.ndarray:
+    _shape_check(array, spec=spec, field=field)
+    return array
+
+
+def _shape_check(array: np.ndarray, *, spec: dict[str, Any], field: str) -> None:
     if array.size == 0:
         raise bad_request("tensor is empty", field=field)
-    if array.dtype.kind not in NUMERIC_KINDS:
-        kind = "booleans" if array.dtype.kind == "b" else "non-numeric values"
-        raise bad_request(f"tensor contains {kind}; expected {spec['datatype']} numbers", field=field)
     expected = spec["shape"]
     if array.ndim != len(expected) or any(
         want not in (-1, got) for want, got in zip(expected, array.shape, strict=True)
@@ -46,6 +83,14 @@ def tensor_check(array: np.ndarray, *, spec: dict[str, Any], field: str) -> np.n
             f"{array.shape[0]} rows exceed the limit of {settings.INFERENCE_MAX_BATCH_ROWS} per request",
             field=field,
         )
+
+
+def tensor_check(array: np.ndarray, *, spec: dict[str, Any], field: str) -> np.ndarray:
+    """Check dtype, shape, finiteness and batch size of an already-built array."""
+    if array.size and array.dtype.kind not in NUMERIC_KINDS:
+        kind = "booleans" if array.dtype.kind == "b" else "non-numeric values"
+        raise bad_request(f"tensor contains {kind}; expected {spec['datatype']} numbers", field=field)
+    _shape_check(array, spec=spec, field=field)
     dtype = np.dtype(V2_TO_NUMPY[spec["datatype"]])
     if dtype.kind == "f":
         with np.errstate(over="ignore", invalid="ignore"):

@@ -1,10 +1,13 @@
 """Tensors as they cross the broker: raw little-endian bytes in msgpack, not JSON float lists.
 
+A BYTES tensor (strings, encoded images: numpy object arrays of `bytes`) travels as the list of
+its elements, msgpack bin each.
+
 Shared by the API (which encodes inputs, decodes outputs) and the workers (the reverse); it
 imports numpy only.
 """
 
-from typing import Any, TypedDict
+from typing import Any
 
 import numpy as np
 
@@ -22,21 +25,30 @@ V2_TO_NUMPY: dict[str, str] = {
     "FP16": "float16",
     "FP32": "float32",
     "FP64": "float64",
+    "BYTES": "object",
 }
 NUMPY_TO_V2 = {value: key for key, value in V2_TO_NUMPY.items()}
 
 
-class WireTensor(TypedDict):
-    dtype: str
-    shape: list[int]
-    data: bytes
+BYTES_DTYPE = "bytes"
 
 
-def tensor_encode(array: np.ndarray) -> WireTensor:
+def tensor_encode(array: np.ndarray) -> dict[str, Any]:
+    if array.dtype == object:
+        return {"dtype": BYTES_DTYPE, "shape": list(array.shape), "items": list(array.ravel())}
     array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
     return {"dtype": array.dtype.name, "shape": list(array.shape), "data": array.tobytes()}
 
 
+def bytes_array(items: list[bytes], shape: list[int]) -> np.ndarray:
+    """An object array of `bytes` (np.array would make a fixed-width bytes array instead)."""
+    array = np.empty(len(items), dtype=object)
+    array[:] = items
+    return array.reshape(shape)
+
+
 def tensor_decode(wire: dict[str, Any]) -> np.ndarray:
+    if wire["dtype"] == BYTES_DTYPE:
+        return bytes_array(wire["items"], wire["shape"])
     dtype = np.dtype(wire["dtype"]).newbyteorder("<")
     return np.frombuffer(wire["data"], dtype=dtype).reshape(wire["shape"])
