@@ -1,4 +1,4 @@
-"""Celery tasks of the workers: thin wrappers over `workers.runtime`."""
+"""Celery tasks of the workers: thin wrappers over `workers.serving` and `workers.runtime`."""
 
 import logging
 import os
