@@ -6,6 +6,7 @@ within the cache period. Traffic then moves to the new version only once a worke
 serving. That is the "load the new one, then switch" half of a hot swap that lives in the API.
 """
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -67,6 +68,9 @@ class Route:
 
 
 _cache: dict[tuple[str, int | None], tuple[float, Route | None]] = {}
+# One reload per key at a time: when an entry expires under load, the requests that arrive
+# during the reload wait for it instead of each querying the database.
+_reloading: dict[tuple[str, int | None], asyncio.Future[tuple[float, Route | None]]] = {}
 
 
 def _route_load(name: str, version: int | None) -> Route | None:
@@ -98,18 +102,9 @@ async def served_model_ready(served: ServedModel) -> bool:
 async def served_model_get(*, name: str, version: int | None = None) -> ServedModel:
     """Where to send a request for `name` (pinned to `version` if given); 404 if nowhere."""
     key = (name, version)
-    now = time.monotonic()
     cached = _cache.get(key)
-    if cached is None or cached[0] < now:
-        route = await sync_to_async(_route_load)(name, version)
-        ttl = settings.INFERENCE_REGISTRY_CACHE_S
-        if route is not None and route.previous is not None and not await served_model_ready(route.live):
-            # The new version is not loaded anywhere yet: keep the previous one for a moment.
-            if await served_model_ready(route.previous):
-                route = Route(route.previous, route.previous)
-            ttl = min(ttl, SWITCH_RECHECK_S)
-        cached = (now + ttl, route)
-        _cache[key] = cached
+    if cached is None or cached[0] < time.monotonic():
+        cached = await _route_reload(key)
     route = cached[1]
     if route is None:
         if version is None:
@@ -118,6 +113,28 @@ async def served_model_get(*, name: str, version: int | None = None) -> ServedMo
             )
         raise not_found(f"model {name!r} has no deployed version {version}", field="version")
     return route.live
+
+
+async def _route_reload(key: tuple[str, int | None]) -> tuple[float, Route | None]:
+    """Reload `key`, or join the reload already running (in its own task: a request that is
+    cancelled meanwhile does not cancel it for the others)."""
+    task = _reloading.get(key)
+    if task is None:
+        task = _reloading[key] = asyncio.ensure_future(_route_fetch(key))
+        task.add_done_callback(lambda _: _reloading.pop(key, None))
+    return await asyncio.shield(task)
+
+
+async def _route_fetch(key: tuple[str, int | None]) -> tuple[float, Route | None]:
+    route = await sync_to_async(_route_load)(*key)
+    ttl = settings.INFERENCE_REGISTRY_CACHE_S
+    if route is not None and route.previous is not None and not await served_model_ready(route.live):
+        # The new version is not loaded anywhere yet: keep the previous one for a moment.
+        if await served_model_ready(route.previous):
+            route = Route(route.previous, route.previous)
+        ttl = min(ttl, SWITCH_RECHECK_S)
+    cached = _cache[key] = (time.monotonic() + ttl, route)
+    return cached
 
 
 async def routes_list() -> list[Route]:
