@@ -53,7 +53,11 @@ ifdef QUICK
 else
 	$(BIN)/python -m pip install --quiet -r requirements-bench.txt
 	$(BIN)/python -m bench.run --docs
-	$(BIN)/python -m bench.batching_mechanisms
+	@# celery-batches needs celery < 5.7: the mechanism comparison runs in a virtualenv of its own.
+	@test -x .venv-mechanisms/bin/python || $(PYTHON) -m venv .venv-mechanisms
+	.venv-mechanisms/bin/python -m pip install --quiet -r requirements-dev.txt
+	.venv-mechanisms/bin/python -m pip install --quiet celery-batches==0.11
+	.venv-mechanisms/bin/python -m bench.batching_mechanisms
 endif
 
 # 20,000 mixed requests with random worker kills (SOAK_REQUESTS to change); about 6 minutes.
@@ -71,4 +75,4 @@ lambda-package: venv
 	@echo "dist/lambda_trigger.zip: handler lambda_trigger.handler.handler"
 
 clean:
-	rm -rf var staticfiles .cache .pytest_cache build dist
+	rm -rf var staticfiles .cache .pytest_cache build dist .venv-mechanisms

@@ -1,6 +1,8 @@
 """Which batching mechanism: the same API and model, three ways to get rows into one predict.
 
-    python -m bench.batching_mechanisms        (make bench installs celery-batches)
+    python -m bench.batching_mechanisms
+    (make bench runs it in .venv-mechanisms: celery-batches 0.11 needs celery < 5.7, so that
+    virtualenv has celery 5.6; all three variants run there, on the same Celery)
 
 - producer: the API groups requests into one task per batch (what the platform does);
 - none: one task per request (the model's max_batch_size = 1), the standard worker;
@@ -107,7 +109,11 @@ def main() -> None:
                 "celery-batches", max_batch_size=1, worker_app="bench.peers.celery_batches_worker", work=work
             ),
         }
-    (out / "mechanisms.json").write_text(json.dumps(results, indent=2))
+    from importlib.metadata import version
+
+    celery_version = version("celery")
+    (out / "mechanisms.json").write_text(json.dumps({"celery": celery_version, **results}, indent=2))
+    print(f"Celery {celery_version}, {SECONDS:g} s per point")
     print("| mechanism | req/s at 1 | p50 ms at 1 | req/s at 64 | p50 ms at 64 | p99 ms at 64 |")
     print("|---|---|---|---|---|---|")
     for name, r in results.items():

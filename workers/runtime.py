@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import redis
 from django.conf import settings
+from django.db import close_old_connections
 
 from apps.models_registry import selectors
 from apps.models_registry.models import Artifact, ModelVersion, RegistryEvent
@@ -110,7 +111,7 @@ class ModelRuntime:
         self._lock = threading.Lock()
         self._loading: dict[tuple[str, int], threading.Lock] = {}
         self.redis = redis_sync()
-        self._monitors: dict[tuple[str, int], DriftMonitor | None] = {}
+        self._monitors: dict[tuple[str, int], DriftMonitor] = {}
         self._monitor_checked: dict[tuple[str, int], float] = {}
         self._publish_summary = SummaryPublisher(self.redis, environment=environment, worker_id=worker_id)
 
@@ -254,44 +255,45 @@ class ModelRuntime:
         return results
 
     def _monitor_observe(self, model_name: str, version: int, inputs: np.ndarray, scores: np.ndarray) -> None:
-        """Feed the version's drift monitor; never lets monitoring fail a batch."""
+        """Feed the version's drift monitor, if it has one; never lets monitoring fail a batch."""
+        monitor = self._monitors.get((model_name, version))
+        if monitor is None:
+            return
         try:
-            monitor = self._monitor_get(model_name, version)
-            if monitor is not None:
-                monitor.observe(inputs, scores)
+            monitor.observe(inputs, scores)
         except Exception:
             logger.exception("drift monitoring of %s v%s failed", model_name, version)
 
-    def _monitor_get(self, model_name: str, version: int) -> DriftMonitor | None:
-        """The version's monitor, once its reference statistics exist (computed after
-        registration, perhaps after this worker loaded it: looked up again every 10 s)."""
-        key = (model_name, version)
-        monitor = self._monitors.get(key)
-        if monitor is not None or time.monotonic() - self._monitor_checked.get(key, -1e9) < 10:
-            return monitor
-        self._monitor_checked[key] = time.monotonic()
-        found = selectors.model_version_get(model_name=model_name, number=version)
-        if found is None or not found.reference_stats:
-            return None
-        monitor = self._monitors[key] = DriftMonitor(
-            model=model_name,
-            version=version,
-            reference=found.reference_stats,
-            window=settings.INFERENCE_DRIFT_WINDOW,
-            min_rows=settings.INFERENCE_DRIFT_MIN_ROWS,
-            eval_s=settings.INFERENCE_DRIFT_EVAL_S,
-            psi_threshold=settings.INFERENCE_DRIFT_PSI_THRESHOLD,
-            publish=self._publish_summary,
-        )
-        return monitor
+    def _monitors_refresh(self) -> None:
+        """Start a drift monitor for each loaded version whose reference statistics exist. They
+        are computed after registration, perhaps after this worker loaded the version: looked
+        up every 10 s until found, here in the heartbeat thread, off the batch path."""
+        for key in self.loaded_versions():
+            if key in self._monitors or time.monotonic() - self._monitor_checked.get(key, -1e9) < 10:
+                continue
+            self._monitor_checked[key] = time.monotonic()
+            close_old_connections()  # a long-lived thread: drop a connection the database closed
+            found = selectors.model_version_get(model_name=key[0], number=key[1])
+            if found is not None and found.reference_stats:
+                self._monitors[key] = DriftMonitor(
+                    model=key[0],
+                    version=key[1],
+                    reference=found.reference_stats,
+                    window=settings.INFERENCE_DRIFT_WINDOW,
+                    min_rows=settings.INFERENCE_DRIFT_MIN_ROWS,
+                    eval_s=settings.INFERENCE_DRIFT_EVAL_S,
+                    psi_threshold=settings.INFERENCE_DRIFT_PSI_THRESHOLD,
+                    publish=self._publish_summary,
+                )
 
     def heartbeat(self) -> None:
+        """Refresh this child's readiness marks; start and evaluate the drift monitors."""
+        self._monitors_refresh()
         for key, monitor in list(self._monitors.items()):
-            if monitor is not None:
-                try:
-                    monitor.evaluate_if_due()
-                except Exception:
-                    logger.exception("drift evaluation of %s v%s failed", *key)
+            try:
+                monitor.evaluate_if_due()
+            except Exception:
+                logger.exception("drift evaluation of %s v%s failed", *key)
         for model_name, version in self.loaded_versions():
             serving_mark(
                 self.redis,
