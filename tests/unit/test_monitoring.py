@@ -1,5 +1,7 @@
 """The workers' drift monitor, its Redis windows and the admin's report built from them."""
 
+from typing import Any
+
 import numpy as np
 import pytest
 import redis
@@ -23,18 +25,24 @@ def gauge(name: str, version: str) -> float | None:
     return REGISTRY.get_sample_value(name, {"model": "monitored", "version": version})
 
 
+def monitor_of(reference: dict, *, version: int, window: int, min_rows: int, publish: Any) -> DriftMonitor:
+    return DriftMonitor(
+        model="monitored",
+        version=version,
+        reference=reference,
+        window=window,
+        min_rows=min_rows,
+        eval_s=0,
+        psi_threshold=0.2,
+        publish=publish,
+    )
+
+
 def test_monitor_reports_after_min_rows_and_flags_a_shift(digits) -> None:  # type: ignore[no-untyped-def]
     train, _, reference = digits
     published = []
-    monitor = DriftMonitor(
-        model="monitored",
-        version=1,
-        reference=reference,
-        window=300,
-        min_rows=200,
-        eval_s=0,
-        psi_threshold=0.2,
-        publish=lambda model, version, summary: published.append(summary),
+    monitor = monitor_of(
+        reference, version=1, window=300, min_rows=200, publish=lambda model, version, s: published.append(s)
     )
     labels = np.arange(len(train)) % 10
     scores = np.eye(10)[labels] * 0.9 + 0.01
@@ -68,16 +76,8 @@ def test_admin_report_adds_up_fresh_worker_windows(digits, redis_server: str) ->
     assert drift_report_get(version=version, environment="dev", client=client).measures is None
     scores = np.eye(10)[np.arange(300) % 10] * 0.9 + 0.01
     for worker, rows in (("w1", train[:150]), ("w2", train[150:300])):
-        monitor = DriftMonitor(
-            model="monitored",
-            version=2,
-            reference=reference,
-            window=150,
-            min_rows=10,
-            eval_s=0,
-            psi_threshold=0.2,
-            publish=SummaryPublisher(client, environment="dev", worker_id=worker),
-        )
+        publish = SummaryPublisher(client, environment="dev", worker_id=worker)
+        monitor = monitor_of(reference, version=2, window=150, min_rows=10, publish=publish)
         monitor.observe(rows, scores[:150])
     report = drift_report_get(version=version, environment="dev", client=client)
     assert report.workers == 2 and report.summary is not None and report.summary["rows"] == 300
