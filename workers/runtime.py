@@ -355,6 +355,21 @@ def _forever(name: str, loop: Any) -> threading.Thread:
     return thread
 
 
+def runtime_start(*, model_names: list[str]) -> ModelRuntime:
+    """A worker child's start-up: follow deployment changes, load the deployed versions, and
+    start the heartbeat (readiness marks, drift monitors)."""
+    runtime = runtime_get()
+    deployments_listen(
+        runtime,
+        model_names=model_names,
+        grace_s=settings.INFERENCE_SWAP_GRACE_S,
+        load_timeout_s=settings.INFERENCE_LOAD_TIMEOUT_S,
+    )
+    runtime.preload(model_names=model_names)
+    heartbeat_start(runtime, interval=settings.INFERENCE_HEARTBEAT_S)
+    return runtime
+
+
 def heartbeat_start(runtime: ModelRuntime, *, interval: float) -> threading.Thread:
     def beat() -> None:
         runtime.heartbeat()

@@ -15,7 +15,7 @@ from inference_project.celery_app import app
 from inference_project.metrics import MULTIPROC_DIR
 from workers.gpu import child_gpu_pin
 from workers.metrics import RETRIES, metrics_server_start
-from workers.runtime import deployments_listen, heartbeat_start, runtime_get
+from workers.runtime import runtime_get, runtime_start
 from workers.serving import batch_serve
 
 logger = logging.getLogger(__name__)
@@ -66,15 +66,7 @@ def _load_models_in_child(**_: Any) -> None:
     device = child_gpu_pin(current_process().index)
     if device is not None:
         logger.info("worker child %s pinned to GPU %s", current_process().index, device)
-    runtime = runtime_get()
-    deployments_listen(
-        runtime,
-        model_names=settings.INFERENCE_WORKER_MODELS,
-        grace_s=settings.INFERENCE_SWAP_GRACE_S,
-        load_timeout_s=settings.INFERENCE_LOAD_TIMEOUT_S,
-    )
-    runtime.preload(model_names=settings.INFERENCE_WORKER_MODELS)
-    heartbeat_start(runtime, interval=settings.INFERENCE_HEARTBEAT_S)
+    runtime_start(model_names=settings.INFERENCE_WORKER_MODELS)
 
 
 @worker_process_shutdown.connect

@@ -126,7 +126,7 @@ def _drift_charts(version: ModelVersion, report: selectors.DriftReport) -> list[
             [("live", live_classes)] if live_classes else []
         )
         charts.append(bars_svg(series, names, title="Predicted classes: share of rows"))
-        assert reference.confidence is not None  # noqa: S101 (set together with classes)
+    if reference.confidence is not None:
         live_confidence = _share(summary["confidence"]) if summary and summary.get("confidence") else None
         series = [("validation", list(reference.confidence))]
         series += [("live", live_confidence)] if live_confidence else []

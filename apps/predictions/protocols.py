@@ -17,7 +17,7 @@ import orjson
 from apps.predictions.errors import bad_request
 from apps.predictions.selectors import ServedModel
 from apps.predictions.services import PredictionResult
-from apps.predictions.validation import bytes_check, bytes_from_json, tensor_check, tensor_from_json
+from apps.predictions.validation import bytes_from_json, shape_check, tensor_check, tensor_from_json
 from apps.predictions.wire import NUMPY_TO_V2, V2_TO_NUMPY, bytes_array
 
 # --- native -----------------------------------------------------------------------------------
@@ -170,7 +170,7 @@ def _v2_binary_bytes(chunk: bytes, shape: list[int], *, field: str) -> np.ndarra
 def _v2_binary_tensor(item: dict[str, Any], spec: dict[str, Any], chunk: bytes, *, field: str) -> np.ndarray:
     """A tensor sent with the binary data extension: raw little-endian bytes after the JSON."""
     if spec["datatype"] == "BYTES":
-        return bytes_check(
+        return shape_check(
             _v2_binary_bytes(chunk, item["shape"], field=field), spec=spec, field=f"{field}.data"
         )
     dtype = np.dtype(V2_TO_NUMPY[spec["datatype"]]).newbyteorder("<")
@@ -221,7 +221,7 @@ def _v2_tensor(
                 f"data has {array.size} elements but shape {shape} needs {math.prod(shape)}",
                 field=f"{field}.data",
             )
-        return name, bytes_check(array.reshape(shape), spec=spec, field=f"{field}.data")
+        return name, shape_check(array.reshape(shape), spec=spec, field=f"{field}.data")
     try:
         array = np.asarray(data)
     except (ValueError, TypeError, OverflowError):

@@ -21,7 +21,7 @@ NUMERIC_KINDS = {"f", "i", "u"}
 def tensor_from_json(value: Any, *, spec: dict[str, Any], field: str) -> np.ndarray:
     """Validate nested lists against `spec` (`{"name", "datatype", "shape"}`)."""
     if spec["datatype"] == "BYTES":
-        return bytes_check(bytes_from_json(value, field=field), spec=spec, field=field)
+        return shape_check(bytes_from_json(value, field=field), spec=spec, field=field)
     if not isinstance(value, list):
         raise bad_request(f"expected a list of numbers (a tensor), got {type(value).__name__}", field=field)
     try:
@@ -65,12 +65,8 @@ def bytes_from_json(value: Any, *, field: str) -> np.ndarray:
     return bytes_array(items, shape)
 
 
-def bytes_check(array: np.ndarray, *, spec: dict[str, Any], field: str) -> np.ndarray:
-    _shape_check(array, spec=spec, field=field)
-    return array
-
-
-def _shape_check(array: np.ndarray, *, spec: dict[str, Any], field: str) -> None:
+def shape_check(array: np.ndarray, *, spec: dict[str, Any], field: str) -> np.ndarray:
+    """Non-empty, the signature's shape, at most INFERENCE_MAX_BATCH_ROWS rows; any dtype."""
     if array.size == 0:
         raise bad_request("tensor is empty", field=field)
     expected = spec["shape"]
@@ -83,6 +79,7 @@ def _shape_check(array: np.ndarray, *, spec: dict[str, Any], field: str) -> None
             f"{array.shape[0]} rows exceed the limit of {settings.INFERENCE_MAX_BATCH_ROWS} per request",
             field=field,
         )
+    return array
 
 
 def tensor_check(array: np.ndarray, *, spec: dict[str, Any], field: str) -> np.ndarray:
@@ -90,7 +87,7 @@ def tensor_check(array: np.ndarray, *, spec: dict[str, Any], field: str) -> np.n
     if array.size and array.dtype.kind not in NUMERIC_KINDS:
         kind = "booleans" if array.dtype.kind == "b" else "non-numeric values"
         raise bad_request(f"tensor contains {kind}; expected {spec['datatype']} numbers", field=field)
-    _shape_check(array, spec=spec, field=field)
+    shape_check(array, spec=spec, field=field)
     dtype = np.dtype(V2_TO_NUMPY[spec["datatype"]])
     if dtype.kind == "f":
         with np.errstate(over="ignore", invalid="ignore"):

@@ -25,7 +25,7 @@ from django.conf import settings  # noqa: E402
 
 from apps.predictions.services import PREDICT_BATCH_TASK  # noqa: E402
 from workers.results import results_store  # noqa: E402
-from workers.runtime import heartbeat_start, runtime_get  # noqa: E402
+from workers.runtime import runtime_get, runtime_start  # noqa: E402
 
 app = Celery("celery_batches_peer")
 app.config_from_object("django.conf:settings", namespace="CELERY")
@@ -46,6 +46,4 @@ def predict_buffered(requests: list[Any]) -> None:
 
 @worker_process_init.connect
 def _load(**_: Any) -> None:
-    runtime = runtime_get()
-    runtime.preload(model_names=settings.INFERENCE_WORKER_MODELS)
-    heartbeat_start(runtime, interval=settings.INFERENCE_HEARTBEAT_S)
+    runtime_start(model_names=settings.INFERENCE_WORKER_MODELS)
