@@ -1,7 +1,12 @@
 """The limit: in-process `predict_on_batch` throughput at batch sizes 1, 8, 32, 64, and the
-single-input latency, with the same thread settings as a worker child (TensorFlow defaults).
+single-input latency, with the same thread settings as a worker child.
 
-    python -m bench.raw <model.keras> <input shape as JSON, without batch> [seconds per size]
+    python -m bench.raw <model.keras> <input shape as JSON, without batch> [seconds per size] [--wait]
+
+TensorFlow's thread pools follow TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS as a worker
+child's do (workers/placement.py). With --wait the process loads and warms up, prints "ready" and
+waits for a line on stdin before measuring: `bench.run` starts one such process per worker child
+and releases them together, to measure the workers' layout without the serving around it.
 """
 
 import json
@@ -10,16 +15,22 @@ import time
 
 import numpy as np
 
+BATCHES = (1, 8, 32, 64)
 
-def measure(model_path: str, shape: list[int], seconds: float) -> dict[str, object]:
+
+def measure(model_path: str, shape: list[int], seconds: float, wait: bool = False) -> dict[str, object]:
     import keras
 
     model = keras.saving.load_model(model_path, compile=False)
-    results = {}
-    for batch in (1, 8, 32, 64):
-        x = np.random.default_rng(0).random((batch, *shape), dtype=np.float32)
+    inputs = {batch: np.random.default_rng(0).random((batch, *shape), dtype=np.float32) for batch in BATCHES}
+    for x in inputs.values():
         for _ in range(3):
             model.predict_on_batch(x)
+    if wait:
+        print("ready", flush=True)
+        sys.stdin.readline()
+    results = {}
+    for batch, x in inputs.items():
         calls, started = 0, time.perf_counter()
         latencies = []
         while time.perf_counter() - started < seconds or calls < 3:
@@ -36,8 +47,6 @@ def measure(model_path: str, shape: list[int], seconds: float) -> dict[str, obje
 
 
 if __name__ == "__main__":
-    print(
-        json.dumps(
-            measure(sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3]) if len(sys.argv) > 3 else 3.0)
-        )
-    )
+    args = [a for a in sys.argv[1:] if a != "--wait"]
+    seconds = float(args[2]) if len(args) > 2 else 3.0
+    print(json.dumps(measure(args[0], json.loads(args[1]), seconds, wait="--wait" in sys.argv)))

@@ -56,6 +56,13 @@ NODE_EXPORTER_PORT = int(os.environ.get("NODE_EXPORTER_PORT", "9100"))
 PROMETHEUS_CONFIG = Path(settings.BASE_DIR) / "deploy" / "prometheus"
 
 
+def worker_concurrency(model_name: str) -> int:
+    """Children of a model's worker: WORKER_CONCURRENCY_<MODEL> (e.g. WORKER_CONCURRENCY_MOBILENET=2),
+    else WORKER_CONCURRENCY. The children share the cores (workers/placement.py)."""
+    specific = os.environ.get(f"WORKER_CONCURRENCY_{model_name.upper().replace('-', '_')}")
+    return int(specific) if specific else WORKER_CONCURRENCY
+
+
 def log(message: str) -> None:
     print(f"[platform] {message}", flush=True)
 
@@ -340,7 +347,7 @@ def main() -> None:
                     "-n",
                     f"{name}@%h",
                     "--concurrency",
-                    str(WORKER_CONCURRENCY),
+                    str(worker_concurrency(name)),
                     "--loglevel",
                     "INFO",
                 ],

@@ -86,7 +86,7 @@ async def _publish_batch_async(
 
 @functools.cache
 def _tensor_redis() -> Redis:
-    return redis_sync()
+    return redis_sync(large_values=True)
 
 
 def _batcher(served: ServedModel) -> Batcher:

@@ -1,5 +1,5 @@
 # A GPU worker for one model queue: TensorFlow's GPU image, one child per GPU (each pinned to its
-# GPU by workers/gpu.py before TensorFlow loads), memory growth on.
+# GPU by workers/placement.py before TensorFlow loads), memory growth on.
 FROM tensorflow/tensorflow:2.21.0-gpu AS build
 WORKDIR /src
 COPY requirements.txt ./
@@ -24,4 +24,4 @@ COPY --chown=app:app workers ./workers
 USER app
 # One child per visible GPU.
 EXPOSE 9464
-CMD ["sh", "-c", "rm -rf $PROMETHEUS_MULTIPROC_DIR && mkdir -p $PROMETHEUS_MULTIPROC_DIR && GPUS=$(python -c 'from workers.gpu import gpu_count; print(max(gpu_count(), 1))'); INFERENCE_WORKER_MODELS=${MODEL} exec celery -A inference_project worker -Q inference.${MODEL} -n ${MODEL}-gpu@%h --concurrency ${GPUS} --loglevel INFO"]
+CMD ["sh", "-c", "rm -rf $PROMETHEUS_MULTIPROC_DIR && mkdir -p $PROMETHEUS_MULTIPROC_DIR && GPUS=$(python -c 'from workers.placement import gpu_count; print(max(gpu_count(), 1))'); INFERENCE_WORKER_MODELS=${MODEL} exec celery -A inference_project worker -Q inference.${MODEL} -n ${MODEL}-gpu@%h --concurrency ${GPUS} --loglevel INFO"]

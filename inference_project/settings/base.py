@@ -228,6 +228,9 @@ INFERENCE_WORKER_ROLE = env("INFERENCE_WORKER_ROLE", default="inference")
 # Models a worker process preloads (empty: every model deployed in its environment). The launcher
 # starts one worker per model queue with this set to that model.
 INFERENCE_WORKER_MODELS = env.list("INFERENCE_WORKER_MODELS", default=[])
+# TensorFlow threads per worker child: "auto" splits the cores among the children when there are
+# several (workers/placement.py), a number sets it, "tf" keeps TensorFlow's defaults.
+INFERENCE_CHILD_THREADS = env("INFERENCE_CHILD_THREADS", default="auto")
 # After a promotion/rollback, a worker unloads the replaced version once it has been idle this long.
 INFERENCE_SWAP_GRACE_S = env.float("INFERENCE_SWAP_GRACE_S", default=5.0)
 # A new version still loading after this long is reported to the registry as a failed load.

@@ -39,5 +39,12 @@ def test_quick_benchmark_produces_its_figures(tmp_path: Path, demo_model_dir: Pa
         point["errors"] == 0 and point["rps"] > 0 for point in results["ours_digits"] + results["ours_heavy"]
     )
     assert results["inflight_2000"]["errors"] == 0
+    # The heavy model ran with one worker child per core, measured raw in the same layout.
+    layout = results["raw_layout"]["heavy"]
+    assert layout["processes"] >= 1 and all(v["rows_per_s"] > 0 for v in layout["batches"].values())
+    assert (
+        len([k for k in results["memory_after_load"] if k.startswith("worker-mobilenet/")])
+        == layout["processes"]
+    )
     assert (tmp_path / "benchmarks.png").stat().st_size > 10_000
     assert "## Targets" in (tmp_path / "benchmarks.md").read_text()

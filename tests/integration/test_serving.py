@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from celery.utils.sysinfo import cpu_budget
 
 from tests.integration.conftest import Platform
 from tests.integration.load import children
@@ -288,6 +289,13 @@ def test_tensorflow_is_loaded_only_in_worker_children(platform: Platform) -> Non
     pool = children(worker_parent)
     assert len(pool) == 2
     assert all("libtensorflow" in _maps(pid) for pid in pool)
+
+
+def test_worker_children_share_the_cores(platform: Platform) -> None:
+    """Two children: the parent gives each half the cores as TensorFlow threads before the fork
+    (workers/placement.py); the children inherit the variables."""
+    threads = max(1, cpu_budget().count // 2)
+    assert f"2 worker children, {threads} TensorFlow threads each" in platform.log()
 
 
 def test_printed_curl_example_returns_the_digit(platform: Platform) -> None:

@@ -1,6 +1,7 @@
 """Large tensors beside the task: stored by the API, fetched and deleted by the worker."""
 
 import numpy as np
+import pytest
 import redis
 
 from apps.predictions.tensor_store import (
@@ -11,15 +12,20 @@ from apps.predictions.tensor_store import (
     tensors_offload,
 )
 from apps.predictions.wire import tensor_decode, tensor_encode
+from inference_project.redis_clients import redis_sync
 
 
 def parts_of(*arrays: np.ndarray) -> list[dict]:
     return [{"id": f"req-{i}", "inputs": {"images": tensor_encode(a)}} for i, a in enumerate(arrays)]
 
 
-def test_offloaded_tensors_come_back_intact_and_are_deleted_after_use(redis_server: str) -> None:
-    client = redis.Redis.from_url(redis_server)
-    images = [np.random.default_rng(i).random((2, 8, 8, 3), dtype=np.float32) for i in range(3)]
+@pytest.mark.parametrize("large_values", [False, True], ids=["hiredis-packer", "large-values-packer"])
+def test_offloaded_tensors_come_back_intact_and_are_deleted_after_use(
+    redis_server: str, large_values: bool
+) -> None:
+    # The API stores with the large-values client (no copy of each value into one buffer).
+    client = redis_sync(redis_server, large_values=large_values)
+    images = [np.random.default_rng(i).random((2, 112, 112, 3), dtype=np.float32) for i in range(3)]
     parts = parts_of(*images)
     assert batch_bytes(parts) == 3 * images[0].nbytes
     tensors_offload(client, parts, ttl_s=60)
