@@ -406,6 +406,8 @@ def main() -> None:
             "flower",
             f"--port={FLOWER_PORT}",
             "--address=127.0.0.1",
+            # Flower turns the workers' task events back on unless told not to.
+            f"--enable_events={settings.CELERY_WORKER_SEND_TASK_EVENTS}",
         ]
         flower.append(f"--basic-auth={FLOWER_AUTH}")
         children.start("flower", flower, env={"INFERENCE_SERVICE": "flower"})

@@ -1,8 +1,19 @@
 """Admission control: refuse work at once, before enqueueing, when a client or a queue is over
-its limit. One Redis round trip: the key's counter for this second and the queue's length."""
+its limit: the key's counter for this second and the queue's length, both in Redis.
 
+The checks that arrive in one turn of the event loop share one Redis round trip: a key with n
+requests in it is counted with one INCRBY n, each queue is measured once, and every request gets
+the count it would have got alone (the counter's value before the batch plus its place in it).
+At 64 clients the requests answered by one batch come back together, so one pipeline replaces
+dozens (the per-request round trip was 9 % of the API's CPU samples).
+"""
+
+import asyncio
 import time
+from collections import Counter
+from dataclasses import dataclass, field
 
+import redis.asyncio as aioredis
 from django.conf import settings
 
 from apps.predictions.errors import ApiError
@@ -11,14 +22,75 @@ from apps.predictions.results import result_waiter_get
 RETRY_AFTER_S = "1"
 
 
+@dataclass
+class _Check:
+    owner: str
+    queue: str
+    answer: asyncio.Future[tuple[int, int]] = field(repr=False)  # (key's count, queue depth)
+
+
+class AdmissionGate:
+    """The admission checks of one event loop, sent together."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+        self._pending: list[_Check] = []
+        self._flushing: set[asyncio.Task[None]] = set()  # referenced until done (asyncio's advice)
+
+    async def counts(self, *, owner: str, queue: str) -> tuple[int, int]:
+        """This request's count for its key in the current second, and the queue's depth."""
+        loop = asyncio.get_running_loop()
+        check = _Check(owner, queue, loop.create_future())
+        self._pending.append(check)
+        if len(self._pending) == 1:  # the flush runs after the requests already scheduled this turn
+            task = loop.create_task(self._flush())
+            self._flushing.add(task)
+            task.add_done_callback(self._flushing.discard)
+        return await check.answer
+
+    async def _flush(self) -> None:
+        checks, self._pending = self._pending, []
+        per_owner = Counter(check.owner for check in checks)
+        queues = list(dict.fromkeys(check.queue for check in checks))
+        second = int(time.time())
+        pipe = self.client.pipeline(transaction=False)
+        for owner, n in per_owner.items():
+            window = f"inference:throttle:{owner}:{second}"
+            pipe.incrby(window, n)
+            pipe.expire(window, 2)
+        for queue in queues:
+            pipe.llen(queue)
+        try:
+            replies = await pipe.execute()
+        except Exception as exc:  # each waiting request reports it (503: broker unavailable)
+            for check in checks:
+                if not check.answer.done():
+                    check.answer.set_exception(exc)
+            return
+        totals = dict(zip(per_owner, replies[0 : 2 * len(per_owner) : 2], strict=True))
+        depths = dict(zip(queues, replies[2 * len(per_owner) :], strict=True))
+        place = {owner: totals[owner] - n for owner, n in per_owner.items()}
+        for check in checks:
+            place[check.owner] += 1
+            if not check.answer.done():
+                check.answer.set_result((place[check.owner], depths[check.queue]))
+
+
+_gates: dict[int, AdmissionGate] = {}
+
+
+def admission_gate_get() -> AdmissionGate:
+    """The gate of the running event loop (one per loop, as the result waiter)."""
+    loop_id = id(asyncio.get_running_loop())
+    gate = _gates.get(loop_id)
+    if gate is None:
+        gate = _gates[loop_id] = AdmissionGate(result_waiter_get().redis)
+    return gate
+
+
 async def admission_check(*, owner: str, rate: int, queue: str) -> None:
     """429 past `rate` requests per second for `owner` (0: unlimited); 503 when `queue` is full."""
-    window = f"inference:throttle:{owner}:{int(time.time())}"
-    pipe = result_waiter_get().redis.pipeline(transaction=False)
-    pipe.incr(window)
-    pipe.expire(window, 2)
-    pipe.llen(queue)
-    count, _, depth = await pipe.execute()
+    count, depth = await admission_gate_get().counts(owner=owner, queue=queue)
     if rate and count > rate:
         raise ApiError(
             429,

@@ -1,0 +1,84 @@
+"""Admission checks of one event-loop turn share one Redis round trip, with the counts each
+request would have got alone (against a real redis-server)."""
+
+import asyncio
+import uuid
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from apps.predictions.admission import AdmissionGate
+
+
+def owner() -> str:
+    return f"key-{uuid.uuid4().hex[:8]}"
+
+
+def test_requests_of_one_turn_get_consecutive_counts_per_key(redis_server: str) -> None:
+    queue = f"inference.{uuid.uuid4().hex[:8]}"
+    redis.Redis.from_url(redis_server).rpush(queue, b"a", b"b", b"c")
+    a, b = owner(), owner()
+
+    async def main() -> tuple[list[tuple[int, int]], list[tuple[int, int]], int]:
+        client = aioredis.Redis.from_url(redis_server)
+        gate = AdmissionGate(client)
+        calls: list[str] = []
+        original = client.pipeline
+
+        def counting_pipeline(*args, **kwargs):  # type: ignore[no-untyped-def]
+            calls.append("pipeline")
+            return original(*args, **kwargs)
+
+        client.pipeline = counting_pipeline  # type: ignore[method-assign]
+        first = await asyncio.gather(*[gate.counts(owner=who, queue=queue) for who in (a, b, a, a, b, a, a)])
+        second = await asyncio.gather(*[gate.counts(owner=a, queue=queue) for _ in range(2)])
+        await client.aclose()
+        return first, second, len(calls)
+
+    first, second, round_trips = asyncio.run(main())
+    counts_a = [count for (count, _), who in zip(first, (a, b, a, a, b, a, a), strict=True) if who == a]
+    counts_b = [count for (count, _), who in zip(first, (a, b, a, a, b, a, a), strict=True) if who == b]
+    assert counts_a == [1, 2, 3, 4, 5] and counts_b == [1, 2]
+    assert all(depth == 3 for _, depth in first)
+    assert round_trips == 2  # one per turn, not one per request
+    # The next turn goes on counting in the same second (or starts over in the next one).
+    assert [count for count, _ in second] in ([6, 7], [1, 2])
+
+
+def test_redis_down_fails_every_waiting_request() -> None:
+    async def main() -> list[BaseException | tuple[int, int]]:
+        client = aioredis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
+        gate = AdmissionGate(client)
+        return await asyncio.gather(
+            *[gate.counts(owner="k", queue="q") for _ in range(3)], return_exceptions=True
+        )
+
+    results = asyncio.run(main())
+    assert len(results) == 3 and all(isinstance(r, (RedisConnectionError, OSError)) for r in results)
+
+
+@pytest.mark.parametrize("rate,refused", [(3, 2), (0, 0)])
+def test_rate_limit_refuses_past_the_rate(redis_server: str, rate: int, refused: int) -> None:
+    from apps.predictions import admission
+    from apps.predictions.errors import ApiError
+
+    who, queue = owner(), f"inference.{uuid.uuid4().hex[:8]}"
+
+    async def main() -> list[BaseException | None]:
+        admission._gates.clear()
+        gate = AdmissionGate(aioredis.Redis.from_url(redis_server))
+        admission._gates[id(asyncio.get_running_loop())] = gate
+        try:
+            return await asyncio.gather(
+                *[admission.admission_check(owner=who, rate=rate, queue=queue) for _ in range(5)],
+                return_exceptions=True,
+            )
+        finally:
+            admission._gates.clear()
+
+    results = asyncio.run(main())
+    errors = [r for r in results if isinstance(r, ApiError)]
+    assert len(errors) == refused
+    assert all(e.status == 429 and e.headers == {"Retry-After": "1"} for e in errors)
