@@ -35,10 +35,11 @@ def predict(self: Task, request: dict[str, Any]) -> dict[str, Any]:
     return runtime_get().run(request)
 
 
-@app.task(bind=True, name=PREDICT_BATCH_TASK)
+@app.task(bind=True, name=PREDICT_BATCH_TASK, ignore_result=True)
 def predict_batch(self: Task, batch: dict[str, Any]) -> dict[str, int]:
     """Several requests for one model version, run as one predict; each answer is stored under
-    its request's id. A redelivered batch computes only the requests not yet answered."""
+    its request's id. A redelivered batch computes only the requests not yet answered. The batch's
+    own return value (counts, shown by Flower) is not stored: nobody waits for the batch's id."""
     redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
     return batch_serve(self.backend, batch, redelivered=redelivered)
 
