@@ -23,15 +23,15 @@ from typing import Any
 import httpx
 import numpy as np
 import psutil
-from celery.utils.sysinfo import cpu_budget
 
 from bench.loadgen import LoadResult, wrk
+from workers.placement import cpu_cores
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 BIN = Path(PYTHON).parent
 TOKEN = "bench-token"
-HEAVY_CHILDREN = max(1, cpu_budget().count)  # worker children for the compute-heavy model
+HEAVY_CHILDREN = max(1, cpu_cores())  # worker children for the compute-heavy model
 
 
 def free_port() -> int:
@@ -137,7 +137,7 @@ def raw_layout(model_path: Path, shape: list[int], seconds: float, processes: in
     """The workers' layout without the serving around it: `processes` processes measure at the
     same time, each with its share of the cores as a worker child gets (workers/placement.py);
     rows/s are summed, p50 is the slowest process's."""
-    threads = max(1, cpu_budget().count // processes)
+    threads = max(1, cpu_cores() // processes)
     env = {**os.environ, "TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": str(threads)}
     cmd = [PYTHON, "-m", "bench.raw", str(model_path), json.dumps(shape), str(seconds), "--wait"]
     procs = [

@@ -4,7 +4,7 @@ CPU: TensorFlow sizes its thread pools to every core of the host in each process
 children would run N x cores threads that preempt one another. `cpu_threads_share` gives each
 child cores / N threads instead (TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS, which
 TensorFlow reads when it starts in the child). Measured on 2 cores with MobileNetV2: one process
-with TensorFlow's 2 threads runs 205 images/s, two processes with 1 thread each 276 together
+with TensorFlow's 2 threads runs 208 images/s, two processes with 1 thread each 294 together
 (docs/benchmarks.md). One child keeps TensorFlow's defaults.
 
 GPU: with `INFERENCE_GPU_PER_CHILD=true` each prefork child sees only GPU `index % count` (set
@@ -13,13 +13,27 @@ TensorFlow allocates GPU memory as needed instead of all of it. On a machine wit
 nothing, so the same image and code run on CPU.
 """
 
+import math
 import os
 import shutil
 import subprocess
-
-from celery.utils.sysinfo import cpu_budget
+from pathlib import Path
 
 THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def cpu_cores() -> int:
+    """Cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota (a container's
+    CPU limit, rounded up)."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota, period = CGROUP_CPU_MAX.read_text().split()
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
 
 
 def cpu_threads_share(concurrency: int, setting: str = "auto") -> int | None:
@@ -35,7 +49,7 @@ def cpu_threads_share(concurrency: int, setting: str = "auto") -> int | None:
     if setting == "auto":
         if concurrency <= 1:
             return None
-        threads = max(1, cpu_budget().count // concurrency)
+        threads = max(1, cpu_cores() // concurrency)
     else:
         threads = max(1, int(setting))
     for name in THREAD_VARIABLES:

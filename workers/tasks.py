@@ -7,7 +7,6 @@ from typing import Any
 from billiard.process import current_process
 from celery import Task, states
 from celery.signals import task_retry, worker_init, worker_process_init, worker_process_shutdown
-from celery.utils.sysinfo import cpu_budget
 from django.conf import settings
 from prometheus_client import multiprocess
 
@@ -15,7 +14,7 @@ from apps.predictions.services import PREDICT_BATCH_TASK, PREDICT_TASK
 from inference_project.celery_app import app
 from inference_project.metrics import MULTIPROC_DIR
 from workers.metrics import RETRIES, metrics_server_start
-from workers.placement import child_gpu_pin, cpu_threads_share
+from workers.placement import child_gpu_pin, cpu_cores, cpu_threads_share
 from workers.runtime import runtime_get, runtime_start
 from workers.serving import batch_serve
 
@@ -50,7 +49,7 @@ def _share_cores(sender: Any = None, **_: Any) -> None:
     if settings.INFERENCE_WORKER_ROLE != "inference" or sender is None:
         return
     concurrency = sender.concurrency  # "auto" is resolved after worker_init: one child per core
-    children = int(concurrency) if str(concurrency).isdigit() else cpu_budget().count
+    children = int(concurrency) if str(concurrency).isdigit() else cpu_cores()
     threads = cpu_threads_share(children, settings.INFERENCE_CHILD_THREADS)
     if threads is not None:
         logger.info("%d worker children, %d TensorFlow threads each", children, threads)

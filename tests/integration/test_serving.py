@@ -9,10 +9,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from celery.utils.sysinfo import cpu_budget
 
 from tests.integration.conftest import Platform
 from tests.integration.load import children
+from workers.placement import cpu_cores
 
 pytestmark = pytest.mark.integration
 
@@ -294,7 +294,7 @@ def test_tensorflow_is_loaded_only_in_worker_children(platform: Platform) -> Non
 def test_worker_children_share_the_cores(platform: Platform) -> None:
     """Two children: the parent gives each half the cores as TensorFlow threads before the fork
     (workers/placement.py); the children inherit the variables."""
-    threads = max(1, cpu_budget().count // 2)
+    threads = max(1, cpu_cores() // 2)
     assert f"2 worker children, {threads} TensorFlow threads each" in platform.log()
 
 

@@ -1,11 +1,11 @@
 """Where worker children compute: the CPU thread split and the GPU pinning (workers/placement.py)."""
 
 import os
+from pathlib import Path
 
 import pytest
-from celery.utils.sysinfo import cpu_budget
 
-from workers.placement import THREAD_VARIABLES, child_gpu_pin, cpu_threads_share
+from workers.placement import THREAD_VARIABLES, child_gpu_pin, cpu_cores, cpu_threads_share
 
 VARIABLES = (
     *THREAD_VARIABLES,
@@ -26,12 +26,12 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_several_children_split_the_cores() -> None:
     threads = cpu_threads_share(2)
-    assert threads == max(1, cpu_budget().count // 2)
+    assert threads == max(1, cpu_cores() // 2)
     assert [os.environ[name] for name in THREAD_VARIABLES] == [str(threads)] * 2
 
 
 def test_more_children_than_cores_get_one_thread_each() -> None:
-    assert cpu_threads_share(cpu_budget().count * 4) == 1
+    assert cpu_threads_share(cpu_cores() * 4) == 1
     assert os.environ["TF_NUM_INTRAOP_THREADS"] == "1"
 
 
@@ -75,3 +75,17 @@ def test_no_gpu_means_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("INFERENCE_GPU_COUNT", "0")
     assert child_gpu_pin(0) is None
     assert "CUDA_VISIBLE_DEVICES" not in os.environ
+
+
+def test_a_container_cpu_limit_caps_the_cores(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from workers import placement
+
+    cpu_max = tmp_path / "cpu.max"
+    monkeypatch.setattr(placement, "CGROUP_CPU_MAX", cpu_max)
+    affinity = len(os.sched_getaffinity(0))
+    cpu_max.write_text("max 100000\n")
+    assert cpu_cores() == affinity
+    cpu_max.write_text("50000 100000\n")  # half a core: rounded up to one
+    assert cpu_cores() == 1
+    cpu_max.unlink()
+    assert cpu_cores() == affinity
