@@ -148,10 +148,10 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
     "interval_max": 0.5,
 }
 # Workers send task events (Flower shows tasks from them): half of the worker parent's samples at
-# 64 digits clients (py-spy), 0.06 core plus Flower's 0.11, with no measurable change in
-# throughput; `false` turns them off (make run then starts Flower without re-enabling them). The
-# producer's "task-sent" event is off by default: one more Redis publish per batch, 7 % of the
-# API's CPU at 64 clients.
+# 64 digits clients (py-spy), on the path between two batches; off, two paired runs gave +2 % and
+# +21 % (docs/architecture.md). `false` turns them off (make run then starts Flower without
+# re-enabling them). The producer's "task-sent" event is off by default: one more Redis publish
+# per batch, 7 % of the API's CPU at 64 clients.
 CELERY_WORKER_SEND_TASK_EVENTS = env.bool("CELERY_WORKER_SEND_TASK_EVENTS", default=True)
 CELERY_TASK_SEND_SENT_EVENT = env.bool("CELERY_TASK_SEND_SENT_EVENT", default=False)
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
