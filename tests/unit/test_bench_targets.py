@@ -1,0 +1,61 @@
+"""The benchmark's target ratios (bench/run.py `targets`), from a results record."""
+
+from bench.run import targets
+
+
+def point(concurrency: int, rps: float, p50: float = 10.0, p99: float = 50.0) -> dict[str, float]:
+    return {"concurrency": concurrency, "rps": rps, "p50_ms": p50, "p99_ms": p99, "errors": 0}
+
+
+def results(*, layout_best: float) -> dict:
+    return {
+        "raw": {
+            "digits": {"1": {"rows_per_s": 2000.0, "p50_ms": 0.5}},
+            "heavy": {
+                "8": {"rows_per_s": 200.0, "p50_ms": 40.0},
+                "32": {"rows_per_s": 210.0, "p50_ms": 150.0},
+            },
+        },
+        "raw_layout": {
+            "heavy": {
+                "processes": 2,
+                "threads": 1,
+                "batches": {"8": {"rows_per_s": layout_best, "p50_ms": 50.0}},
+            }
+        },
+        "ours_digits": [point(1, 250, p50=4.0), point(64, 3000, p99=60.0)],
+        "ours_heavy": [point(1, 60), point(64, 168), point(256, 130)],
+        "noop": [point(64, 15000)],
+        "naive_digits": [point(64, 300)],
+        "redis_loop_digits": [point(64, 6000, p99=25.0)],
+        "ray_digits": [point(64, 450, p99=250.0)],
+        "inflight_2000": {"errors": 0},
+    }
+
+
+def test_the_heavy_ratio_divides_by_the_best_raw_layout() -> None:
+    assert targets(results(layout_best=280.0))["heavy_vs_raw"]["value"] == 168 / 280
+    # When one process is faster than the workers' layout, that is the limit.
+    assert targets(results(layout_best=150.0))["heavy_vs_raw"]["value"] == 168 / 210
+
+
+def test_small_model_ratios_and_flags() -> None:
+    out = targets(results(layout_best=280.0))
+    assert out["small_vs_naive_at_64"]["value"] == 10.0 and out["small_vs_naive_at_64"]["met"]
+    best = out["small_vs_best_peer_at_64"]
+    assert best["peer"] == "redis_loop" and best["value"] == 0.5 and best["met"] is False
+    assert (
+        out["p99_vs_best_peer_at_64_ms"]["value"] == 35.0 and out["p99_vs_best_peer_at_64_ms"]["met"] is False
+    )
+    assert out["p50_one_client_minus_raw_ms"]["value"] == 3.5 and out["p50_one_client_minus_raw_ms"]["met"]
+    assert out["small_vs_noop_at_64"]["met"] is None
+    assert out["inflight_2000_errors"]["met"]
+
+
+def test_a_skipped_peer_is_left_out() -> None:
+    record = results(layout_best=280.0)
+    record["ray_digits"] = {"skipped": "not in quick mode"}
+    record["redis_loop_digits"] = [point(64, 400, p99=90.0)]
+    out = targets(record)
+    assert out["small_vs_best_peer_at_64"]["peer"] == "redis_loop"
+    assert out["p99_vs_best_peer_at_64_ms"]["met"] is True  # 60 ms against 90 ms
