@@ -123,6 +123,25 @@ def markdown(r: dict[str, Any]) -> str:
     ]
     for key, label in [*SERIES.items(), ("noop", "no-op endpoint (GET /healthz, same server stack)")]:
         lines += [f"## {label}", "", *_table(r.get(key))]
+    if cpu := r.get("cpu_at_64"):
+        series = list(cpu)
+        names = list(dict.fromkeys(name for cores in cpu.values() for name in cores))
+        lines += [
+            "## CPU at 64 clients (cores used, during the point above)",
+            "",
+            "Where the machine's cores went: every platform process, the load generator, and what",
+            "stayed idle. `worker-<model>` is a model worker's Celery parent, `worker-<model>/child<n>`",
+            "its children (TensorFlow); the kernel's share of moving request bodies is in whichever",
+            "process was running.",
+            "",
+            "| process | " + " | ".join(series) + " |",
+            "|---|" + "---|" * len(series),
+            *[
+                f"| {name} | " + " | ".join(f"{cpu[key].get(name, 0):.2f}" for key in series) + " |"
+                for name in names
+            ],
+            "",
+        ]
     inflight = r["inflight_2000"]
     lines += [
         "## 2,000 requests in flight",

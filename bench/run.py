@@ -163,6 +163,17 @@ def raw_layout(model_path: Path, shape: list[int], seconds: float, processes: in
     return {"processes": processes, "threads": threads, "batches": batches}
 
 
+def cpu_seconds(processes: dict[str, int]) -> dict[str, float]:
+    seconds = {}
+    for name, pid in processes.items():
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        seconds[name] = times.user + times.system
+    return seconds
+
+
 def rss_mb(pid: int) -> float:
     try:
         return psutil.Process(pid).memory_info().rss / 2**20
@@ -280,14 +291,39 @@ class Bench:
     def pids(self) -> dict[str, int]:
         return json.loads((self.work / "platform" / "var" / "run" / "pids.json").read_text())
 
-    def memory(self) -> dict[str, float]:
-        pids = self.pids()
-        sample = {"api": rss_mb(pids["api"])}
-        for name, pid in pids.items():
+    def processes(self) -> dict[str, int]:
+        """The platform's processes by name, with each model worker's children
+        (`worker-digits/child0`, ...)."""
+        named = dict(self.pids())
+        for name, pid in self.pids().items():
             if name.startswith("worker-") and name != "worker-platform":
                 for index, child in enumerate(psutil.Process(pid).children()):
-                    sample[f"{name}/child{index}"] = rss_mb(child.pid)
-        return {k: round(v, 1) for k, v in sample.items()}
+                    named[f"{name}/child{index}"] = child.pid
+        return named
+
+    def memory(self) -> dict[str, float]:
+        return {
+            name: round(rss_mb(pid), 1)
+            for name, pid in self.processes().items()
+            if name == "api" or "/child" in name
+        }
+
+    def cpu_during(self, load: Any) -> tuple[Any, dict[str, float]]:
+        """Run `load()` and return its result and the cores each process used meanwhile: the
+        platform's processes, the load generator (wrk), and what the machine left idle."""
+        processes = self.processes()
+        before, idle_before = cpu_seconds(processes), psutil.cpu_times().idle
+        children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.monotonic()
+        result = load()
+        elapsed = time.monotonic() - started
+        after, children = cpu_seconds(processes), resource.getrusage(resource.RUSAGE_CHILDREN)
+        cores = {name: (after[name] - before[name]) / elapsed for name in after if name in before}
+        cores["wrk (load generator)"] = (
+            children.ru_utime + children.ru_stime - children_before.ru_utime - children_before.ru_stime
+        ) / elapsed
+        cores["idle (whole machine)"] = (psutil.cpu_times().idle - idle_before) / elapsed
+        return result, {name: round(value, 2) for name, value in cores.items()}
 
     def digits_body(self) -> bytes:
         row = np.loadtxt(self.digits_dir / "validation.csv", delimiter=",", skiprows=1, max_rows=1)[:-1]
@@ -316,13 +352,30 @@ class Bench:
         return header + image.tobytes(), headers
 
     def sweep(
-        self, url: str, body: bytes, headers: dict[str, str], levels: list[int], method: str = "POST"
+        self,
+        url: str,
+        body: bytes,
+        headers: dict[str, str],
+        levels: list[int],
+        *,
+        method: str = "POST",
+        cpu_key: str | None = None,
     ) -> list[dict[str, float]]:
+        """Closed-loop points at each concurrency; with `cpu_key`, the cores each process used
+        at 64 clients go to results["cpu_at_64"][cpu_key]."""
         points = []
         for concurrency in levels:
-            result: LoadResult = wrk(
-                url, body, concurrency=concurrency, seconds=self.seconds, headers=headers, method=method
-            )
+
+            def load(concurrency: int = concurrency) -> LoadResult:
+                return wrk(
+                    url, body, concurrency=concurrency, seconds=self.seconds, headers=headers, method=method
+                )
+
+            if cpu_key and concurrency == 64:
+                result, cores = self.cpu_during(load)
+                self.results.setdefault("cpu_at_64", {})[cpu_key] = cores
+            else:
+                result = load()
             log(
                 f"  c={concurrency}: {result.rps:.0f} req/s, p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms, errors {result.errors}"
             )
@@ -334,7 +387,9 @@ class Bench:
         body = self.digits_body()
         wrk(f"{self.base}/api/v1/predictions", body, concurrency=8, seconds=2, headers=auth)  # warm-up
         log("ours, digits (native JSON route)")
-        self.results["ours_digits"] = self.sweep(f"{self.base}/api/v1/predictions", body, auth, self.levels)
+        self.results["ours_digits"] = self.sweep(
+            f"{self.base}/api/v1/predictions", body, auth, self.levels, cpu_key="digits"
+        )
         log("no-op endpoint on the same stack (GET /healthz)")
         self.results["noop"] = self.sweep(f"{self.base}/healthz", b"", {}, [64], method="GET")
         heavy_body, heavy_headers = self.heavy_request()
@@ -347,7 +402,7 @@ class Bench:
         )
         log("ours, MobileNetV2 (Open Inference Protocol, binary tensors)")
         self.results["ours_heavy"] = self.sweep(
-            f"{self.base}/v2/models/mobilenet/infer", heavy_body, heavy_headers, self.levels
+            f"{self.base}/v2/models/mobilenet/infer", heavy_body, heavy_headers, self.levels, cpu_key="heavy"
         )
         self.results["memory_after_load"] = self.memory()
         log("2,000 concurrent requests held by one API process")
