@@ -4,7 +4,7 @@ CPU: TensorFlow sizes its thread pools to every core of the host in each process
 children would run N x cores threads that preempt one another. `cpu_threads_share` gives each
 child cores / N threads instead (TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS, which
 TensorFlow reads when it starts in the child). Measured on 2 cores with MobileNetV2: one process
-with TensorFlow's 2 threads runs 208 images/s, two processes with 1 thread each 294 together
+with TensorFlow's 2 threads runs 208-219 images/s, two processes with 1 thread each 294-302 together
 (docs/benchmarks.md). One child keeps TensorFlow's defaults.
 
 GPU: with `INFERENCE_GPU_PER_CHILD=true` each prefork child sees only GPU `index % count` (set
