@@ -144,14 +144,13 @@ def raw_layout(model_path: Path, shape: list[int], seconds: float, processes: in
         subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         for _ in range(processes)
     ]
-    for proc in procs:
-        assert proc.stdout is not None
-        if proc.stdout.readline().strip() != "ready":
+    for proc in procs:  # all loaded and warmed up, then all released together
+        if proc.stdout is None or proc.stdout.readline().strip() != "ready":
             raise RuntimeError("bench.raw did not start")
     for proc in procs:
-        assert proc.stdin is not None
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
+        if proc.stdin is not None:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
     each = [json.loads(proc.communicate()[0].strip().splitlines()[-1]) for proc in procs]
     batches = {
         batch: {
@@ -294,8 +293,9 @@ class Bench:
     def processes(self) -> dict[str, int]:
         """The platform's processes by name, with each model worker's children
         (`worker-digits/child0`, ...)."""
-        named = dict(self.pids())
-        for name, pid in self.pids().items():
+        pids = self.pids()
+        named = dict(pids)
+        for name, pid in pids.items():
             if name.startswith("worker-") and name != "worker-platform":
                 for index, child in enumerate(psutil.Process(pid).children()):
                     named[f"{name}/child{index}"] = child.pid

@@ -37,6 +37,24 @@ class AdmissionGate:
         self._pending: list[_Check] = []
         self._flushing: set[asyncio.Task[None]] = set()  # referenced until done (asyncio's advice)
 
+    async def check(self, *, owner: str, rate: int, queue: str) -> None:
+        """429 past `rate` requests per second for `owner` (0: unlimited); 503 when `queue` is full."""
+        count, depth = await self.counts(owner=owner, queue=queue)
+        if rate and count > rate:
+            raise ApiError(
+                429,
+                "throttled",
+                f"more than {rate} requests per second for this API key",
+                headers={"Retry-After": RETRY_AFTER_S},
+            )
+        if depth >= settings.INFERENCE_MAX_QUEUE_DEPTH:
+            raise ApiError(
+                503,
+                "overloaded",
+                f"{depth} requests already wait in {queue}; retry shortly",
+                headers={"Retry-After": RETRY_AFTER_S},
+            )
+
     async def counts(self, *, owner: str, queue: str) -> tuple[int, int]:
         """This request's count for its key in the current second, and the queue's depth."""
         loop = asyncio.get_running_loop()
@@ -89,19 +107,5 @@ def admission_gate_get() -> AdmissionGate:
 
 
 async def admission_check(*, owner: str, rate: int, queue: str) -> None:
-    """429 past `rate` requests per second for `owner` (0: unlimited); 503 when `queue` is full."""
-    count, depth = await admission_gate_get().counts(owner=owner, queue=queue)
-    if rate and count > rate:
-        raise ApiError(
-            429,
-            "throttled",
-            f"more than {rate} requests per second for this API key",
-            headers={"Retry-After": RETRY_AFTER_S},
-        )
-    if depth >= settings.INFERENCE_MAX_QUEUE_DEPTH:
-        raise ApiError(
-            503,
-            "overloaded",
-            f"{depth} requests already wait in {queue}; retry shortly",
-            headers={"Retry-After": RETRY_AFTER_S},
-        )
+    """The running event loop's gate decides (AdmissionGate.check)."""
+    await admission_gate_get().check(owner=owner, rate=rate, queue=queue)

@@ -7,9 +7,11 @@ import uuid
 import pytest
 import redis
 import redis.asyncio as aioredis
+from pytest_django.fixtures import Settings
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from apps.predictions.admission import AdmissionGate
+from apps.predictions.errors import ApiError
 
 
 def owner() -> str:
@@ -61,24 +63,28 @@ def test_redis_down_fails_every_waiting_request() -> None:
 
 @pytest.mark.parametrize("rate,refused", [(3, 2), (0, 0)])
 def test_rate_limit_refuses_past_the_rate(redis_server: str, rate: int, refused: int) -> None:
-    from apps.predictions import admission
-    from apps.predictions.errors import ApiError
-
     who, queue = owner(), f"inference.{uuid.uuid4().hex[:8]}"
 
     async def main() -> list[BaseException | None]:
-        admission._gates.clear()
         gate = AdmissionGate(aioredis.Redis.from_url(redis_server))
-        admission._gates[id(asyncio.get_running_loop())] = gate
-        try:
-            return await asyncio.gather(
-                *[admission.admission_check(owner=who, rate=rate, queue=queue) for _ in range(5)],
-                return_exceptions=True,
-            )
-        finally:
-            admission._gates.clear()
+        return await asyncio.gather(
+            *[gate.check(owner=who, rate=rate, queue=queue) for _ in range(5)], return_exceptions=True
+        )
 
     results = asyncio.run(main())
     errors = [r for r in results if isinstance(r, ApiError)]
-    assert len(errors) == refused
+    assert len(errors) == refused and all(r is None or isinstance(r, ApiError) for r in results)
     assert all(e.status == 429 and e.headers == {"Retry-After": "1"} for e in errors)
+
+
+def test_a_full_queue_is_refused_with_503(redis_server: str, settings: Settings) -> None:
+    queue = f"inference.{uuid.uuid4().hex[:8]}"
+    redis.Redis.from_url(redis_server).rpush(queue, b"a", b"b")
+    settings.INFERENCE_MAX_QUEUE_DEPTH = 2
+
+    async def main() -> None:
+        await AdmissionGate(aioredis.Redis.from_url(redis_server)).check(owner=owner(), rate=0, queue=queue)
+
+    with pytest.raises(ApiError) as refused:
+        asyncio.run(main())
+    assert refused.value.status == 503 and refused.value.headers == {"Retry-After": "1"}
