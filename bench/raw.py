@@ -22,7 +22,11 @@ def measure(model_path: str, shape: list[int], seconds: float, wait: bool = Fals
     import keras
 
     model = keras.saving.load_model(model_path, compile=False)
-    inputs = {batch: np.random.default_rng(0).random((batch, *shape), dtype=np.float32) for batch in BATCHES}
+    dtype = np.dtype(model.inputs[0].dtype)  # float32, or uint8 for a model that takes pixels
+    scale = 255 if dtype.kind in "ui" else 1
+    inputs = {
+        batch: (np.random.default_rng(0).random((batch, *shape)) * scale).astype(dtype) for batch in BATCHES
+    }
     for x in inputs.values():
         for _ in range(3):
             model.predict_on_batch(x)

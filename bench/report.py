@@ -8,8 +8,10 @@ SERIES = {
     "naive_digits": "naive Celery (digits)",
     "redis_loop_digits": "Redis-list loop (digits)",
     "ray_digits": "Ray Serve (digits)",
-    "ours_heavy": "ours (MobileNetV2)",
+    "ours_heavy": "ours (MobileNetV2, FP32 input)",
+    "ours_heavy_uint8": "ours (MobileNetV2, UINT8 input)",
 }
+RAW_NAMES = {"digits": "digits", "heavy": "MobileNetV2 FP32", "heavy_uint8": "MobileNetV2 UINT8"}
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -67,9 +69,11 @@ def markdown(r: dict[str, Any]) -> str:
         f"Redis {m['redis']}, Ray {m['ray']}. Everything (load generator, API, Redis, workers, peers) shares these cores.",
         "",
         "Our platform: 1 API process (uvicorn); digits: 1 worker child, `max_batch_size` 64 rows,",
-        f"`max_delay_ms` 2; MobileNetV2: {heavy['processes']} worker children with {heavy['threads']} TensorFlow thread(s) each,",
-        f"`max_batch_size` {card['max_batch_size']} rows, `max_delay_ms` {card['max_delay_ms']:g}; tensors of batches over 64 KB beside",
-        "the task in Redis, `LOG_LEVEL=WARNING` (no line per request, as the peers), no Prometheus.",
+        f"`max_delay_ms` 2; MobileNetV2 (each signature its own worker): {heavy['processes']} worker children with {heavy['threads']}",
+        f"TensorFlow thread(s) each, `max_batch_size` {card['max_batch_size']} rows, `max_delay_ms` {card['max_delay_ms']:g}; tensors of batches",
+        "over 64 KB beside the task in Redis, `LOG_LEVEL=WARNING` (no line per request, as the peers), no Prometheus.",
+        "MobileNetV2 runs with two signatures of the same network (bench/models.py): FP32 images, and UINT8",
+        "pixels scaled by the model's first layer (a quarter of the bytes on the wire and in Redis).",
         "Peers get the same model and one model process each.",
         "",
         "## Targets",
@@ -78,7 +82,10 @@ def markdown(r: dict[str, Any]) -> str:
         "|---|---|---|---|",
     ]
     names = {
-        "heavy_vs_raw": "heavy model: our throughput / raw best-batch throughput (best layout)",
+        "heavy_vs_raw": "MobileNetV2 FP32: our throughput / raw best-batch throughput (best layout)",
+        "heavy_vs_one_process": "MobileNetV2 FP32: our throughput / raw in one process (TensorFlow's threads)",
+        "heavy_uint8_vs_raw": "MobileNetV2 UINT8: our throughput / raw best-batch throughput (best layout)",
+        "heavy_uint8_vs_one_process": "MobileNetV2 UINT8: our throughput / raw in one process",
         "small_vs_naive_at_64": "digits at 64 clients: ours / naive Celery",
         "small_vs_best_peer_at_64": "digits at 64 clients: ours / best other peer",
         "p99_vs_best_peer_at_64_ms": "digits at 64 clients: our p99 − that peer's p99 (ms)",
@@ -106,18 +113,20 @@ def markdown(r: dict[str, Any]) -> str:
         "|---|---|---|---|",
     ]
     for model, sizes in r["raw"].items():
-        lines += [f"| {model} | {b} | {v['rows_per_s']:.0f} | {v['p50_ms']:.2f} |" for b, v in sizes.items()]
+        name = RAW_NAMES.get(model, model)
+        lines += [f"| {name} | {b} | {v['rows_per_s']:.0f} | {v['p50_ms']:.2f} |" for b, v in sizes.items()]
     lines += [
         "",
         f"The heavy worker's layout, raw: {heavy['processes']} processes measuring at the same time, "
         f"{heavy['threads']} TensorFlow thread(s) each",
-        "(rows/s summed; p50 of the slowest). The heavy target divides by the best row of both tables.",
+        "(rows/s summed; p50 of the slowest). Each heavy target divides by its model's best row of both tables.",
         "",
         "| model | batch | rows/s | p50 ms per call |",
         "|---|---|---|---|",
         *[
-            f"| heavy | {b} | {v['rows_per_s']:.0f} | {v['p50_ms']:.2f} |"
-            for b, v in heavy["batches"].items()
+            f"| {RAW_NAMES.get(model, model)} | {b} | {v['rows_per_s']:.0f} | {v['p50_ms']:.2f} |"
+            for model, layout in r["raw_layout"].items()
+            for b, v in layout["batches"].items()
         ],
         "",
     ]

@@ -28,6 +28,7 @@ def test_quick_benchmark_produces_its_figures(tmp_path: Path, demo_model_dir: Pa
         "raw",
         "ours_digits",
         "ours_heavy",
+        "ours_heavy_uint8",
         "noop",
         "naive_digits",
         "redis_loop_digits",
@@ -35,16 +36,17 @@ def test_quick_benchmark_produces_its_figures(tmp_path: Path, demo_model_dir: Pa
         "targets",
     ):
         assert key in results, key
-    assert all(
-        point["errors"] == 0 and point["rps"] > 0 for point in results["ours_digits"] + results["ours_heavy"]
-    )
+    served = results["ours_digits"] + results["ours_heavy"] + results["ours_heavy_uint8"]
+    assert all(point["errors"] == 0 and point["rps"] > 0 for point in served)
     assert results["inflight_2000"]["errors"] == 0
-    # The heavy model ran with one worker child per core, measured raw in the same layout.
-    layout = results["raw_layout"]["heavy"]
-    assert layout["processes"] >= 1 and all(v["rows_per_s"] > 0 for v in layout["batches"].values())
-    assert (
-        len([k for k in results["memory_after_load"] if k.startswith("worker-mobilenet/")])
-        == layout["processes"]
-    )
+    # Each heavy signature ran on its own worker with one child per core, measured raw in the same
+    # layout, and has its ratio to that limit.
+    for key, worker in (("heavy", "worker-mobilenet/"), ("heavy_uint8", "worker-mobilenet-uint8/")):
+        layout = results["raw_layout"][key]
+        assert layout["processes"] >= 1 and all(v["rows_per_s"] > 0 for v in layout["batches"].values())
+        assert len([k for k in results["memory_after_load"] if k.startswith(worker)]) == layout["processes"]
+        assert results["targets"][f"{key}_vs_raw"]["value"] > 0
+    # The CPU table covers both signatures and the digits model.
+    assert set(results["cpu_at_64"]) == {"digits", "heavy", "heavy_uint8"}
     assert (tmp_path / "benchmarks.png").stat().st_size > 10_000
     assert "## Targets" in (tmp_path / "benchmarks.md").read_text()

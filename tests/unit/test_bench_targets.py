@@ -39,6 +39,30 @@ def test_the_heavy_ratio_divides_by_the_best_raw_layout() -> None:
     assert targets(results(layout_best=150.0))["heavy_vs_raw"]["value"] == 168 / 210
 
 
+def test_the_single_process_ratio_is_reported_without_a_target() -> None:
+    item = targets(results(layout_best=280.0))["heavy_vs_one_process"]
+    assert item["value"] == 168 / 210 and item["target"] is None and item["met"] is None
+
+
+def test_each_heavy_signature_divides_by_its_own_raw_limit() -> None:
+    record = results(layout_best=280.0)
+    record["raw"]["heavy_uint8"] = {"8": {"rows_per_s": 230.0, "p50_ms": 35.0}}
+    record["raw_layout"]["heavy_uint8"] = {
+        "processes": 2,
+        "threads": 1,
+        "batches": {"8": {"rows_per_s": 300.0, "p50_ms": 45.0}},
+    }
+    record["ours_heavy_uint8"] = [point(64, 255), point(256, 240)]
+    out = targets(record)
+    assert out["heavy_uint8_vs_raw"]["value"] == 255 / 300 and out["heavy_uint8_vs_raw"]["met"]
+    assert out["heavy_uint8_vs_one_process"]["value"] == 255 / 230
+    assert out["heavy_vs_raw"]["value"] == 168 / 280 and out["heavy_vs_raw"]["met"] is False
+
+
+def test_a_heavy_signature_not_measured_is_left_out() -> None:
+    assert "heavy_uint8_vs_raw" not in targets(results(layout_best=280.0))
+
+
 def test_small_model_ratios_and_flags() -> None:
     out = targets(results(layout_best=280.0))
     assert out["small_vs_naive_at_64"]["value"] == 10.0 and out["small_vs_naive_at_64"]["met"]
