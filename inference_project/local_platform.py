@@ -41,6 +41,11 @@ VAR = Path(os.environ.get("INFERENCE_VAR_DIR", settings.VAR_DIR))
 API_HOST = os.environ.get("API_HOST", "127.0.0.1")
 API_PORT = int(os.environ.get("API_PORT", "8000"))
 API_WORKERS = int(os.environ.get("API_WORKERS", "1"))
+# asyncio's loop, not uvloop: uvloop's libuv accepts one connection per loop iteration, so a busy
+# API took new connections at ~16/s and 2,000 clients waited up to the whole run for their first
+# answer (p99 6.9 s); asyncio's loop accepts up to the backlog at once (p99 0.8 s), at the same
+# throughput within noise (docs/architecture.md).
+API_LOOP = os.environ.get("API_LOOP", "asyncio")
 FLOWER_PORT = int(os.environ.get("FLOWER_PORT", "5555"))
 WORKER_CONCURRENCY = int(os.environ.get("WORKER_CONCURRENCY", "1"))
 DEMO_DIR = Path(os.environ.get("INFERENCE_DEMO_DIR", VAR / "demo" / "digits"))
@@ -394,6 +399,8 @@ def main() -> None:
                 "--workers",
                 str(API_WORKERS),
                 "--no-access-log",
+                "--loop",
+                API_LOOP,
                 "--timeout-graceful-shutdown",
                 "10",
             ],

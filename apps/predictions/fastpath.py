@@ -61,10 +61,13 @@ async def _read_body(receive: Callable[..., Awaitable[Any]], limit: int) -> byte
 
 
 async def _send(send: Callable[..., Awaitable[Any]], response: HttpResponse) -> None:
+    body = response.content
     headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.items()]
-    headers += SECURITY_HEADERS
+    # Without Content-Length the server would send the body chunked (Django's handler gets it
+    # from CommonMiddleware, which the fast path skips).
+    headers += [*SECURITY_HEADERS, (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
-    await send({"type": "http.response.body", "body": response.content})
+    await send({"type": "http.response.body", "body": body})
 
 
 class FastPath:

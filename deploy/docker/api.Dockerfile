@@ -9,7 +9,7 @@ RUN python -m venv /opt/venv \
 FROM python:3.11.11-slim-bookworm
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 \
     DJANGO_SETTINGS_MODULE=inference_project.settings.production \
-    PROMOTION_GATE_RUNNER=worker API_WORKERS=2 \
+    PROMOTION_GATE_RUNNER=worker API_WORKERS=2 API_LOOP=asyncio \
     INFERENCE_SERVICE=api PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus-multiproc
 RUN useradd --uid 10001 --create-home app
 COPY --from=build /opt/venv /opt/venv
@@ -22,4 +22,4 @@ RUN DJANGO_SECRET_KEY=collectstatic-only DJANGO_ALLOWED_HOSTS=localhost \
 USER app
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"
-CMD ["sh", "-c", "rm -rf $PROMETHEUS_MULTIPROC_DIR && mkdir -p $PROMETHEUS_MULTIPROC_DIR && exec uvicorn inference_project.asgi:application --host 0.0.0.0 --port 8000 --workers ${API_WORKERS} --no-access-log"]
+CMD ["sh", "-c", "rm -rf $PROMETHEUS_MULTIPROC_DIR && mkdir -p $PROMETHEUS_MULTIPROC_DIR && exec uvicorn inference_project.asgi:application --host 0.0.0.0 --port 8000 --workers ${API_WORKERS} --loop ${API_LOOP} --no-access-log"]

@@ -26,6 +26,9 @@ def test_health_and_readiness(platform: Platform) -> None:
         live = client.get("/healthz")
         assert live.json() == {"status": "ok"}
         assert live.headers["X-Content-Type-Options"] == "nosniff"  # the fast path keeps these
+        # A sized body, not a chunked one (the fast path skips Django's CommonMiddleware).
+        assert live.headers["Content-Length"] == str(len(live.content))
+        assert "Transfer-Encoding" not in live.headers
         ready = client.get("/readyz")
         assert ready.status_code == 200
         assert ready.json()["models"]["digits"]["ready"] is True
@@ -289,6 +292,12 @@ def test_tensorflow_is_loaded_only_in_worker_children(platform: Platform) -> Non
     pool = children(worker_parent)
     assert len(pool) == 2
     assert all("libtensorflow" in _maps(pid) for pid in pool)
+
+
+def test_api_runs_on_asyncio_loop(platform: Platform) -> None:
+    """uvloop accepts one new connection per loop turn: a busy API let 2,000 clients wait up to
+    the whole benchmark run for their first answer. The API runs on asyncio's loop (API_LOOP)."""
+    assert "uvloop" not in _maps(platform.pids()["api"])
 
 
 def test_worker_children_share_the_cores(platform: Platform) -> None:
