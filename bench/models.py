@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 
 HEAVY_NAMES = {"FP32": "mobilenet", "UINT8": "mobilenet-uint8"}
+# The benchmark's result keys of the two signatures (bench/run.py, bench/report.py).
+HEAVY_SIGNATURES = {"heavy": "FP32", "heavy_uint8": "UINT8"}
 
 
 def heavy_model_build(out: Path, *, size: int, alpha: float, datatype: str = "FP32") -> Path:

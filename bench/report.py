@@ -3,6 +3,8 @@
 from pathlib import Path
 from typing import Any
 
+from bench.models import HEAVY_SIGNATURES
+
 SERIES = {
     "ours_digits": "ours (digits)",
     "naive_digits": "naive Celery (digits)",
@@ -11,7 +13,7 @@ SERIES = {
     "ours_heavy": "ours (MobileNetV2, FP32 input)",
     "ours_heavy_uint8": "ours (MobileNetV2, UINT8 input)",
 }
-RAW_NAMES = {"digits": "digits", "heavy": "MobileNetV2 FP32", "heavy_uint8": "MobileNetV2 UINT8"}
+RAW_NAMES = {"digits": "digits", **{key: f"MobileNetV2 {dtype}" for key, dtype in HEAVY_SIGNATURES.items()}}
 
 
 def plot(results: dict[str, Any], path: Path) -> None:

@@ -25,7 +25,7 @@ import numpy as np
 import psutil
 
 from bench.loadgen import LoadResult, wrk
-from bench.models import HEAVY_NAMES
+from bench.models import HEAVY_NAMES, HEAVY_SIGNATURES
 from workers.placement import cpu_cores
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,8 +33,6 @@ PYTHON = sys.executable
 BIN = Path(PYTHON).parent
 TOKEN = "bench-token"
 HEAVY_CHILDREN = max(1, cpu_cores())  # worker children for the compute-heavy model
-# The heavy model's two signatures (bench/models.py), by result key: FP32 images, UINT8 pixels.
-HEAVY = {"heavy": "FP32", "heavy_uint8": "UINT8"}
 
 
 def free_port() -> int:
@@ -212,9 +210,9 @@ class Bench:
             )
         self.heavy_dirs = {
             key: self.work / f"mobilenet-{self.heavy_size}-{self.heavy_alpha}-{datatype.lower()}"
-            for key, datatype in HEAVY.items()
+            for key, datatype in HEAVY_SIGNATURES.items()
         }
-        for key, datatype in HEAVY.items():
+        for key, datatype in HEAVY_SIGNATURES.items():
             subprocess.run(
                 [
                     *(PYTHON, "-m", "bench.models", str(self.heavy_dirs[key])),
@@ -409,7 +407,7 @@ class Bench:
         )
         log("no-op endpoint on the same stack (GET /healthz)")
         self.results["noop"] = self.sweep(f"{self.base}/healthz", b"", {}, [64], method="GET")
-        for key, datatype in HEAVY.items():
+        for key, datatype in HEAVY_SIGNATURES.items():
             url = f"{self.base}/v2/models/{HEAVY_NAMES[datatype]}/infer"
             heavy_body, heavy_headers = self.heavy_request(datatype)
             wrk(url, heavy_body, concurrency=4, seconds=2, headers=heavy_headers)  # warm-up
@@ -587,7 +585,7 @@ def targets(r: dict[str, Any]) -> dict[str, Any]:
     best_peer_name = max(peers, key=lambda n: peers[n]["rps"]) if peers else None
     one = best(r["ours_digits"], 1)
     out: dict[str, Any] = {}
-    for key in HEAVY:
+    for key in HEAVY_SIGNATURES:
         if f"ours_{key}" not in r:
             continue
         # The limit is the best the machine did raw: one process with TensorFlow's threads, or the

@@ -62,10 +62,12 @@ async def _read_body(receive: Callable[..., Awaitable[Any]], limit: int) -> byte
 
 async def _send(send: Callable[..., Awaitable[Any]], response: HttpResponse) -> None:
     body = response.content
+    if "Content-Length" not in response:
+        # Else the server sends the body chunked (Django's handler gets it from CommonMiddleware,
+        # which the fast path skips).
+        response["Content-Length"] = str(len(body))
     headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.items()]
-    # Without Content-Length the server would send the body chunked (Django's handler gets it
-    # from CommonMiddleware, which the fast path skips).
-    headers += [*SECURITY_HEADERS, (b"content-length", str(len(body)).encode())]
+    headers += SECURITY_HEADERS
     await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
