@@ -3,8 +3,14 @@
 Celery's Redis result backend SETs `celery-task-meta-<task id>` and PUBLISHes the same payload on
 a channel of that name. Task ids minted by this API process start with a per-process token, so
 one PSUBSCRIBE on `celery-task-meta-<token>.*` per event loop delivers exactly this process's
-results; a dict maps task ids to the futures of the waiting requests. If a message is missed
-(reconnect, Redis restart), waiters fall back to polling the result key every second.
+results; a dict maps task ids to the futures of the waiting requests.
+
+Pub/sub delivers at most once: a message is lost only while the subscription is down (reconnect,
+Redis restart, the client dropped for a full output buffer). The worker stores a result before
+publishing it, so each time the subscription is (re)established (Redis confirms it with a
+`psubscribe` message) the reader fetches the stored results of every request still waiting.
+Waiters also poll their own key every POLL_INTERVAL_S as a last resort; that used to be every
+second, and then every request of a loaded API that waited longer than that polled.
 """
 
 import asyncio
@@ -21,7 +27,8 @@ from inference_project.redis_clients import redis_async
 logger = logging.getLogger(__name__)
 
 RESULT_PREFIX = "celery-task-meta-"
-POLL_INTERVAL_S = 1.0
+POLL_INTERVAL_S = 5.0
+CHECK_CHUNK = 500  # result keys per MGET when the subscription comes back
 
 
 class ResultWaiter:
@@ -77,10 +84,15 @@ class ResultWaiter:
     async def _read(self) -> None:
         pattern = f"{RESULT_PREFIX}{self.token}.*"
         while True:
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = self.redis.pubsub()
             try:
                 await pubsub.psubscribe(pattern)
                 async for message in pubsub.listen():
+                    if message["type"] == "psubscribe":
+                        # Subscribed, first or again: redis-py resubscribes by itself after a
+                        # dropped connection, so its confirmation is the one sign of a gap.
+                        await self._check_waiting()
+                        continue
                     if message["type"] != "pmessage":
                         continue
                     task_id = message["channel"].decode().removeprefix(RESULT_PREFIX)
@@ -92,6 +104,19 @@ class ResultWaiter:
                 await asyncio.sleep(0.5)
             finally:
                 await pubsub.aclose()
+
+    async def _check_waiting(self) -> None:
+        """Answer, from the stored results, the waiting requests whose message may have been
+        published while the subscription was down (or before it first came up)."""
+        waiting = [task_id for task_id, future in self._futures.items() if not future.done()]
+        for start in range(0, len(waiting), CHECK_CHUNK):
+            chunk = waiting[start : start + CHECK_CHUNK]
+            for task_id, payload in zip(
+                chunk, await self.redis.mget([RESULT_PREFIX + t for t in chunk]), strict=True
+            ):
+                future = self._futures.get(task_id)
+                if payload is not None and future is not None and not future.done():
+                    future.set_result(payload)
 
 
 _waiters: dict[int, ResultWaiter] = {}
