@@ -13,6 +13,13 @@ SERIES = {
     "ours_heavy": "ours (MobileNetV2, FP32 input)",
     "ours_heavy_uint8": "ours (MobileNetV2, UINT8 input)",
 }
+BUDGET_NAMES = {
+    "digits": "ours, digits",
+    "noop": "ours, no-op endpoint (GET /healthz)",
+    "heavy": "ours, MobileNetV2 FP32",
+    "heavy_uint8": "ours, MobileNetV2 UINT8",
+    "redis_loop": "Redis-list loop, digits",
+}
 RAW_NAMES = {"digits": "digits", **{key: f"MobileNetV2 {dtype}" for key, dtype in HEAVY_SIGNATURES.items()}}
 
 
@@ -150,6 +157,23 @@ def markdown(r: dict[str, Any]) -> str:
             *[
                 f"| {name} | " + " | ".join(f"{cpu[key].get(name, 0):.2f}" for key in series) + " |"
                 for name in names
+            ],
+            "",
+        ]
+    if budget := r.get("cpu_budget"):
+        lines += [
+            "## CPU per answer at 64 clients, and the ceiling it sets",
+            "",
+            "Busy cores are the machine's cores less idle (every process and the kernel). The ceiling is",
+            "the throughput at which that cost per answer fills every core: more work in flight can raise",
+            "a latency-bound system up to it, only less CPU per answer past it.",
+            "",
+            "| system | req/s | busy cores | core-µs per answer | CPU ceiling, req/s |",
+            "|---|---|---|---|---|",
+            *[
+                f"| {BUDGET_NAMES.get(key, key)} | {b['rps']:.0f} | {b['busy_cores']:.2f} | "
+                f"{b['core_us_per_answer']:.0f} | {b['ceiling_rps']:.0f} |"
+                for key, b in budget.items()
             ],
             "",
         ]

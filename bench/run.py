@@ -174,6 +174,24 @@ def cpu_seconds(processes: dict[str, int]) -> dict[str, float]:
     return seconds
 
 
+def cpu_budget(rps: float, cores: dict[str, float], machine_cores: int) -> dict[str, float]:
+    """What one answer cost the whole machine, and the throughput that cost allows.
+
+    `cores`: the cores each process used during the point (with "idle (whole machine)"). Busy is
+    the machine's cores less idle, so the kernel's work and every process count, not only the
+    ones named. The ceiling is the rate at which that cost per answer fills every core: a system
+    bound by latency can gain up to it by keeping more work in flight, none past it without
+    spending less CPU per answer."""
+    busy = max(0.0, machine_cores - cores.get("idle (whole machine)", 0.0))
+    per_answer_us = busy / rps * 1e6 if rps else 0.0
+    return {
+        "rps": round(rps, 1),
+        "busy_cores": round(busy, 2),
+        "core_us_per_answer": round(per_answer_us, 1),
+        "ceiling_rps": round(machine_cores / busy * rps, 1) if busy else 0.0,
+    }
+
+
 def rss_mb(pid: int) -> float:
     try:
         return psutil.Process(pid).memory_info().rss / 2**20
@@ -320,10 +338,11 @@ class Bench:
             if name == "api" or "/child" in name
         }
 
-    def cpu_during(self, load: Any) -> tuple[Any, dict[str, float]]:
+    def cpu_during(self, load: Any, processes: dict[str, int] | None = None) -> tuple[Any, dict[str, float]]:
         """Run `load()` and return its result and the cores each process used meanwhile: the
-        platform's processes, the load generator (wrk), and what the machine left idle."""
-        processes = self.processes()
+        platform's processes (or the peer's `processes`), the load generator (wrk), and what the
+        machine left idle."""
+        processes = processes or self.processes()
         before, idle_before = cpu_seconds(processes), psutil.cpu_times().idle
         children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.monotonic()
@@ -375,9 +394,11 @@ class Bench:
         *,
         method: str = "POST",
         cpu_key: str | None = None,
+        processes: dict[str, int] | None = None,
     ) -> list[dict[str, float]]:
         """Closed-loop points at each concurrency; with `cpu_key`, the cores each process used
-        at 64 clients go to results["cpu_at_64"][cpu_key]."""
+        at 64 clients go to results["cpu_at_64"][cpu_key] (the platform's processes, or the
+        peer's `processes`) and what they add up to per answer to results["cpu_budget"]."""
         points = []
         for concurrency in levels:
 
@@ -387,8 +408,11 @@ class Bench:
                 )
 
             if cpu_key and concurrency == 64:
-                result, cores = self.cpu_during(load)
+                result, cores = self.cpu_during(load, processes)
                 self.results.setdefault("cpu_at_64", {})[cpu_key] = cores
+                self.results.setdefault("cpu_budget", {})[cpu_key] = cpu_budget(
+                    result.rps, cores, self.results["machine"]["cores"]
+                )
             else:
                 result = load()
             log(
@@ -406,7 +430,7 @@ class Bench:
             f"{self.base}/api/v1/predictions", body, auth, self.levels, cpu_key="digits"
         )
         log("no-op endpoint on the same stack (GET /healthz)")
-        self.results["noop"] = self.sweep(f"{self.base}/healthz", b"", {}, [64], method="GET")
+        self.results["noop"] = self.sweep(f"{self.base}/healthz", b"", {}, [64], method="GET", cpu_key="noop")
         for key, datatype in HEAVY_SIGNATURES.items():
             url = f"{self.base}/v2/models/{HEAVY_NAMES[datatype]}/infer"
             heavy_body, heavy_headers = self.heavy_request(datatype)
@@ -490,7 +514,16 @@ class Bench:
         )
         log("peer: tuned Redis-list loop (poll 2 ms, pop up to 32)")
         self.results["redis_loop_digits"] = self.sweep(
-            f"http://127.0.0.1:{web_port}/", body, {"Content-Type": "application/json"}, self.peer_levels
+            f"http://127.0.0.1:{web_port}/",
+            body,
+            {"Content-Type": "application/json"},
+            self.peer_levels,
+            cpu_key="redis_loop",
+            processes={
+                "redis-loop web": web.pid,
+                "redis-loop model": model.pid,
+                "redis-loop redis": redis_proc.pid,
+            },
         )
         for proc in (web, model, redis_proc):
             self.procs.stop(proc, signal.SIGTERM)

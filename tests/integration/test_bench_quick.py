@@ -47,6 +47,13 @@ def test_quick_benchmark_produces_its_figures(tmp_path: Path, demo_model_dir: Pa
         assert len([k for k in results["memory_after_load"] if k.startswith(worker)]) == layout["processes"]
         assert results["targets"][f"{key}_vs_raw"]["value"] > 0
     # The CPU table covers both signatures and the digits model.
-    assert set(results["cpu_at_64"]) == {"digits", "heavy", "heavy_uint8"}
+    assert set(results["cpu_at_64"]) == {"digits", "noop", "heavy", "heavy_uint8", "redis_loop"}
+    # ... and each system's CPU per answer, the Redis-list peer's processes included.
+    assert {"redis-loop web", "redis-loop model", "redis-loop redis"} <= set(
+        results["cpu_at_64"]["redis_loop"]
+    )
+    for budget in results["cpu_budget"].values():
+        assert budget["core_us_per_answer"] > 0 and budget["ceiling_rps"] >= budget["rps"]
     assert (tmp_path / "benchmarks.png").stat().st_size > 10_000
-    assert "## Targets" in (tmp_path / "benchmarks.md").read_text()
+    report = (tmp_path / "benchmarks.md").read_text()
+    assert "## Targets" in report and "## CPU per answer at 64 clients" in report

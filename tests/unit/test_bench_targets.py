@@ -1,6 +1,6 @@
 """The benchmark's target ratios (bench/run.py `targets`), from a results record."""
 
-from bench.run import targets
+from bench.run import cpu_budget, targets
 
 
 def point(concurrency: int, rps: float, p50: float = 10.0, p99: float = 50.0) -> dict[str, float]:
@@ -83,3 +83,21 @@ def test_a_skipped_peer_is_left_out() -> None:
     out = targets(record)
     assert out["small_vs_best_peer_at_64"]["peer"] == "redis_loop"
     assert out["p99_vs_best_peer_at_64_ms"]["met"] is True  # 60 ms against 90 ms
+
+
+def test_the_cpu_budget_counts_every_busy_core_per_answer() -> None:
+    cores = {"api": 0.7, "worker-digits/child0": 0.4, "idle (whole machine)": 0.5}
+    budget = cpu_budget(3000.0, cores, 2)
+    # 1.5 busy cores (not the 1.1 the named processes add up to: the kernel and the rest count)
+    assert budget["busy_cores"] == 1.5
+    assert budget["core_us_per_answer"] == 500.0
+    assert budget["ceiling_rps"] == 4000.0
+
+
+def test_an_idle_machine_has_no_ceiling() -> None:
+    assert cpu_budget(0.0, {"idle (whole machine)": 2.0}, 2) == {
+        "rps": 0.0,
+        "busy_cores": 0.0,
+        "core_us_per_answer": 0.0,
+        "ceiling_rps": 0.0,
+    }
