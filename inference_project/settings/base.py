@@ -116,6 +116,9 @@ def _redis_url() -> str:
 REDIS_URL = env("REDIS_URL", default=_redis_url())
 
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL)
+# kombu's Redis transport, keeping one client per connection pool instead of building one per
+# publish, ack and event (inference_project/broker.py). Empty: the URL's own transport.
+CELERY_BROKER_TRANSPORT = env("CELERY_BROKER_TRANSPORT", default="inference_project.broker:Transport") or None
 # Redis, through a backend class that skips Celery's per-send SUBSCRIBE (see celery_backend.py).
 CELERY_RESULT_BACKEND = env(
     "CELERY_RESULT_BACKEND", default=f"inference_project.celery_backend.ProducerRedisBackend+{REDIS_URL}"
