@@ -177,6 +177,22 @@ def markdown(r: dict[str, Any]) -> str:
             ],
             "",
         ]
+    for key, need in r.get("cpu_needed", {}).items():
+        if key == "digits":
+            noop = f"; the no-op route alone spent {need['noop_us']:.0f}" if "noop_us" in need else ""
+            lines.append(
+                f"- digits: 1.2 × the Redis-list peer allows {need['allowed_us']:.0f} core-µs per answer on "
+                f"this machine (the peer spent {need['peer_us']:.0f}); ours spent {need['spent_us']:.0f}{noop}."
+            )
+        else:
+            lines.append(
+                f"- {RAW_NAMES.get(key, key)}: raw TensorFlow costs {need['raw_us']:.0f} core-µs per image "
+                f"(the best raw layout); 0.85 of raw allows {need['allowed_us']:.0f} end to end, "
+                f"{need['allowed_us'] - need['raw_us']:.0f} for all that is not TensorFlow; ours spent "
+                f"{need['spent_us']:.0f}."
+            )
+    if r.get("cpu_needed"):
+        lines.append("")
     inflight = r["inflight_2000"]
     lines += [
         "## 2,000 requests in flight",

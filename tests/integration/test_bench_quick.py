@@ -54,6 +54,9 @@ def test_quick_benchmark_produces_its_figures(tmp_path: Path, demo_model_dir: Pa
     )
     for budget in results["cpu_budget"].values():
         assert budget["core_us_per_answer"] > 0 and budget["ceiling_rps"] >= budget["rps"]
+    # What each throughput target allows per answer, beside what was spent.
+    assert set(results["cpu_needed"]) == {"digits", "heavy", "heavy_uint8"}
+    assert all(need["allowed_us"] > 0 and need["spent_us"] > 0 for need in results["cpu_needed"].values())
     assert (tmp_path / "benchmarks.png").stat().st_size > 10_000
     report = (tmp_path / "benchmarks.md").read_text()
     assert "## Targets" in report and "## CPU per answer at 64 clients" in report

@@ -1,6 +1,6 @@
 """The benchmark's target ratios (bench/run.py `targets`), from a results record."""
 
-from bench.run import cpu_budget, targets
+from bench.run import cpu_budget, cpu_needed, targets
 
 
 def point(concurrency: int, rps: float, p50: float = 10.0, p99: float = 50.0) -> dict[str, float]:
@@ -101,3 +101,21 @@ def test_an_idle_machine_has_no_ceiling() -> None:
         "core_us_per_answer": 0.0,
         "ceiling_rps": 0.0,
     }
+
+
+def test_cpu_needed_sets_each_target_against_what_was_spent() -> None:
+    record = results(layout_best=280.0)
+    record["machine"] = {"cores": 2}
+    record["cpu_budget"] = {
+        "digits": {"rps": 3000.0, "core_us_per_answer": 500.0},
+        "noop": {"rps": 15000.0, "core_us_per_answer": 120.0},
+        "heavy": {"rps": 168.0, "core_us_per_answer": 11000.0},
+        "redis_loop": {"rps": 6000.0, "core_us_per_answer": 300.0},
+    }
+    need = cpu_needed(record)
+    # Raw: 280 images/s on 2 cores; 0.85 of it leaves 1/0.85 of raw's cost per image.
+    assert need["heavy"]["raw_us"] == round(2 / 280 * 1e6, 1)
+    assert need["heavy"]["allowed_us"] == round(2 / (0.85 * 280) * 1e6, 1)
+    assert need["heavy"]["spent_us"] == 11000.0
+    # 1.2 x 6,000 req/s on 2 cores: 277.8 core-µs per answer at most.
+    assert need["digits"] == {"peer_us": 300.0, "allowed_us": 277.8, "spent_us": 500.0, "noop_us": 120.0}
