@@ -622,7 +622,8 @@ def cpu_needed(r: dict[str, Any]) -> dict[str, dict[str, float]]:
 
     Heavy: raw uses the cores for TensorFlow alone; 0.85 of its rate leaves the serving path
     (HTTP, API, Redis, Celery, kernel, load generator) 1/0.85 - 1 = 18 % of raw's cost per image.
-    Digits: 1.2 x the best peer's rate, whatever the split between processes."""
+    Digits: 1.2 x the Redis-list peer's rate, whatever the split between processes. "Raw" and
+    "allowed" count the machine's cores whole, as "spent" does (busy cores per answer)."""
     spent = r.get("cpu_budget", {})
     cores = r["machine"]["cores"]
     out: dict[str, dict[str, float]] = {}
@@ -634,12 +635,12 @@ def cpu_needed(r: dict[str, Any]) -> dict[str, dict[str, float]]:
                 "allowed_us": round(cores / (0.85 * limit) * 1e6, 1),
                 "spent_us": spent[key]["core_us_per_answer"],
             }
-    peers = [p for p in ("redis_loop",) if p in spent]
-    if "digits" in spent and peers:
-        peer = max(peers, key=lambda p: spent[p]["rps"])
+    # The Redis-list loop is the peer whose processes the bench can count (Ray's are its own).
+    if "digits" in spent and "redis_loop" in spent:
+        peer = spent["redis_loop"]
         out["digits"] = {
-            "peer_us": spent[peer]["core_us_per_answer"],
-            "allowed_us": round(cores / (1.2 * spent[peer]["rps"]) * 1e6, 1),
+            "peer_us": peer["core_us_per_answer"],
+            "allowed_us": round(cores / (1.2 * peer["rps"]) * 1e6, 1),
             "spent_us": spent["digits"]["core_us_per_answer"],
         }
         if "noop" in spent:
