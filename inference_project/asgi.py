@@ -12,3 +12,8 @@ from apps.predictions.fastpath import FastPath  # noqa: E402  (needs the app reg
 
 # Prediction and health routes skip Django's middleware stack (see apps/predictions/fastpath.py).
 application = FastPath(django_application)
+
+from inference_project.heap import heap_freeze  # noqa: E402
+
+# The imports and set-up above live as long as the process: full collections skip them.
+heap_freeze()

@@ -28,6 +28,7 @@ from apps.models_registry.services import DEPLOYMENTS_CHANNEL, registry_event_re
 from apps.models_registry.storage import ChecksumMismatch, artifact_fetch_verified
 from apps.predictions.readiness import serving_mark, serving_unmark
 from apps.predictions.wire import tensor_decode, tensor_encode
+from inference_project.heap import heap_freeze, heap_thaw
 from inference_project.redis_clients import redis_sync
 from workers.metrics import BATCH_REQUESTS, BATCH_SIZE, LOAD_SECONDS, LOADED, PREDICT, REDELIVERIES
 from workers.monitoring import DriftMonitor, SummaryPublisher
@@ -134,6 +135,8 @@ class ModelRuntime:
                 model_name=model_name, version_number=version, worker_id=self.worker_id
             )
             LOADED.labels(model_name, str(version)).set(1)
+            # A model stays for good (or until retired): full collections skip it from now on.
+            heap_freeze()
             with self._lock:
                 self._loaded[key] = predictor
                 self._last_used[key] = time.monotonic()
@@ -321,9 +324,12 @@ class ModelRuntime:
             )
         except redis.RedisError:
             logger.warning("could not clear the serving mark of %s v%s", model_name, version)
+        # Its objects were frozen when it loaded: thaw, drop it, collect its cycles, refreeze.
+        heap_thaw()
         predictor.unload()
         LOADED.labels(model_name, str(version)).set(0)
         self._monitors.pop((model_name, version), None)
+        heap_freeze()
         logger.info("unloaded %s v%s", model_name, version, extra={"model": model_name, "version": version})
 
 

@@ -6,12 +6,13 @@ from typing import Any
 
 from billiard.process import current_process
 from celery import Task, states
-from celery.signals import task_retry, worker_init, worker_process_init, worker_process_shutdown
+from celery.signals import task_retry, worker_init, worker_process_init, worker_process_shutdown, worker_ready
 from django.conf import settings
 from prometheus_client import multiprocess
 
 from apps.predictions.services import PREDICT_BATCH_TASK, PREDICT_TASK
 from inference_project.celery_app import app
+from inference_project.heap import heap_freeze
 from inference_project.metrics import MULTIPROC_DIR
 from workers.metrics import RETRIES, metrics_server_start
 from workers.placement import child_gpu_pin, cpu_cores, cpu_threads_share
@@ -69,6 +70,13 @@ for _task in (PREDICT_TASK, PREDICT_BATCH_TASK):
 @task_retry.connect
 def _count_retry(sender: Task | None = None, **_: Any) -> None:
     RETRIES.labels(getattr(sender, "name", "unknown")).inc()
+
+
+@worker_ready.connect
+def _freeze_parent_heap(**_: Any) -> None:
+    """The Celery parent's set-up lives as long as it does: its full collections (~90 ms for
+    126,000 objects, between two batches) skip it from now on (inference_project/heap.py)."""
+    heap_freeze()
 
 
 @worker_process_init.connect
