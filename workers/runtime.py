@@ -135,8 +135,6 @@ class ModelRuntime:
                 model_name=model_name, version_number=version, worker_id=self.worker_id
             )
             LOADED.labels(model_name, str(version)).set(1)
-            # A model stays for good (or until retired): full collections skip it from now on.
-            heap_freeze()
             with self._lock:
                 self._loaded[key] = predictor
                 self._last_used[key] = time.monotonic()
@@ -145,6 +143,9 @@ class ModelRuntime:
                     evicted.append(self._loaded.popitem(last=False))
         for (old_name, old_version), old in evicted:
             self._retire(old_name, old_version, old)
+        # The new model stays for good (or until retired): full collections skip it from now on.
+        # One pass after the evictions also collects what they dropped.
+        heap_freeze()
         self.heartbeat()
         return predictor
 
@@ -188,6 +189,8 @@ class ModelRuntime:
             retired = [(key, self._loaded.pop(key)) for key in idle]
         for (name, number), predictor in retired:
             self._retire(name, number, predictor)
+        if retired:
+            heap_freeze()  # collects the retired versions' cycles, refreezes what serves
 
     def _report_slow_load(self, model_name: str, version: int, timeout_s: float) -> None:
         found = selectors.model_version_get(model_name=model_name, number=version)
@@ -324,12 +327,12 @@ class ModelRuntime:
             )
         except redis.RedisError:
             logger.warning("could not clear the serving mark of %s v%s", model_name, version)
-        # Its objects were frozen when it loaded: thaw, drop it, collect its cycles, refreeze.
+        # Its objects were frozen when it loaded: thawed, they are collected once dropped (the
+        # caller refreezes with one collection after all its retirements; shutdown needs none).
         heap_thaw()
         predictor.unload()
         LOADED.labels(model_name, str(version)).set(0)
         self._monitors.pop((model_name, version), None)
-        heap_freeze()
         logger.info("unloaded %s v%s", model_name, version, extra={"model": model_name, "version": version})
 
 

@@ -39,9 +39,9 @@ def unfrozen():  # type: ignore[no-untyped-def]
     gc.unfreeze()
 
 
-def test_a_retired_version_is_collected_though_its_model_was_frozen(
-    redis_server: str, settings: Any, monkeypatch: pytest.MonkeyPatch, unfrozen: None
-) -> None:
+@pytest.fixture
+def runtime(redis_server: str, settings: Any, monkeypatch: pytest.MonkeyPatch, unfrozen: None):  # type: ignore[no-untyped-def]
+    """A worker child's runtime (max one loaded version) whose versions are `CyclicPredictor`s."""
     settings.REDIS_URL = redis_server
 
     def build(*, model_name: str, version_number: int, worker_id: str) -> Predictor:
@@ -50,17 +50,46 @@ def test_a_retired_version_is_collected_though_its_model_was_frozen(
         return predictor
 
     monkeypatch.setattr(runtime_module, "predictor_build", build)
-    runtime = runtime_module.ModelRuntime(environment="dev", worker_id="test", max_loaded=1)
-    monkeypatch.setattr(runtime, "heartbeat", lambda: None)
+    loaded = runtime_module.ModelRuntime(environment="dev", worker_id="test", max_loaded=1)
+    monkeypatch.setattr(loaded, "heartbeat", lambda: None)
+    return loaded
 
-    first = runtime.predictor_get(model_name="m", version=1)
-    assert isinstance(first, CyclicPredictor) and first.graph is not None
-    graph = weakref.ref(first.graph)
-    del first
+
+def frozen_graph(runtime: runtime_module.ModelRuntime, version: int) -> weakref.ref[Graph]:
+    predictor = runtime.predictor_get(model_name="m", version=version)
+    assert isinstance(predictor, CyclicPredictor) and predictor.graph is not None
     assert gc.get_freeze_count() > 0  # the loaded model is frozen: full collections skip it
+    return weakref.ref(predictor.graph)
 
+
+@pytest.fixture
+def full_collections():  # type: ignore[no-untyped-def]
+    """How many generation-2 collections ran (a worker child's take ~200 ms each)."""
+    count = [0]
+
+    def counted(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and info["generation"] == 2:
+            count[0] += 1
+
+    gc.callbacks.append(counted)
+    yield count
+    gc.callbacks.remove(counted)
+
+
+def test_an_evicted_version_is_collected_in_one_full_pass(runtime, full_collections) -> None:  # type: ignore[no-untyped-def]
+    graph = frozen_graph(runtime, 1)
+    full_collections[0] = 0
     runtime.predictor_get(model_name="m", version=2)  # evicts and retires version 1
     assert graph() is None  # its cycle was thawed and collected, not kept frozen for good
+    assert full_collections[0] == 1  # one pass frees the old version and freezes the new one
+
+
+def test_a_version_retired_by_a_swap_is_collected(runtime) -> None:  # type: ignore[no-untyped-def]
+    runtime.max_loaded = 2  # the swap, not the eviction, retires version 1
+    graph = frozen_graph(runtime, 1)
+    runtime.swap(model_name="m", version=2, grace_s=0, load_timeout_s=60)
+    assert runtime.loaded_versions() == [("m", 2)]
+    assert graph() is None
 
 
 def test_the_api_freezes_its_set_up_heap() -> None:
