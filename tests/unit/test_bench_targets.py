@@ -118,4 +118,10 @@ def test_cpu_needed_sets_each_target_against_what_was_spent() -> None:
     assert need["heavy"]["allowed_us"] == round(2 / (0.85 * 280) * 1e6, 1)
     assert need["heavy"]["spent_us"] == 11000.0
     # 1.2 x 6,000 req/s on 2 cores: 277.8 core-µs per answer at most.
-    assert need["digits"] == {"peer_us": 300.0, "allowed_us": 277.8, "spent_us": 500.0, "noop_us": 120.0}
+    assert need["digits"] == {
+        "target": 1.2,
+        "peer_us": 300.0,
+        "allowed_us": 277.8,
+        "spent_us": 500.0,
+        "noop_us": 120.0,
+    }
