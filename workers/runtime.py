@@ -8,7 +8,6 @@ one after a grace period; a batch already running on the old one finishes on it.
 Plain Python: Celery only calls `runtime_get().run(request)`.
 """
 
-import json
 import logging
 import os
 import socket
@@ -24,10 +23,12 @@ from django.db import close_old_connections
 
 from apps.models_registry import selectors
 from apps.models_registry.models import Artifact, ModelVersion, RegistryEvent
-from apps.models_registry.services import DEPLOYMENTS_CHANNEL, registry_event_record
+from apps.models_registry.services import registry_event_record
 from apps.models_registry.storage import ChecksumMismatch, artifact_fetch_verified
-from apps.predictions.readiness import serving_mark, serving_unmark
-from apps.predictions.wire import tensor_decode, tensor_encode
+from inference_common.deployments import DeploymentChange, deployments_channel
+from inference_common.readiness import serving_mark, serving_unmark
+from inference_common.results import Answer, answer_encode, failure_encode
+from inference_common.wire import tensor_decode
 from inference_project.heap import heap_freeze, heap_thaw
 from inference_project.redis_clients import redis_sync
 from workers.metrics import BATCH_REQUESTS, BATCH_SIZE, LOAD_SECONDS, LOADED, PREDICT, REDELIVERIES
@@ -228,7 +229,7 @@ class ModelRuntime:
         try:
             predictor = self.predictor_get(model_name=model_name, version=version)
         except ModelUnavailable as exc:
-            error = {"error": {"code": exc.code, "message": str(exc)}}
+            error = failure_encode(exc.code, str(exc))
             return [(part["id"], error) for part in parts]
         decoded = [{name: tensor_decode(wire) for name, wire in part["inputs"].items()} for part in parts]
         names = list(decoded[0])
@@ -243,20 +244,13 @@ class ModelRuntime:
         start = 0
         for part, inputs in zip(parts, decoded, strict=True):
             rows = len(inputs[names[0]])
-            results.append(
-                (
-                    part["id"],
-                    {
-                        "model": model_name,
-                        "version": version,
-                        "worker": self.worker_id,
-                        "outputs": {
-                            name: tensor_encode(array[start : start + rows])
-                            for name, array in outputs.items()
-                        },
-                    },
-                )
+            answer = Answer(
+                model=model_name,
+                version=version,
+                worker=self.worker_id,
+                outputs={name: array[start : start + rows] for name, array in outputs.items()},
             )
+            results.append((part["id"], answer_encode(answer)))
             start += rows
         return results
 
@@ -399,20 +393,20 @@ def deployments_listen(
         except ModelUnavailable:
             logger.exception("keeping the loaded versions of %s", model)
 
-    channel = DEPLOYMENTS_CHANNEL.format(environment=runtime.environment)
+    channel = deployments_channel(runtime.environment)
 
     def listen() -> None:
         pubsub = redis.Redis.from_url(settings.REDIS_URL).pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(channel)
         try:
             for message in pubsub.listen():
-                change = json.loads(message["data"])
-                if model_names and change["model"] not in model_names:
+                change = DeploymentChange.decode(message["data"])
+                if model_names and change.model not in model_names:
                     continue
                 logger.info("deployment change: %s", change)
                 threading.Thread(
                     target=apply,
-                    args=(change["model"], int(change["version"])),
+                    args=(change.model, change.version),
                     name="deployment-swap",
                     daemon=True,
                 ).start()

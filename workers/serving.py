@@ -11,7 +11,8 @@ from typing import Any
 
 from celery.backends.redis import RedisBackend
 
-from apps.predictions.tensor_store import tensors_fetch, tensors_forget
+from inference_common.results import failure_encode
+from inference_common.tensor_store import tensors_fetch, tensors_forget
 from workers.metrics import QUEUE_WAIT, REDELIVERIES, WORKER_REQUESTS
 from workers.results import results_existing, results_store
 from workers.runtime import runtime_get
@@ -19,9 +20,7 @@ from workers.runtime import runtime_get
 logger = logging.getLogger("inference.worker")
 
 # A part whose offloaded tensors expired before a worker reached it: nobody waits for it.
-_EXPIRED = {
-    "error": {"code": "expired", "message": "the request's tensors expired before a worker reached it"}
-}
+_EXPIRED = failure_encode("expired", "the request's tensors expired before a worker reached it")
 
 
 def batch_serve(backend: RedisBackend, batch: dict[str, Any], *, redelivered: bool) -> dict[str, int]:

@@ -10,7 +10,7 @@ from celery.signals import task_retry, worker_init, worker_process_init, worker_
 from django.conf import settings
 from prometheus_client import multiprocess
 
-from apps.predictions.services import PREDICT_BATCH_TASK, PREDICT_TASK
+from inference_common.task_names import PREDICT_BATCH_TASK, PREDICT_TASK
 from inference_project.celery_app import app
 from inference_project.heap import heap_freeze
 from inference_project.metrics import MULTIPROC_DIR

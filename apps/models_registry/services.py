@@ -43,7 +43,8 @@ from apps.models_registry.storage import (
     sha256_file,
     storage_get,
 )
-from apps.models_registry.tasks import (
+from inference_common.deployments import DeploymentChange, deployments_channel
+from inference_common.task_names import (
     EVALUATE_GATE_TASK,
     PLATFORM_QUEUE,
     PROFILE_VERSION_TASK,
@@ -64,7 +65,6 @@ ARTIFACT_KINDS = {
     ".json": Artifact.Kind.OTHER,
 }
 COMPANION_KINDS = {Artifact.Kind.PREPROCESSING, Artifact.Kind.VALIDATION, Artifact.Kind.OTHER}
-DEPLOYMENTS_CHANNEL = "inference:deployments:{environment}"
 
 User = AbstractBaseUser | AnonymousUser | None
 
@@ -553,11 +553,11 @@ def _after_switch(*, deployment: Deployment, previous: ModelVersion | None) -> N
         _companions_cache_refresh(version=version, previous=previous)
     except (redis.RedisError, OSError, ChecksumMismatch):
         logger.exception("companion cache not refreshed for %s", deployment)
-    message = {"model": version.model.name, "version": version.number, "environment": deployment.environment}
+    change = DeploymentChange(
+        model=version.model.name, version=version.number, environment=deployment.environment
+    )
     try:
-        redis_sync().publish(
-            DEPLOYMENTS_CHANNEL.format(environment=deployment.environment), json.dumps(message)
-        )
+        redis_sync().publish(deployments_channel(deployment.environment), change.encode())
     except (redis.RedisError, OSError):
         logger.exception("could not notify workers of %s", deployment)
     if deployment.environment in settings.RELEASE_SNS_TOPIC_ARNS:

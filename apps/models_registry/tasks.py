@@ -5,11 +5,7 @@ from typing import Any
 from celery import shared_task
 
 from apps.models_registry.release import PublishFailed, outbox_publish_pending
-
-PUBLISH_OUTBOX_TASK = "release.publish_outbox"
-EVALUATE_GATE_TASK = "registry.evaluate_gate"
-PROFILE_VERSION_TASK = "registry.profile_version"
-PLATFORM_QUEUE = "platform"
+from inference_common.task_names import EVALUATE_GATE_TASK, PROFILE_VERSION_TASK, PUBLISH_OUTBOX_TASK
 
 
 @shared_task(

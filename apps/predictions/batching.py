@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from apps.predictions.selectors import ServedModel
-from apps.predictions.wire import tensor_encode
+from inference_common.wire import tensor_encode
 
 Publish = Callable[[ServedModel, list[dict[str, Any]], float | None], Awaitable[None]]
 

@@ -7,9 +7,9 @@ from django.conf import settings
 from prometheus_client.core import GaugeMetricFamily
 from redis.exceptions import RedisError
 
-from apps.predictions.readiness import serving_count
 from apps.predictions.results import result_waiter_get
 from apps.predictions.selectors import route_servable, routes_list
+from inference_common.readiness import serving_count
 
 REDIS_PING_TIMEOUT_S = 1.0
 

@@ -18,7 +18,7 @@ from apps.predictions.errors import bad_request
 from apps.predictions.selectors import ServedModel
 from apps.predictions.services import PredictionResult
 from apps.predictions.validation import bytes_from_json, shape_check, tensor_check, tensor_from_json
-from apps.predictions.wire import NUMPY_TO_V2, V2_TO_NUMPY, bytes_array
+from inference_common.wire import NUMPY_TO_V2, V2_TO_NUMPY, bytes_array
 
 # --- native -----------------------------------------------------------------------------------
 

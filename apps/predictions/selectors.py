@@ -18,8 +18,8 @@ from apps.models_registry import selectors as registry
 from apps.models_registry.models import ModelVersion, queue_name
 from apps.predictions.errors import not_found
 from apps.predictions.fastpath import db_fresh
-from apps.predictions.readiness import serving_count
 from apps.predictions.results import result_waiter_get
+from inference_common.readiness import serving_count
 
 # While traffic waits on the previous version, look again this often for the new one.
 SWITCH_RECHECK_S = 0.2

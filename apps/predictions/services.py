@@ -24,13 +24,12 @@ from apps.predictions.errors import ApiError
 from apps.predictions.observability import request_identified
 from apps.predictions.results import result_payload_decode, result_waiter_get
 from apps.predictions.selectors import ServedModel
-from apps.predictions.tensor_store import batch_bytes, tensors_offload
-from apps.predictions.wire import tensor_decode
+from inference_common.task_names import PREDICT_BATCH_TASK
+from inference_common.tensor_store import batch_bytes, tensors_offload
+from inference_common.wire import tensor_decode
 from inference_project.celery_app import app as celery_app
 from inference_project.redis_clients import redis_sync
 
-PREDICT_TASK = "inference.predict"
-PREDICT_BATCH_TASK = "inference.predict_batch"
 JOB_PREFIX = "inference:job:"
 IDEMPOTENCY_PREFIX = "inference:idem:"
 RETRY_AFTER_S = "1"

@@ -13,7 +13,7 @@ import numpy as np
 from django.conf import settings
 
 from apps.predictions.errors import bad_request
-from apps.predictions.wire import V2_TO_NUMPY, bytes_array
+from inference_common.wire import V2_TO_NUMPY, bytes_array
 
 NUMERIC_KINDS = {"f", "i", "u"}
 

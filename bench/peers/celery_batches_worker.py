@@ -23,7 +23,7 @@ django.setup()
 
 from django.conf import settings  # noqa: E402
 
-from apps.predictions.services import PREDICT_BATCH_TASK  # noqa: E402
+from inference_common.task_names import PREDICT_BATCH_TASK  # noqa: E402
 from workers.results import results_store  # noqa: E402
 from workers.runtime import runtime_get, runtime_start  # noqa: E402
 

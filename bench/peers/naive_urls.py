@@ -14,8 +14,8 @@ from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
 
 from apps.models_registry.models import queue_name
-from apps.predictions.services import PREDICT_TASK
-from apps.predictions.wire import tensor_decode, tensor_encode
+from inference_common.task_names import PREDICT_TASK
+from inference_common.wire import tensor_decode, tensor_encode
 from inference_project.celery_app import app
 
 MODEL = os.environ.get("NAIVE_MODEL", "digits")

@@ -179,7 +179,7 @@ INFERENCE_MAX_QUEUE_DEPTH = env.int("INFERENCE_MAX_QUEUE_DEPTH", default=5000)
 # next batch keeps filling meanwhile (max_batch_size / max_delay_ms are set per model).
 INFERENCE_MAX_INFLIGHT_BATCHES = env.int("INFERENCE_MAX_INFLIGHT_BATCHES", default=2)
 # A batch whose tensors exceed this many bytes sends them beside the task, under Redis keys
-# (apps/predictions/tensor_store.py), instead of inside the broker message.
+# (inference_common/tensor_store.py), instead of inside the broker message.
 INFERENCE_TENSOR_OFFLOAD_BYTES = env.int("INFERENCE_TENSOR_OFFLOAD_BYTES", default=64 * 1024)
 # Prediction and model routes require `Authorization: Bearer <api key>`.
 INFERENCE_AUTH_REQUIRED = env.bool("INFERENCE_AUTH_REQUIRED", default=True)

@@ -11,8 +11,8 @@ from apps.predictions import protocols
 from apps.predictions.errors import ApiError
 from apps.predictions.selectors import ServedModel
 from apps.predictions.services import request_fingerprint
-from apps.predictions.tensor_store import batch_bytes
-from apps.predictions.wire import tensor_decode, tensor_encode
+from inference_common.tensor_store import batch_bytes
+from inference_common.wire import tensor_decode, tensor_encode
 
 SIGNATURE = {
     "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1, 1]}],

@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 import redis
 
-from apps.predictions.tensor_store import (
+from inference_common.tensor_store import (
     batch_bytes,
     tensor_keys,
     tensors_fetch,
     tensors_forget,
     tensors_offload,
 )
-from apps.predictions.wire import tensor_decode, tensor_encode
+from inference_common.wire import tensor_decode, tensor_encode
 from inference_project.redis_clients import redis_sync
 
 

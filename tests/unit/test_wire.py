@@ -2,7 +2,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from apps.predictions.wire import tensor_decode, tensor_encode
+from inference_common.wire import tensor_decode, tensor_encode
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64", "int64", "uint8", "bool", "float16"])
