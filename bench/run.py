@@ -125,7 +125,7 @@ def machine() -> dict[str, Any]:
 
 def raw(model_path: Path, shape: list[int], seconds: float) -> dict[str, Any]:
     done = subprocess.run(
-        [PYTHON, "-m", "bench.raw", str(model_path), json.dumps(shape), str(seconds)],
+        [PYTHON, "-m", "bench.systems.raw", str(model_path), json.dumps(shape), str(seconds)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -140,7 +140,7 @@ def raw_layout(model_path: Path, shape: list[int], seconds: float, processes: in
     rows/s are summed, p50 is the slowest process's."""
     threads = max(1, cpu_cores() // processes)
     env = {**os.environ, "TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": str(threads)}
-    cmd = [PYTHON, "-m", "bench.raw", str(model_path), json.dumps(shape), str(seconds), "--wait"]
+    cmd = [PYTHON, "-m", "bench.systems.raw", str(model_path), json.dumps(shape), str(seconds), "--wait"]
     procs = [
         subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         for _ in range(processes)

@@ -1,7 +1,7 @@
 """The limit: in-process `predict_on_batch` throughput at batch sizes 1, 8, 32, 64, and the
 single-input latency, with the same thread settings as a worker child.
 
-    python -m bench.raw <model.keras> <input shape as JSON, without batch> [seconds per size] [--wait]
+    python -m bench.systems.raw <model.keras> <input shape as JSON, without batch> [seconds per size] [--wait]
 
 TensorFlow's thread pools follow TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS as a worker
 child's do (workers/placement.py). With --wait the process loads and warms up, prints "ready" and
