@@ -22,8 +22,8 @@ from pathlib import Path
 
 import httpx
 
+from bench.harness import BIN, PYTHON, ROOT, TOKEN, Processes, free_port, log, wait_until
 from bench.loadgen import wrk
-from bench.run import BIN, PYTHON, ROOT, TOKEN, Processes, free_port, log, wait_until
 
 SECONDS = 10.0
 

@@ -1,6 +1,8 @@
-"""The benchmark's target ratios (bench/run.py `targets`), from a results record."""
+"""The benchmark's target ratios (bench/targets.py) and CPU per answer (bench/harness.py
+`cpu_budget`), from a results record."""
 
-from bench.run import cpu_budget, cpu_needed, targets
+from bench.harness import cpu_budget
+from bench.targets import cpu_needed, targets
 
 
 def point(concurrency: int, rps: float, p50: float = 10.0, p99: float = 50.0) -> dict[str, float]:
