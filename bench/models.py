@@ -7,14 +7,21 @@ the model's first layer. Same network, same compute; the wire, Redis and the ker
 quarter of the bytes.
 
     python -m bench.models <out dir> <size> <alpha> [FP32|UINT8]
+
+`models_prepare` gives a run its models: the digits model cached by `make run` (or trained), and
+both heavy signatures built by this program in a process of its own (Keras stays out of the
+benchmark's process).
 """
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
+from bench.harness import PYTHON, ROOT, Bench
+
 HEAVY_NAMES = {"FP32": "mobilenet", "UINT8": "mobilenet-uint8"}
-# The benchmark's result keys of the two signatures (bench/run.py, bench/report.py).
+# The benchmark's result keys of the two signatures (bench/systems/, bench/report.py).
 HEAVY_SIGNATURES = {"heavy": "FP32", "heavy_uint8": "UINT8"}
 
 
@@ -47,6 +54,36 @@ def heavy_model_build(out: Path, *, size: int, alpha: float, datatype: str = "FP
     }
     (out / "model_card.json").write_text(json.dumps(card, indent=2))
     return out
+
+
+def models_prepare(bench: Bench) -> None:
+    """Set `bench.digits_dir` and `bench.heavy_dirs` (result key -> folder), building what is
+    missing, and record the heavy model's batching settings (results["heavy_batching"])."""
+    cached = ROOT / ".cache" / "demo-digits"
+    bench.digits_dir = cached if (cached / "model_card.json").exists() else bench.work / "digits"
+    if not (bench.digits_dir / "model_card.json").exists():
+        subprocess.run(
+            [PYTHON, "-m", "workers.training.digits", "--out", str(bench.digits_dir)],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
+    bench.heavy_dirs = {
+        key: bench.work / f"mobilenet-{bench.heavy_size}-{bench.heavy_alpha}-{datatype.lower()}"
+        for key, datatype in HEAVY_SIGNATURES.items()
+    }
+    for key, datatype in HEAVY_SIGNATURES.items():
+        subprocess.run(
+            [
+                *(PYTHON, "-m", "bench.models", str(bench.heavy_dirs[key])),
+                *(str(bench.heavy_size), str(bench.heavy_alpha), datatype),
+            ],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
+    card = json.loads((bench.heavy_dirs["heavy"] / "model_card.json").read_text())
+    bench.results["heavy_batching"] = card["batching"]
 
 
 if __name__ == "__main__":

@@ -1,0 +1,177 @@
+"""Our platform, as `make run` starts it (`python -m inference_project.local_platform`) on free
+ports with the run's models deployed: digits on its native JSON route, the no-op route on the
+same stack, each MobileNetV2 signature on the Open Inference Protocol with binary tensors, and
+2,000 requests held in flight by one API process."""
+
+import json
+import os
+import shutil
+import subprocess
+
+import httpx
+import numpy as np
+import psutil
+
+from bench.harness import HEAVY_CHILDREN, PYTHON, ROOT, TOKEN, Bench, free_port, log, rss_mb, wait_until
+from bench.loadgen import wrk
+from bench.models import HEAVY_NAMES, HEAVY_SIGNATURES
+
+
+class Platform:
+    """The platform of a run: its environment (the naive Celery peer reuses it and its Redis), its
+    API's base URL, its `local_platform` process (`platform_start`) and the processes that one
+    lists in var/run/pids.json."""
+
+    proc: subprocess.Popen[bytes]
+
+    def __init__(self, bench: Bench) -> None:
+        self.root = bench.work / "platform"
+        shutil.rmtree(self.root, ignore_errors=True)
+        self.root.mkdir()
+        self.redis_port, self.api_port = free_port(), free_port()
+        self.env = {
+            **{
+                k: v
+                for k, v in os.environ.items()
+                if not k.startswith(("CELERY_", "REDIS_", "DATABASE_", "INFERENCE_", "DJANGO_"))
+            },
+            "DJANGO_SETTINGS_MODULE": "inference_project.settings.local",
+            "DATABASE_URL": f"sqlite:///{self.root / 'db.sqlite3'}",
+            "ARTIFACTS_ROOT": str(self.root / "artifacts"),
+            "ARTIFACT_CACHE_DIR": str(self.root / "cache"),
+            "INFERENCE_VAR_DIR": str(self.root / "var"),
+            "INFERENCE_DEMO_DIR": str(bench.digits_dir),
+            "REDIS_PORT": str(self.redis_port),
+            "API_PORT": str(self.api_port),
+            "FLOWER_PORT": str(free_port()),
+            "INFERENCE_DEMO_TOKEN": TOKEN,
+            "WORKER_CONCURRENCY": "1",
+            "INFERENCE_THROTTLE_PER_SECOND": "0",
+            "INFERENCE_MAX_QUEUE_DEPTH": "1000000",
+            "INFERENCE_SYNC_TIMEOUT_S": "120",
+            # Like the peers, no line per request; INFO costs ~14 % at 64 clients (docs/benchmarks.md).
+            "LOG_LEVEL": "WARNING",
+            "START_PROMETHEUS": "false",
+            # The compute-bound model gets one child per core, each with its share of the threads
+            # (workers/placement.py); digits keeps one child: it is bound by the API, not compute.
+            **{
+                f"WORKER_CONCURRENCY_{name.upper().replace('-', '_')}": str(HEAVY_CHILDREN)
+                for name in HEAVY_NAMES.values()
+            },
+            # Extra platform settings for a tuning run, e.g. BENCH_PLATFORM_ENV='{"API_WORKERS": "2"}'.
+            **json.loads(os.environ.get("BENCH_PLATFORM_ENV", "{}")),
+        }
+        self.base = f"http://127.0.0.1:{self.api_port}"
+
+    def pids(self) -> dict[str, int]:
+        pids: dict[str, int] = json.loads((self.root / "var" / "run" / "pids.json").read_text())
+        return pids
+
+    def processes(self) -> dict[str, int]:
+        """The platform's processes by name, with each model worker's children
+        (`worker-digits/child0`, ...)."""
+        pids = self.pids()
+        named = dict(pids)
+        for name, pid in pids.items():
+            if name.startswith("worker-") and name != "worker-platform":
+                for index, child in enumerate(psutil.Process(pid).children()):
+                    named[f"{name}/child{index}"] = child.pid
+        return named
+
+    def memory(self) -> dict[str, float]:
+        """RSS in MB of the API and of every worker child."""
+        return {
+            name: round(rss_mb(pid), 1)
+            for name, pid in self.processes().items()
+            if name == "api" or "/child" in name
+        }
+
+
+def platform_start(bench: Bench) -> Platform:
+    """Migrate, register and deploy the heavy models, start the platform and wait for /readyz."""
+    platform = Platform(bench)
+    subprocess.run(
+        [PYTHON, "manage.py", "migrate", "--noinput"],
+        cwd=ROOT,
+        env=platform.env,
+        check=True,
+        capture_output=True,
+    )
+    for path in bench.heavy_dirs.values():
+        subprocess.run(
+            [PYTHON, "manage.py", "register_model", str(path), "--deploy"],
+            cwd=ROOT,
+            env=platform.env,
+            check=True,
+            capture_output=True,
+        )
+    log("starting the platform")
+    platform.proc = bench.procs.start(
+        "platform", [PYTHON, "-m", "inference_project.local_platform"], platform.env
+    )
+    wait_until(
+        lambda: httpx.get(f"{platform.base}/readyz", timeout=2).status_code == 200, 300, "the platform"
+    )
+    return platform
+
+
+def platform_stop(bench: Bench, platform: Platform) -> None:
+    bench.procs.stop(platform.proc)
+
+
+def heavy_request(size: int, datatype: str) -> tuple[bytes, dict[str, str]]:
+    """One size x size image as tritonclient sends it with binary_data=True (FP32 in [0, 1), or
+    UINT8)."""
+    image = np.random.default_rng(1).random((1, size, size, 3), dtype=np.float32)
+    if datatype == "UINT8":
+        image = (image * 255).astype(np.uint8)
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "images",
+                    "shape": list(image.shape),
+                    "datatype": datatype,
+                    "parameters": {"binary_data_size": image.nbytes},
+                }
+            ],
+            "outputs": [{"name": "scores", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    headers = {
+        "Authorization": f"Bearer {TOKEN}",
+        "Inference-Header-Content-Length": str(len(header)),
+        "Content-Type": "application/octet-stream",
+    }
+    return header + image.tobytes(), headers
+
+
+def ours_measure(bench: Bench, platform: Platform) -> None:
+    """results["ours_digits"], ["noop"], ["ours_<heavy key>"], ["memory_after_load"] and
+    ["inflight_2000"], with the CPU of each at 64 clients."""
+    base = platform.base
+    auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    body = bench.digits_body()
+    wrk(f"{base}/api/v1/predictions", body, concurrency=8, seconds=2, headers=auth)  # warm-up
+    log("ours, digits (native JSON route)")
+    bench.results["ours_digits"] = bench.sweep(
+        f"{base}/api/v1/predictions", body, auth, bench.levels, cpu_key="digits", processes=platform.processes
+    )
+    log("no-op endpoint on the same stack (GET /healthz)")
+    bench.results["noop"] = bench.sweep(
+        f"{base}/healthz", b"", {}, [64], method="GET", cpu_key="noop", processes=platform.processes
+    )
+    for key, datatype in HEAVY_SIGNATURES.items():
+        url = f"{base}/v2/models/{HEAVY_NAMES[datatype]}/infer"
+        heavy_body, heavy_headers = heavy_request(bench.heavy_size, datatype)
+        wrk(url, heavy_body, concurrency=4, seconds=2, headers=heavy_headers)  # warm-up
+        log(f"ours, MobileNetV2 with {datatype} input (Open Inference Protocol, binary tensors)")
+        bench.results[f"ours_{key}"] = bench.sweep(
+            url, heavy_body, heavy_headers, bench.levels, cpu_key=key, processes=platform.processes
+        )
+    bench.results["memory_after_load"] = platform.memory()
+    log("2,000 concurrent requests held by one API process")
+    bench.results["inflight_2000"] = wrk(
+        f"{base}/api/v1/predictions", body, concurrency=2000, seconds=bench.seconds + 5, headers=auth
+    ).as_dict()
+    log(f"  {bench.results['inflight_2000']}")
