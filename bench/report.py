@@ -141,7 +141,7 @@ def markdown(r: dict[str, Any]) -> str:
         lines += [f"## {label}", "", *_table(r.get(key))]
     if cpu := r.get("cpu_at_64"):
         series = list(cpu)
-        names = list(dict.fromkeys(name for cores in cpu.values() for name in cores))
+        processes = list(dict.fromkeys(name for cores in cpu.values() for name in cores))
         lines += [
             "## CPU at 64 clients (cores used, during the point above)",
             "",
@@ -154,7 +154,7 @@ def markdown(r: dict[str, Any]) -> str:
             "|---|" + "---|" * len(series),
             *[
                 f"| {name} | " + " | ".join(f"{cpu[key].get(name, 0):.2f}" for key in series) + " |"
-                for name in names
+                for name in processes
             ],
             "",
         ]
