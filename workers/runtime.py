@@ -23,7 +23,7 @@ from django.db import close_old_connections
 
 from apps.models_registry import selectors
 from apps.models_registry.models import Artifact, ModelVersion, RegistryEvent
-from apps.models_registry.services import registry_event_record
+from apps.models_registry.services.events import registry_event_record
 from apps.models_registry.storage import ChecksumMismatch, artifact_fetch_verified
 from inference_common.deployments import DeploymentChange, deployments_channel
 from inference_common.readiness import serving_mark, serving_unmark

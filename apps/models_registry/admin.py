@@ -23,7 +23,7 @@ from apps.models_registry.models import (
     RegisteredModel,
     RegistryEvent,
 )
-from apps.models_registry.services import (
+from apps.models_registry.services.deployments import (
     PromotionRefused,
     deployment_rollback,
     environment_next,

@@ -16,14 +16,14 @@ from rest_framework.views import APIView
 
 from apps.models_registry import selectors
 from apps.models_registry.models import Deployment, ModelVersion, RegisteredModel, RegistryEvent
-from apps.models_registry.services import (
+from apps.models_registry.services.deployments import (
     PromotionRefused,
     deployment_rollback,
     deployment_rollout_record,
     model_version_promote,
-    model_version_register,
-    version_profile_request,
 )
+from apps.models_registry.services.profiling import version_profile_request
+from apps.models_registry.services.registration import model_version_register
 
 
 def _deployment_body(deployment: Deployment) -> dict[str, Any]:

@@ -4,7 +4,10 @@ from typing import Any
 
 from celery import shared_task
 
+from apps.models_registry.models import ModelVersion
 from apps.models_registry.release import PublishFailed, outbox_publish_pending
+from apps.models_registry.services.gates import gate_checksums, gate_job, gate_subprocess_run
+from apps.models_registry.services.profiling import version_profile
 from inference_common.task_names import EVALUATE_GATE_TASK, PROFILE_VERSION_TASK, PUBLISH_OUTBOX_TASK
 
 
@@ -22,9 +25,6 @@ def publish_outbox() -> int:
 
 @shared_task(name=EVALUATE_GATE_TASK)
 def evaluate_gate(version_id: int) -> dict[str, Any]:
-    from apps.models_registry.models import ModelVersion
-    from apps.models_registry.services import gate_checksums, gate_job, gate_subprocess_run
-
     version = ModelVersion.objects.get(pk=version_id)
     checksum, paths = gate_checksums(version=version)
     if not checksum.passed:
@@ -34,7 +34,4 @@ def evaluate_gate(version_id: int) -> dict[str, Any]:
 
 @shared_task(name=PROFILE_VERSION_TASK, acks_late=True)
 def profile_version(version_id: int) -> bool:
-    from apps.models_registry.models import ModelVersion
-    from apps.models_registry.services import version_profile
-
     return version_profile(version=ModelVersion.objects.get(pk=version_id))

@@ -14,7 +14,8 @@ import redis
 
 from apps.models_registry.models import OutboxEvent
 from apps.models_registry.release import PublishFailed, outbox_publish_pending
-from apps.models_registry.services import deployment_rollback, deployment_set, model_version_register
+from apps.models_registry.services.deployments import deployment_rollback, deployment_set
+from apps.models_registry.services.registration import model_version_register
 from lambda_trigger import handler as lambda_handler
 from tests.jenkins_server import FakeJenkins
 

@@ -308,7 +308,7 @@ def test_a_version_that_hangs_while_loading_is_reported_and_the_previous_keeps_s
         "shell",
         "-c",
         "from apps.models_registry.selectors import model_version_get as get; "
-        "from apps.models_registry.services import deployment_set; "
+        "from apps.models_registry.services.deployments import deployment_set; "
         f"deployment_set(version=get(model_name='digits', number={number}), environment='dev')",
     )
     try:

@@ -4,7 +4,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from apps.models_registry import selectors
-from apps.models_registry.services import PromotionRefused, model_version_promote
+from apps.models_registry.services.deployments import PromotionRefused, model_version_promote
 
 
 class Command(BaseCommand):

@@ -7,7 +7,9 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
-from apps.models_registry.services import deployment_set, model_version_register, version_profile_request
+from apps.models_registry.services.deployments import deployment_set
+from apps.models_registry.services.profiling import version_profile_request
+from apps.models_registry.services.registration import model_version_register
 
 
 class Command(BaseCommand):

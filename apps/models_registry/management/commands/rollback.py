@@ -4,7 +4,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from apps.models_registry import selectors
-from apps.models_registry.services import PromotionRefused, deployment_rollback
+from apps.models_registry.services.deployments import PromotionRefused, deployment_rollback
 
 
 class Command(BaseCommand):

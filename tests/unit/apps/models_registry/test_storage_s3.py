@@ -7,7 +7,7 @@ import boto3
 import pytest
 
 from apps.models_registry.models import Artifact
-from apps.models_registry.services import model_version_register
+from apps.models_registry.services.registration import model_version_register
 from apps.models_registry.storage import (
     ChecksumMismatch,
     S3ArtifactStorage,

@@ -1,0 +1,25 @@
+"""The registry's services (writes), one module per concern; import from the module:
+
+- `registration`: artifact kinds, signatures, the model card, `model_version_register`;
+- `gates`: checksums, the gate process, `gates_run`;
+- `profiling`: a version's reference statistics for drift;
+- `deployments`: promotion, rollback, the bootstrap deployment, rollout reports;
+- `retention`: pruning the bytes of versions deployed nowhere;
+- `events`: the registry's event log and the release outbox;
+- `actors`: who acts (the user a service is given), as recorded and as checked.
+
+Reads are `apps.models_registry.selectors`; publishing the outbox to SNS is
+`apps.models_registry.release`.
+"""
+
+from typing import Any
+
+
+def __getattr__(name: str) -> Any:
+    # Temporary, for inference_project/local_platform.py (being rewritten elsewhere), which still
+    # imports `deployment_set` from here; remove once it imports services.deployments.
+    if name == "deployment_set":
+        from apps.models_registry.services.deployments import deployment_set
+
+        return deployment_set
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

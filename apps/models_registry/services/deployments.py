@@ -1,0 +1,266 @@
+"""What serves where: promotion (gates first), rollback, the bootstrap deployment and the
+release pipeline's rollout reports.
+
+Environments are passed in order (`INFERENCE_ENVIRONMENTS`, dev → staging → prod). A switch
+changes the `Deployment`, records the event and writes the release event to the outbox in one
+transaction; once committed it refreshes the companion cache, tells the environment's workers
+(Redis pub/sub) to load the new version before traffic moves to it, asks for the outbox to be
+published and applies retention.
+"""
+
+import logging
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from apps.models_registry import selectors
+from apps.models_registry.models import Artifact, Deployment, ModelVersion, RegisteredModel, RegistryEvent
+from apps.models_registry.services.actors import (
+    User,
+    actor_account,
+    actor_permission_require,
+    actor_superuser_require,
+)
+from apps.models_registry.services.events import (
+    registry_event_record,
+    release_event_write,
+    release_events_publish_request,
+)
+from apps.models_registry.services.gates import GateReport, gate_checksums, gates_run
+from apps.models_registry.services.retention import artifacts_prune
+from apps.models_registry.storage import (
+    ChecksumMismatch,
+    artifact_fetch_verified,
+    redis_cache_delete,
+    redis_cache_put,
+)
+from inference_common.deployments import DeploymentChange, deployments_channel
+from inference_project.redis_clients import redis_sync
+
+logger = logging.getLogger(__name__)
+
+# Small files every worker of a live version reads: kept in Redis by sha256 (storage.py).
+COMPANION_KINDS = {Artifact.Kind.PREPROCESSING, Artifact.Kind.VALIDATION, Artifact.Kind.OTHER}
+
+
+class PromotionRefused(Exception):
+    """A gate failed or the move is not allowed; nothing changed. `report` lists the gates."""
+
+    def __init__(self, message: str, report: GateReport | None = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+def _environments_reached(*, version: ModelVersion) -> int:
+    """The index of the furthest environment `version` has been promoted to (-1: none)."""
+    environments: list[str] = settings.INFERENCE_ENVIRONMENTS
+    reached = selectors.model_version_environments(version=version)
+    return max((environments.index(e) for e in reached if e in environments), default=-1)
+
+
+def environment_next(*, version: ModelVersion) -> str:
+    """The environment after the furthest one this version has been promoted to."""
+    environments: list[str] = settings.INFERENCE_ENVIRONMENTS
+    furthest = _environments_reached(version=version)
+    if furthest + 1 >= len(environments):
+        raise PromotionRefused(f"{version} is already in {environments[-1]}, the last environment")
+    return environments[furthest + 1]
+
+
+def model_version_promote(
+    *,
+    version: ModelVersion,
+    environment: str | None = None,
+    user: User = None,
+    reason: str = "",
+) -> Deployment:
+    """Run the gates, then make `version` live in `environment` (default: the next one).
+
+    Environments are passed in order; skipping one needs a superuser and a written reason.
+    A failed gate changes nothing: it is recorded and `PromotionRefused` carries the report.
+    `user=None` means a trusted caller (a management command run by an operator).
+    """
+    actor_permission_require(user=user, perm="models_registry.promote_deployment")
+    environments: list[str] = settings.INFERENCE_ENVIRONMENTS
+    target = environment or environment_next(version=version)
+    if target not in environments:
+        raise ValidationError(f"unknown environment {target!r} (known: {environments})")
+    furthest = _environments_reached(version=version)
+    skipped = environments[furthest + 1 : environments.index(target)]
+    if skipped:
+        actor_superuser_require(user=user, what=f"skipping {', '.join(skipped)} to reach {target}")
+        if not reason.strip():
+            raise ValidationError(
+                f"skipping {', '.join(skipped)} to reach {target} requires a written reason"
+            )
+
+    report = gates_run(version=version)
+    if not report.passed:
+        registry_event_record(
+            model=version.model,
+            action=RegistryEvent.Action.GATE_FAILED,
+            version=version,
+            environment=target,
+            user=user,
+            reason=reason,
+            details=report.as_dict(),
+        )
+        failed = ", ".join(f"{r.name}: {r.detail}" for r in report.results if not r.passed)
+        raise PromotionRefused(f"{version} was not promoted to {target}: {failed}", report)
+    return _deployment_switch(
+        version=version,
+        environment=target,
+        user=user,
+        action=RegistryEvent.Action.PROMOTE,
+        reason=reason,
+        details=report.as_dict(),
+    )
+
+
+def deployment_rollback(
+    *, model: RegisteredModel, environment: str, user: User = None, reason: str = ""
+) -> Deployment:
+    """Make the previous version live again (checksums verified first)."""
+    actor_permission_require(user=user, perm="models_registry.rollback_deployment")
+    deployment = selectors.deployment_get_active(model_name=model.name, environment=environment)
+    if deployment is None or deployment.previous_version is None:
+        raise PromotionRefused(f"{model.name} has no previous version to roll back to in {environment}")
+    target = deployment.previous_version
+    checksum, _ = gate_checksums(version=target)
+    if not checksum.passed:
+        registry_event_record(
+            model=model,
+            action=RegistryEvent.Action.GATE_FAILED,
+            version=target,
+            environment=environment,
+            user=user,
+            reason="rollback",
+            details={"gates": [checksum.__dict__]},
+        )
+        raise PromotionRefused(f"cannot roll back to {target}: {checksum.detail}")
+    return _deployment_switch(
+        version=target,
+        environment=environment,
+        user=user,
+        action=RegistryEvent.Action.ROLLBACK,
+        reason=reason,
+    )
+
+
+def deployment_set(*, version: ModelVersion, environment: str, user: User = None) -> Deployment:
+    """Deploy without gates: only for bootstrapping a fresh installation (the demo model)."""
+    if environment not in settings.INFERENCE_ENVIRONMENTS:
+        raise ValidationError(
+            f"unknown environment {environment!r} (known: {settings.INFERENCE_ENVIRONMENTS})"
+        )
+    return _deployment_switch(
+        version=version,
+        environment=environment,
+        user=user,
+        action=RegistryEvent.Action.PROMOTE,
+        reason="bootstrap deployment without gates",
+    )
+
+
+def deployment_rollout_record(
+    *,
+    model: RegisteredModel,
+    environment: str,
+    version_number: int,
+    user: User = None,
+    details: dict[str, Any] | None = None,
+) -> RegistryEvent:
+    """The release pipeline reports that `version_number` is rolled out in `environment`.
+
+    Refused (PromotionRefused) when that version is no longer the live one there: a later
+    promotion or rollback superseded the build that reports.
+    """
+    actor_permission_require(user=user, perm="models_registry.promote_deployment")
+    deployment = selectors.deployment_get_active(model_name=model.name, environment=environment)
+    if deployment is None or deployment.version.number != version_number:
+        live = deployment.version.number if deployment else None
+        raise PromotionRefused(f"{model.name} v{version_number} is not live in {environment} (live: {live})")
+    return registry_event_record(
+        model=model,
+        action=RegistryEvent.Action.ROLLED_OUT,
+        version=deployment.version,
+        environment=environment,
+        user=user,
+        details=details or {},
+    )
+
+
+def _deployment_switch(
+    *,
+    version: ModelVersion,
+    environment: str,
+    user: User,
+    action: str,
+    reason: str = "",
+    details: dict[str, Any] | None = None,
+) -> Deployment:
+    model = version.model
+    with transaction.atomic():
+        current = Deployment.objects.select_for_update().filter(model=model, environment=environment).first()
+        previous = current.version if current else None
+        if previous == version:
+            raise PromotionRefused(f"{version} is already live in {environment}")
+        deployment, _ = Deployment.objects.update_or_create(
+            model=model,
+            environment=environment,
+            defaults={
+                "version": version,
+                "previous_version": previous,
+                "deployed_by": actor_account(user=user),
+            },
+        )
+        registry_event_record(
+            model=model,
+            action=action,
+            version=version,
+            environment=environment,
+            from_version=previous.number if previous else None,
+            user=user,
+            reason=reason,
+            details=details,
+        )
+        release_event_write(action=action, deployment=deployment, user=user)
+        transaction.on_commit(lambda: _after_switch(deployment=deployment, previous=previous))
+    return deployment
+
+
+def _after_switch(*, deployment: Deployment, previous: ModelVersion | None) -> None:
+    """Once committed: refresh the companion cache, tell workers, publish, apply retention.
+
+    Each step stands alone: the registry change is already committed, and workers also pick it up
+    from the API's routing (they load a version on its first request).
+    """
+    version = deployment.version
+    try:
+        _companions_cache_refresh(version=version, previous=previous)
+    except (redis.RedisError, OSError, ChecksumMismatch):
+        logger.exception("companion cache not refreshed for %s", deployment)
+    change = DeploymentChange(
+        model=version.model.name, version=version.number, environment=deployment.environment
+    )
+    try:
+        redis_sync().publish(deployments_channel(deployment.environment), change.encode())
+    except (redis.RedisError, OSError):
+        logger.exception("could not notify workers of %s", deployment)
+    release_events_publish_request(environment=deployment.environment)
+    artifacts_prune(model=deployment.model)
+
+
+def _companions_cache_refresh(*, version: ModelVersion, previous: ModelVersion | None) -> None:
+    for artifact in version.artifacts.filter(kind__in=COMPANION_KINDS, pruned_at__isnull=True):
+        redis_cache_put(
+            sha256=artifact.sha256, path=artifact_fetch_verified(uri=artifact.uri, sha256=artifact.sha256)
+        )
+    if previous is None or previous == version or Deployment.objects.filter(version=previous).exists():
+        return
+    current = set(version.artifacts.values_list("sha256", flat=True))
+    stale = [a.sha256 for a in previous.artifacts.filter(kind__in=COMPANION_KINDS) if a.sha256 not in current]
+    redis_cache_delete(sha256s=stale)
