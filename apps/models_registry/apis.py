@@ -1,14 +1,14 @@
 """Registry REST endpoints: thin DRF views over the registry services (staff only)."""
 
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.http import Http404
 from rest_framework import serializers, status
-from rest_framework.parsers import JSONParser, MultiPartParser
+from rest_framework.parsers import MultiPartParser
 from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -22,8 +22,7 @@ from apps.models_registry.services.deployments import (
     deployment_rollout_record,
     model_version_promote,
 )
-from apps.models_registry.services.profiling import version_profile_request
-from apps.models_registry.services.registration import model_version_register
+from apps.models_registry.services.registration import model_card_register
 
 
 def _deployment_body(deployment: Deployment) -> dict[str, Any]:
@@ -119,11 +118,11 @@ class ModelDetailApi(APIView):
 
 
 class ModelVersionListCreateApi(APIView):
-    """GET the versions; POST a new one as multipart: `files` (repeated) plus `model_card`
-    (JSON: signature, metrics, description) or the `signature`/`metrics` fields."""
+    """GET the versions; POST a new one as multipart: `files` (repeated, `model_card.json` among
+    them) and optionally `signature` / `metrics` fields (JSON) that win over the card's."""
 
     permission_classes = [IsAdminUser]
-    parser_classes = [MultiPartParser, JSONParser]
+    parser_classes = [MultiPartParser]
 
     class InputSerializer(serializers.Serializer):
         files = serializers.ListField(child=serializers.FileField(), allow_empty=False)
@@ -136,6 +135,8 @@ class ModelVersionListCreateApi(APIView):
         return Response(VersionOutputSerializer(model.versions.all(), many=True).data)
 
     def post(self, request: Request, name: str) -> Response:
+        # Checked before the body is read (the service checks again): no upload is stored for
+        # a user who may not register.
         if not request.user.has_perm("models_registry.add_modelversion"):
             return Response(
                 {
@@ -146,13 +147,10 @@ class ModelVersionListCreateApi(APIView):
                 },
                 status=status.HTTP_403_FORBIDDEN,
             )
-        serializer = self.InputSerializer(
-            data={**request.data.dict(), "files": request.FILES.getlist("files")}
-        )
+        serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         with tempfile.TemporaryDirectory() as folder:
-            card: dict[str, Any] = {}
             paths = []
             for upload in data["files"]:
                 if upload.size > settings.ARTIFACT_MAX_UPLOAD_BYTES:
@@ -163,27 +161,20 @@ class ModelVersionListCreateApi(APIView):
                 with target.open("wb") as handle:
                     for chunk in upload.chunks():
                         handle.write(chunk)
-                if target.name == "model_card.json":
-                    card = json.loads(target.read_text())
-                    continue
                 paths.append(target)
-            signature = data.get("signature") or card.get("signature")
-            if not signature:
-                raise serializers.ValidationError(
-                    {"signature": ["send a signature field or a model_card.json file"]}
+            try:
+                version = model_card_register(
+                    files=paths,
+                    name=name,
+                    signature=data.get("signature"),
+                    metrics=data.get("metrics"),
+                    notes=data["notes"],
+                    user=request.user,
                 )
-            version = model_version_register(
-                name=name,
-                files=paths,
-                signature=signature,
-                metrics=data.get("metrics") or card.get("metrics") or {},
-                description=card.get("description", ""),
-                gate=card.get("gate"),
-                batching=card.get("batching"),
-                notes=data["notes"],
-                user=request.user,
-            )
-            version_profile_request(version=version)
+            except ValidationError as exc:
+                # Keep the field a card error names ({"signature": [...]}) in the answer.
+                detail = exc.message_dict if hasattr(exc, "error_dict") else exc.messages
+                raise serializers.ValidationError(detail) from exc
         return Response(VersionOutputSerializer(version).data, status=status.HTTP_201_CREATED)
 
 

@@ -1,7 +1,13 @@
-"""Registering versions: what an artifact may be, what a signature must say;
-`model_version_register` stores the artifacts and numbers the version."""
+"""Registering versions: what an artifact may be, what a signature must say, and the model card.
 
+`model_card_register` is the one way in for a trained model's files and its `model_card.json`
+(the REST upload and `manage.py register_model` both call it); `model_version_register` stores
+the artifacts and numbers the version.
+"""
+
+import json
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +20,12 @@ from apps.models_registry.models import Artifact, ModelVersion, RegisteredModel,
 from apps.models_registry.services.actors import (
     User,
     actor_account,
+    actor_permission_require,
+    actor_superuser_require,
 )
+from apps.models_registry.services.deployments import deployment_set
 from apps.models_registry.services.events import registry_event_record
+from apps.models_registry.services.profiling import version_profile_request
 from apps.models_registry.storage import Progress, sha256_file, storage_get
 
 ARTIFACT_KINDS = {
@@ -27,6 +37,7 @@ ARTIFACT_KINDS = {
     ".xlsx": Artifact.Kind.VALIDATION,
     ".json": Artifact.Kind.OTHER,
 }
+MODEL_CARD_FILENAME = "model_card.json"
 MODEL_NAME_MAX_LENGTH = 64  # RegisteredModel.name
 
 
@@ -130,4 +141,120 @@ def model_version_register(
             user=user,
             details={"artifacts": {p.name: checksums[p] for p in paths}, "metrics": metrics or {}},
         )
+    return version
+
+
+# --- the model card ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a `model_card.json` says about a trained model; unknown keys (e.g. `framework`) are
+    kept with the file, not read."""
+
+    name: str | None = None
+    signature: dict[str, Any] | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    gate: dict[str, Any] | None = None
+    batching: dict[str, Any] | None = None
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _card_object(card: dict[str, Any], key: str) -> dict[str, Any] | None:
+    value = card.get(key)
+    if value is not None and not isinstance(value, dict):
+        raise ValidationError({key: [f"{MODEL_CARD_FILENAME}: {key} must be an object"]})
+    return value
+
+
+def model_card_parse(*, text: str) -> ModelCard:
+    """Read and check a model card; a `ValidationError` keyed by the field names what is wrong."""
+    try:
+        card = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValidationError({"model_card": [f"{MODEL_CARD_FILENAME} is not valid JSON: {exc}"]}) from exc
+    if not isinstance(card, dict):
+        raise ValidationError({"model_card": [f"{MODEL_CARD_FILENAME} must be a JSON object"]})
+    for key in ("name", "description"):
+        if card.get(key) is not None and not isinstance(card[key], str):
+            raise ValidationError({key: [f"{MODEL_CARD_FILENAME}: {key} must be a string"]})
+    gate = _card_object(card, "gate")
+    if gate is not None:
+        if not _number(gate.get("minimum")):
+            raise ValidationError({"gate": [f"{MODEL_CARD_FILENAME}: gate.minimum must be a number"]})
+        if not isinstance(gate.get("metric", "accuracy"), str):
+            raise ValidationError({"gate": [f"{MODEL_CARD_FILENAME}: gate.metric must be a metric's name"]})
+    batching = _card_object(card, "batching")
+    if batching is not None:
+        size, delay = batching.get("max_batch_size"), batching.get("max_delay_ms")
+        if size is not None and not (isinstance(size, int) and not isinstance(size, bool) and size >= 1):
+            raise ValidationError({"batching": [f"{MODEL_CARD_FILENAME}: max_batch_size must be >= 1"]})
+        if delay is not None and not (_number(delay) and delay >= 0):
+            raise ValidationError({"batching": [f"{MODEL_CARD_FILENAME}: max_delay_ms must be >= 0"]})
+    return ModelCard(
+        name=card.get("name") or None,
+        signature=_card_object(card, "signature"),
+        metrics=_card_object(card, "metrics") or {},
+        description=card.get("description") or "",
+        gate=gate,
+        batching=batching,
+    )
+
+
+def model_card_register(
+    *,
+    files: Iterable[Path],
+    name: str | None = None,
+    signature: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    notes: str = "",
+    deploy: str | None = None,
+    user: User = None,
+    progress: Progress | None = None,
+) -> ModelVersion:
+    """Register a trained model from its files, one of which may be its `model_card.json`.
+
+    The card gives the name, signature, metrics, description, gate and batching; `name`,
+    `signature` and `metrics` given here win over the card's (the REST route names the model,
+    a form may send the signature). Then the version's reference statistics are requested
+    (REGISTRY_PROFILE_ON_REGISTER) and, with `deploy`, the version goes live in that environment
+    without gates: only for bootstrapping an installation (a superuser or a trusted caller).
+    """
+    actor_permission_require(user=user, perm="models_registry.add_modelversion")
+    if deploy:
+        actor_superuser_require(user=user, what="deploying without gates")
+    paths = [Path(f) for f in files]
+    cards = [p for p in paths if p.name == MODEL_CARD_FILENAME]
+    if len(cards) > 1:
+        raise ValidationError({"model_card": [f"send one {MODEL_CARD_FILENAME}, not {len(cards)}"]})
+    card = model_card_parse(text=cards[0].read_text()) if cards else ModelCard()
+    name = name or card.name
+    if not name:
+        raise ValidationError({"name": [f"no model name: send a {MODEL_CARD_FILENAME} with one, or a name"]})
+    signature = signature or card.signature
+    if not signature:
+        raise ValidationError(
+            {"signature": [f"no signature: send a {MODEL_CARD_FILENAME} with one, or a signature"]}
+        )
+    if metrics is not None and not isinstance(metrics, dict):
+        raise ValidationError({"metrics": ["metrics must be an object"]})
+    version = model_version_register(
+        name=name,
+        files=[p for p in paths if p.name != MODEL_CARD_FILENAME],
+        signature=signature,
+        metrics=metrics or card.metrics,
+        description=card.description,
+        gate=card.gate,
+        batching=card.batching,
+        notes=notes,
+        user=user,
+        progress=progress,
+    )
+    version_profile_request(version=version)
+    if deploy:
+        deployment_set(version=version, environment=deploy, user=user)
     return version

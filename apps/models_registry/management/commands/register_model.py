@@ -1,4 +1,3 @@
-import json
 from pathlib import Path
 from typing import Any
 
@@ -7,9 +6,8 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
-from apps.models_registry.services.deployments import deployment_set
-from apps.models_registry.services.profiling import version_profile_request
-from apps.models_registry.services.registration import model_version_register
+from apps.models_registry import selectors
+from apps.models_registry.services.registration import MODEL_CARD_FILENAME, model_card_register
 
 
 class Command(BaseCommand):
@@ -32,31 +30,26 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         directory: Path = options["directory"]
-        card_path = directory / "model_card.json"
-        if not card_path.is_file():
-            raise CommandError(f"{card_path} not found")
-        card = json.loads(card_path.read_text())
-        files = sorted(p for p in directory.iterdir() if p.is_file() and p != card_path)
-        total = sum(p.stat().st_size for p in files)
+        if not (directory / MODEL_CARD_FILENAME).is_file():
+            raise CommandError(f"{directory / MODEL_CARD_FILENAME} not found")
+        files = sorted(p for p in directory.iterdir() if p.is_file())
+        total = sum(p.stat().st_size for p in files if p.name != MODEL_CARD_FILENAME)
         try:
             with tqdm(
                 total=total, unit="B", unit_scale=True, desc="upload", disable=options["verbosity"] == 0
             ) as bar:
-                version = model_version_register(
-                    name=options["name"] or card["name"],
+                version = model_card_register(
                     files=files,
-                    signature=card["signature"],
-                    metrics=card.get("metrics", {}),
-                    description=card.get("description", ""),
-                    gate=card.get("gate"),
-                    batching=card.get("batching"),
+                    name=options["name"],
                     notes=options["notes"],
+                    deploy=options["deploy"],
                     progress=bar.update,
                 )
-            self.stdout.write(f"registered {version} ({len(files)} artifacts)")
-            version_profile_request(version=version)
-            if options["deploy"]:
-                deployment = deployment_set(version=version, environment=options["deploy"])
-                self.stdout.write(f"deployed {deployment}")
         except ValidationError as exc:
             raise CommandError("; ".join(exc.messages)) from exc
+        self.stdout.write(f"registered {version} ({version.artifacts.count()} artifacts)")
+        if options["deploy"]:
+            deployment = selectors.deployment_get_active(
+                model_name=version.model.name, environment=options["deploy"]
+            )
+            self.stdout.write(f"deployed {deployment}")

@@ -141,3 +141,24 @@ def test_release_pipeline_reports_a_rollout(demo_model_dir: Path) -> None:
     assert stale.status_code == 409
     assert stale.json()["error"]["code"] == "not_live"
     assert client.get("/api/v1/models/digits/history").json()[0]["details"]["build_url"].endswith("/7/")
+
+
+def test_upload_without_a_card_sends_the_signature_as_fields(demo_model_dir: Path) -> None:
+    client = client_for("add_modelversion")
+    card = json.loads((demo_model_dir / "model_card.json").read_text())
+    handles = [p.open("rb") for p in sorted(demo_model_dir.iterdir()) if p.name != "model_card.json"]
+    try:
+        answer = client.post(
+            "/api/v1/models/digits/versions",
+            {
+                "files": handles,
+                "signature": json.dumps(card["signature"]),
+                "metrics": json.dumps({"accuracy": 0.5}),
+            },
+        )
+    finally:
+        for handle in handles:
+            handle.close()
+    assert answer.status_code == 201, answer.content
+    assert answer.json()["metrics"] == {"accuracy": 0.5}
+    assert answer.json()["signature"]["inputs"][0]["name"] == "pixels"
