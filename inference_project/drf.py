@@ -8,6 +8,8 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from inference_project.errors import error_body
+
 
 def _first_message(detail: Any) -> tuple[str | None, str]:
     """The first (field, message) of DRF's nested error detail."""
@@ -33,10 +35,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     code = getattr(exc, "default_code", "error")
     if isinstance(exc, exceptions.APIException) and isinstance(exc.detail, exceptions.ErrorDetail):
         code = exc.detail.code or code
-    body: dict[str, Any] = {"code": code, "message": message}
-    if field:
-        body["field"] = field
-    if response.status_code == status.HTTP_400_BAD_REQUEST and isinstance(response.data, dict):
-        body["details"] = response.data
-    response.data = {"error": body}
+    details = response.data if response.status_code == status.HTTP_400_BAD_REQUEST else None
+    extra = {"details": details} if isinstance(details, dict) else {}
+    response.data = error_body(str(code), message, field=field, **extra)
     return response

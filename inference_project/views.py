@@ -2,35 +2,33 @@
 
 from typing import Any
 
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse
 from django.views import defaults
 
+from inference_project.errors import error_response
+
 ADMIN_PREFIX = "/admin/"
-
-
-def _json_error(status: int, code: str, message: str) -> JsonResponse:
-    return JsonResponse({"error": {"code": code, "message": message}}, status=status)
 
 
 def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     if request.path.startswith(ADMIN_PREFIX):
         return defaults.page_not_found(request, exception)  # type: ignore[arg-type]
-    return _json_error(404, "not_found", f"no route {request.method} {request.path}")
+    return error_response(404, "not_found", f"no route {request.method} {request.path}")
 
 
 def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     if request.path.startswith(ADMIN_PREFIX):
         return defaults.bad_request(request, exception)  # type: ignore[arg-type]
-    return _json_error(400, "bad_request", "the request could not be understood")
+    return error_response(400, "bad_request", "the request could not be understood")
 
 
 def permission_denied(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     if request.path.startswith(ADMIN_PREFIX):
         return defaults.permission_denied(request, exception)  # type: ignore[arg-type]
-    return _json_error(403, "forbidden", "not allowed")
+    return error_response(403, "forbidden", "not allowed")
 
 
 def server_error(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
     if request.path.startswith(ADMIN_PREFIX):
         return defaults.server_error(request)
-    return _json_error(500, "internal_error", "internal error; it has been logged")
+    return error_response(500, "internal_error", "internal error; it has been logged")

@@ -1,4 +1,4 @@
-"""Bearer API keys for the prediction routes, checked in async views with a short cache."""
+"""Bearer API keys: who a request comes from, looked up with a short cache (transport-neutral)."""
 
 import hashlib
 import secrets
@@ -6,7 +6,6 @@ import time
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.http import HttpRequest
 
 from apps.predictions.errors import ApiError
 from apps.predictions.fastpath import db_fresh
@@ -52,11 +51,12 @@ def _lookup(hashed: str) -> ApiKey | None:
     return ApiKey.objects.filter(hashed_key=hashed, is_active=True).first()
 
 
-async def api_key_authenticate(request: HttpRequest, *, model_name: str | None = None) -> ApiKey | None:
-    """The request's key, or ApiError 401/403. Returns None when auth is switched off."""
+async def api_key_authenticate(authorization: str) -> ApiKey | None:
+    """The key of an `Authorization` value (`Bearer <key>`: an HTTP header or gRPC metadata), or
+    ApiError 401. Returns None when authentication is switched off."""
     if not settings.INFERENCE_AUTH_REQUIRED:
         return None
-    raw = _bearer(request.headers.get("Authorization", ""))
+    raw = _bearer(authorization)
     if raw is None:
         raise ApiError(
             401,
@@ -75,6 +75,4 @@ async def api_key_authenticate(request: HttpRequest, *, model_name: str | None =
         raise ApiError(
             401, "unauthenticated", "unknown or revoked API key", headers={"WWW-Authenticate": "Bearer"}
         )
-    if model_name is not None and not key.allows(model_name):
-        raise ApiError(403, "forbidden", f"this API key may not call model {model_name!r}")
     return key

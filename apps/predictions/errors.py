@@ -1,10 +1,14 @@
-"""Errors the API answers with, rendered in each protocol's own form."""
+"""The data plane's one error type. Each transport adapter renders it in its protocol's form."""
 
-from django.http import JsonResponse
+RETRY_AFTER_S = "1"
 
 
 class ApiError(Exception):
-    """A client-facing error: HTTP status, a stable code, a message and the field at fault."""
+    """A client-facing error: HTTP status, a stable code, a message and the field at fault.
+
+    The status is HTTP's; the gRPC adapter maps it to a status code. `headers` carries what the
+    client needs to act on it (`Retry-After`, `WWW-Authenticate`).
+    """
 
     def __init__(
         self,
@@ -22,18 +26,6 @@ class ApiError(Exception):
         self.field = field
         self.headers = headers or {}
 
-    def native_response(self) -> JsonResponse:
-        """`{"error": {"code", "message", "field"?}}`, the platform's own format."""
-        body: dict[str, str] = {"code": self.code, "message": self.message}
-        if self.field:
-            body["field"] = self.field
-        return JsonResponse({"error": body}, status=self.status, headers=self.headers)
-
-    def plain_response(self) -> JsonResponse:
-        """`{"error": "<message>"}`, what TF Serving and Open Inference Protocol clients parse."""
-        message = f"{self.field}: {self.message}" if self.field else self.message
-        return JsonResponse({"error": message}, status=self.status, headers=self.headers)
-
 
 def bad_request(message: str, *, field: str | None = None, code: str = "invalid_input") -> ApiError:
     return ApiError(400, code, message, field=field)
@@ -41,3 +33,10 @@ def bad_request(message: str, *, field: str | None = None, code: str = "invalid_
 
 def not_found(message: str, *, field: str | None = None) -> ApiError:
     return ApiError(404, "not_found", message, field=field)
+
+
+def unavailable(
+    message: str = "the queue is unreachable; retry shortly", code: str = "unavailable"
+) -> ApiError:
+    """503 with Retry-After: Redis or a worker cannot take the request now."""
+    return ApiError(503, code, message, headers={"Retry-After": RETRY_AFTER_S})

@@ -7,12 +7,21 @@ need none of the middleware (no sessions, cookies, CSRF or user), so this router
 with Django's own resolver and calls them directly with a Django request object. Everything else
 (admin, registry API, static files, unknown paths) goes through Django's handler unchanged.
 
-What the skipped middleware did for these routes is done here: the security headers, the
-body-size limit (read no further than INFERENCE_MAX_BODY_BYTES + 1), the Host check (when a view
-builds an absolute URL), and database connection hygiene (the views' rare, cached queries call
-`close_old_connections` themselves; see `db_fresh`).
+What the skipped middleware did for these routes is done here: the security headers, the Host
+check (when a view builds an absolute URL), and database connection hygiene (the views' rare,
+cached queries call `close_old_connections` themselves; see `db_fresh`).
+
+The body limit of these routes lives here and nowhere else: a body over INFERENCE_MAX_BODY_BYTES
+is refused on its Content-Length before any of it is kept (or as soon as a body without one
+passes the limit); the view answers 413 in its protocol's form when it asks for the body
+(`body_get`), and only once the client has sent it all, read and discarded up to
+INFERENCE_BODY_DRAIN_BYTES (what nginx's lingering close does): a plain blocking client such
+as urllib or requests writes the whole body before it reads, and a server that answers and
+closes meanwhile resets its connection, so the client never sees the 413. A client that sent
+`Expect: 100-continue` is answered at once and sends nothing.
 """
 
+import asyncio
 import io
 import logging
 from collections.abc import Awaitable, Callable
@@ -22,10 +31,12 @@ from django.conf import settings
 from django.core.exceptions import DisallowedHost
 from django.core.handlers.asgi import ASGIRequest
 from django.db import close_old_connections
-from django.http import HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse
 from django.urls import Resolver404, get_resolver
 
+from apps.predictions.errors import ApiError
 from apps.predictions.observability import request_closed, request_failed, request_opened
+from inference_project.errors import error_response
 
 logger = logging.getLogger(__name__)
 
@@ -39,25 +50,73 @@ SECURITY_HEADERS = [
 ]
 
 
+def body_get(request: HttpRequest) -> bytes:
+    """The request's body, or 413 when it was over INFERENCE_MAX_BODY_BYTES (and not kept)."""
+    if request.META.get(BODY_REFUSED):
+        limit = settings.INFERENCE_MAX_BODY_BYTES
+        raise ApiError(413, "payload_too_large", f"request body exceeds {limit} bytes", field="body")
+    return request.body
+
+
 def db_fresh() -> None:
     """Call before a query from a fast-path view: what Django does at each request's edges."""
     close_old_connections()
 
 
-async def _read_body(receive: Callable[..., Awaitable[Any]], limit: int) -> bytes | None:
-    """The request body, or None as soon as it exceeds `limit` bytes."""
+BODY_REFUSED = "inference.body_refused"
+# A client still sending after this long is cut off (a slow sender holds a connection, not memory).
+DRAIN_TIMEOUT_S = 30.0
+
+
+async def _read_body(
+    scope: dict[str, Any], receive: Callable[..., Awaitable[Any]], limit: int
+) -> tuple[bytes | None, bool]:
+    """(the request body, or None when it exceeds `limit` bytes; whether the client sent all it
+    meant to, so the connection can serve another request)."""
+    declared = _content_length(scope)
+    if declared is not None and declared > limit:
+        if _header(scope, b"expect").lower() == "100-continue":
+            return None, False  # it waits for our answer before sending: nothing to drain
+        return None, await _drain(receive, declared)
     chunks, size = [], 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            return b""
+            return b"", False
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            return None
+            return None, not message.get("more_body") or await _drain(receive, size)
         chunks.append(chunk)
         if not message.get("more_body"):
-            return b"".join(chunks)
+            return b"".join(chunks), True
+
+
+async def _drain(receive: Callable[..., Awaitable[Any]], size_hint: int) -> bool:
+    """Read and discard the rest of a refused body, up to INFERENCE_BODY_DRAIN_BYTES and
+    DRAIN_TIMEOUT_S; True when the client finished sending it."""
+    budget = settings.INFERENCE_BODY_DRAIN_BYTES
+    if size_hint > budget:
+        return False
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DRAIN_TIMEOUT_S
+    drained = 0
+    while drained <= budget:
+        try:
+            message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            return False
+        if message["type"] == "http.disconnect":
+            return False
+        drained += len(message.get("body", b""))
+        if not message.get("more_body"):
+            return True
+    return False
+
+
+def _content_length(scope: dict[str, Any]) -> int | None:
+    raw = _header(scope, b"content-length")
+    return int(raw) if raw.isdigit() else None
 
 
 async def _send(send: Callable[..., Awaitable[Any]], response: HttpResponse) -> None:
@@ -100,27 +159,23 @@ class FastPath:
         return None
 
     async def _respond(self, scope: dict[str, Any], receive: Any, match: Any) -> HttpResponse:
-        limit = settings.INFERENCE_MAX_BODY_BYTES
-        body = await _read_body(receive, limit)
+        body, sent_all = await _read_body(scope, receive, settings.INFERENCE_MAX_BODY_BYTES)
+        request = ASGIRequest(scope, io.BytesIO(body or b""))
         if body is None:
-            request_failed("payload_too_large")
-            message = f"request body exceeds {limit} bytes"
-            return JsonResponse(
-                {"error": {"code": "payload_too_large", "message": message, "field": "body"}}, status=413
-            )
-        request = ASGIRequest(scope, io.BytesIO(body))
+            # The view answers 413 in its protocol's form when it reads the body (body_get).
+            request.META[BODY_REFUSED] = True
         try:
-            return await match.func(request, *match.args, **match.kwargs)
+            response: HttpResponse = await match.func(request, *match.args, **match.kwargs)
+            if not sent_all:
+                response["Connection"] = "close"  # what the client still sends is not read
+            return response
         except DisallowedHost as exc:
             request_failed("bad_request")
-            return JsonResponse({"error": {"code": "bad_request", "message": str(exc)}}, status=400)
+            return error_response(400, "bad_request", str(exc))
         except Exception:
             logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
             request_failed("internal_error")
-            return JsonResponse(
-                {"error": {"code": "internal_error", "message": "internal error; it has been logged"}},
-                status=500,
-            )
+            return error_response(500, "internal_error", "internal error; it has been logged")
 
 
 def _header(scope: dict[str, Any], name: bytes) -> str:

@@ -21,12 +21,12 @@ from typing import Any
 import redis.asyncio as aioredis
 from django.conf import settings
 
+from inference_common.results import RESULT_PREFIX
 from inference_project.celery_app import app as celery_app
 from inference_project.redis_clients import redis_async
 
 logger = logging.getLogger(__name__)
 
-RESULT_PREFIX = "celery-task-meta-"
 POLL_INTERVAL_S = 5.0
 CHECK_CHUNK = 500  # result keys per MGET when the subscription comes back
 

@@ -1,6 +1,5 @@
-"""Producer side of a prediction: enqueue on the model's queue, await or record the result.
-
-Every protocol view (native, TF Serving, Open Inference Protocol) ends here.
+"""Producer side of a prediction, behind the data plane: admit, claim an idempotency key, batch,
+enqueue on the model's queue, and await (or record) the answer.
 """
 
 import asyncio
@@ -9,7 +8,6 @@ import hashlib
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,40 +18,23 @@ from redis.exceptions import RedisError
 
 from apps.predictions.admission import admission_check
 from apps.predictions.batching import Batcher, batcher_get
-from apps.predictions.errors import ApiError
+from apps.predictions.errors import ApiError, unavailable
 from apps.predictions.observability import request_identified
 from apps.predictions.results import result_payload_decode, result_waiter_get
 from apps.predictions.selectors import ServedModel
+from apps.predictions.types import Caller, InferenceResponse
+from inference_common.results import Failure, result_decode, result_key
 from inference_common.task_names import PREDICT_BATCH_TASK
 from inference_common.tensor_store import batch_bytes, tensors_offload
-from inference_common.wire import tensor_decode
 from inference_project.celery_app import app as celery_app
 from inference_project.redis_clients import redis_sync
 
 JOB_PREFIX = "inference:job:"
 IDEMPOTENCY_PREFIX = "inference:idem:"
-RETRY_AFTER_S = "1"
 
 # Publishing goes through kombu's blocking client; a small pool keeps it off the event loop, so a
 # slow or absent Redis delays only the requests that publish, never the whole process.
 _publisher = ThreadPoolExecutor(max_workers=4, thread_name_prefix="celery-publish")
-
-
-@dataclass(frozen=True)
-class PredictionResult:
-    id: str
-    model: str
-    version: int
-    outputs: dict[str, np.ndarray]
-
-
-def broker_unavailable() -> ApiError:
-    return ApiError(
-        503,
-        "unavailable",
-        "the queue is unreachable; retry shortly",
-        headers={"Retry-After": RETRY_AFTER_S},
-    )
 
 
 def _publish_batch(served: ServedModel, parts: list[dict[str, Any]], expires: float | None) -> None:
@@ -80,7 +61,7 @@ async def _publish_batch_async(
             _publisher, lambda: _publish_batch(served, parts, expires)
         )
     except (OperationalError, RedisError, OSError) as exc:
-        raise broker_unavailable() from exc
+        raise unavailable() from exc
 
 
 @functools.cache
@@ -92,34 +73,18 @@ def _batcher(served: ServedModel) -> Batcher:
     return batcher_get(served, _publish_batch_async, settings.INFERENCE_MAX_INFLIGHT_BATCHES)
 
 
-def _result_from_meta(task_id: str, meta: dict[str, Any]) -> PredictionResult:
+def _response_from_meta(task_id: str, served: ServedModel, meta: dict[str, Any]) -> InferenceResponse:
     status = meta.get("status")
     if status == "REVOKED":
         raise ApiError(504, "timeout", "the request expired before a worker reached it")
     if status != "SUCCESS":
         raise ApiError(500, "inference_failed", f"inference failed ({status}): {meta.get('result')}")
-    result = meta["result"]
-    if "error" in result:
-        code = result["error"]["code"]
-        status_code = 404 if code == "not_found" else 503
-        headers = {"Retry-After": RETRY_AFTER_S} if status_code == 503 else None
-        raise ApiError(status_code, code, result["error"]["message"], headers=headers)
-    return PredictionResult(
-        id=task_id,
-        model=result["model"],
-        version=result["version"],
-        outputs={name: tensor_decode(wire) for name, wire in result["outputs"].items()},
-    )
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who asks and under which terms: owner (API key id), its rate, idempotency key, deadline."""
-
-    owner: str
-    rate: int
-    deadline_s: float
-    idempotency_key: str | None = None
+    result = result_decode(meta["result"])
+    if isinstance(result, Failure):
+        if result.code == "not_found":
+            raise ApiError(404, result.code, result.message)
+        raise unavailable(result.message, code=result.code)
+    return InferenceResponse(id=task_id, served=served, version=result.version, outputs=result.outputs)
 
 
 def request_fingerprint(served: ServedModel, inputs: dict[str, np.ndarray]) -> str:
@@ -179,7 +144,7 @@ async def _idempotency_release(caller: Caller) -> None:
 
 async def prediction_run(
     *, served: ServedModel, inputs: dict[str, np.ndarray], caller: Caller
-) -> PredictionResult:
+) -> InferenceResponse:
     """Enqueue and wait up to the caller's deadline; 504 after that.
 
     The task expires at the same deadline, so workers skip it once nobody waits for it. With an
@@ -202,12 +167,12 @@ async def prediction_run(
         await _idempotency_release(caller)
         raise ApiError(504, "timeout", f"no result within {caller.deadline_s:g}s") from None
     except (RedisError, OSError) as exc:
-        raise broker_unavailable() from exc
-    return _result_from_meta(task_id, result_payload_decode(payload))
+        raise unavailable() from exc
+    return _response_from_meta(task_id, served, result_payload_decode(payload))
 
 
 async def prediction_enqueue(*, served: ServedModel, inputs: dict[str, np.ndarray], caller: Caller) -> str:
-    """Enqueue without waiting; the job id is then polled with `prediction_status`."""
+    """Enqueue without waiting; the job id is then polled with `prediction_job_get`."""
     try:
         await admission_check(owner=caller.owner, rate=caller.rate, queue=served.queue)
         task_id, fresh = await _task_id_claim(caller=caller, served=served, inputs=inputs)
@@ -219,26 +184,25 @@ async def prediction_enqueue(*, served: ServedModel, inputs: dict[str, np.ndarra
         )
         await result_waiter_get().redis.set(JOB_PREFIX + task_id, job, ex=settings.CELERY_RESULT_EXPIRES)
     except (RedisError, OSError) as exc:
-        raise broker_unavailable() from exc
+        raise unavailable() from exc
     await _batcher(served).submit(request_id=task_id, inputs=inputs, expires_s=None, awaited=False)
     return task_id
 
 
-async def prediction_status(
-    *, job_id: str, owner: str
-) -> tuple[str, PredictionResult | ApiError | None, dict[str, Any]]:
-    """(`pending` | `done` | `failed`, result or error, job record); 404 for unknown jobs."""
+async def prediction_job_get(*, job_id: str, owner: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """An async job's record and, once answered, its stored result meta; 404 for unknown jobs
+    (or another key's)."""
     redis = result_waiter_get().redis
     try:
-        job_raw, payload = await redis.mget(JOB_PREFIX + job_id, "celery-task-meta-" + job_id)
+        job_raw, payload = await redis.mget(JOB_PREFIX + job_id, result_key(job_id))
     except (RedisError, OSError) as exc:
-        raise broker_unavailable() from exc
+        raise unavailable() from exc
     job = json.loads(job_raw) if job_raw else None
     if job is None or job["owner"] != owner:
         raise ApiError(404, "not_found", f"no prediction job {job_id!r}", field="id")
-    if payload is None:
-        return "pending", None, job
-    try:
-        return "done", _result_from_meta(job_id, result_payload_decode(payload)), job
-    except ApiError as exc:
-        return "failed", exc, job
+    return job, None if payload is None else result_payload_decode(payload)
+
+
+def prediction_response(*, task_id: str, served: ServedModel, meta: dict[str, Any]) -> InferenceResponse:
+    """The stored answer of `task_id` as a response, or the ApiError it stands for."""
+    return _response_from_meta(task_id, served, meta)

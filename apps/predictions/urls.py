@@ -2,6 +2,7 @@ from django.urls import path, register_converter
 from django.views.decorators.csrf import csrf_exempt
 
 from apps.predictions import apis
+from apps.predictions.transports import native, tfserving, v2
 
 
 class JobIdConverter:
@@ -28,21 +29,21 @@ urlpatterns = [
     path("api/schema", exempt(apis.SchemaApi)),
     path("metrics", exempt(apis.MetricsApi)),
     # native
-    path("api/v1/predictions", exempt(apis.PredictionCreateApi)),
-    path("api/v1/predictions/<job:job_id>", exempt(apis.PredictionDetailApi)),
+    path("api/v1/predictions", exempt(native.PredictionCreateApi)),
+    path("api/v1/predictions/<job:job_id>", exempt(native.PredictionDetailApi)),
     # TensorFlow Serving REST
-    path("v1/models/<slug:name>:predict", exempt(apis.TfServingPredictApi)),
-    path("v1/models/<slug:name>/versions/<int:version>:predict", exempt(apis.TfServingPredictApi)),
-    path("v1/models/<slug:name>", exempt(apis.TfServingStatusApi)),
-    path("v1/models/<slug:name>/versions/<int:version>", exempt(apis.TfServingStatusApi)),
+    path("v1/models/<slug:name>:predict", exempt(tfserving.PredictApi)),
+    path("v1/models/<slug:name>/versions/<int:version>:predict", exempt(tfserving.PredictApi)),
+    path("v1/models/<slug:name>", exempt(tfserving.StatusApi)),
+    path("v1/models/<slug:name>/versions/<int:version>", exempt(tfserving.StatusApi)),
     # Open Inference Protocol (KServe v2)
-    path("v2", exempt(apis.V2ServerMetadataApi)),
-    path("v2/health/live", exempt(apis.V2LiveApi)),
-    path("v2/health/ready", exempt(apis.V2ReadyApi)),
-    path("v2/models/<slug:name>", exempt(apis.V2ModelMetadataApi)),
-    path("v2/models/<slug:name>/versions/<int:version>", exempt(apis.V2ModelMetadataApi)),
-    path("v2/models/<slug:name>/ready", exempt(apis.V2ModelReadyApi)),
-    path("v2/models/<slug:name>/versions/<int:version>/ready", exempt(apis.V2ModelReadyApi)),
-    path("v2/models/<slug:name>/infer", exempt(apis.V2InferApi)),
-    path("v2/models/<slug:name>/versions/<int:version>/infer", exempt(apis.V2InferApi)),
+    path("v2", exempt(v2.ServerMetadataApi)),
+    path("v2/health/live", exempt(v2.LiveApi)),
+    path("v2/health/ready", exempt(v2.ReadyApi)),
+    path("v2/models/<slug:name>", exempt(v2.ModelMetadataApi)),
+    path("v2/models/<slug:name>/versions/<int:version>", exempt(v2.ModelMetadataApi)),
+    path("v2/models/<slug:name>/ready", exempt(v2.ModelReadyApi)),
+    path("v2/models/<slug:name>/versions/<int:version>/ready", exempt(v2.ModelReadyApi)),
+    path("v2/models/<slug:name>/infer", exempt(v2.InferApi)),
+    path("v2/models/<slug:name>/versions/<int:version>/infer", exempt(v2.InferApi)),
 ]

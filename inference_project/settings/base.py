@@ -167,10 +167,13 @@ INFERENCE_ENVIRONMENT = env("INFERENCE_ENVIRONMENT", default=INFERENCE_ENVIRONME
 ARTIFACTS_ROOT = env.path("ARTIFACTS_ROOT", default=str(VAR_DIR / "artifacts"))
 # How long a synchronous request waits for its result before answering 504.
 INFERENCE_SYNC_TIMEOUT_S = env.float("INFERENCE_SYNC_TIMEOUT_S", default=30.0)
-# Requests larger than this answer 413; more rows than this in one request answer 400.
+# Prediction requests larger than this answer 413 (enforced once, in apps/predictions/fastpath.py);
+# more rows than this in one request answer 400.
 INFERENCE_MAX_BODY_BYTES = env.int("INFERENCE_MAX_BODY_BYTES", default=8 * 1024 * 1024)
 INFERENCE_MAX_BATCH_ROWS = env.int("INFERENCE_MAX_BATCH_ROWS", default=1024)
-DATA_UPLOAD_MAX_MEMORY_SIZE = INFERENCE_MAX_BODY_BYTES
+# A refused body is read and discarded up to this size before the 413 is sent, so a client that
+# writes its whole body before reading (urllib, requests) gets the answer instead of a reset.
+INFERENCE_BODY_DRAIN_BYTES = env.int("INFERENCE_BODY_DRAIN_BYTES", default=512 * 1024 * 1024)
 # Admission control, checked before anything is enqueued: requests per second per API key (429),
 # and messages waiting in a model's queue (503). Both answer with Retry-After.
 INFERENCE_THROTTLE_PER_SECOND = env.int("INFERENCE_THROTTLE_PER_SECOND", default=2000)

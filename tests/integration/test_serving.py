@@ -1,9 +1,12 @@
 """End to end over HTTP: real redis-server, real Celery worker processes, real uvicorn."""
 
 import asyncio
+import json
 import re
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import httpx
@@ -217,6 +220,38 @@ def test_malformed_bodies_get_4xx_naming_the_field(
         )
     assert response.status_code == status, response.text[:500]
     assert response.json()["error"]["field"] == field
+
+
+OVERSIZED_ROUTES = [
+    ("/api/v1/predictions", 64, "native"),
+    ("/v1/models/digits:predict", 64, "plain"),
+    ("/v2/models/digits/infer", 64, "plain"),
+    ("/api/v1/predictions", 256, "native"),
+]
+
+
+@pytest.mark.parametrize(
+    ("route", "megabytes", "form"), OVERSIZED_ROUTES, ids=["native", "tfserving", "v2", "native-256MB"]
+)
+def test_a_plain_client_reads_the_413_of_an_oversized_body(
+    platform: Platform, route: str, megabytes: int, form: str
+) -> None:
+    """urllib writes the whole body before it reads (no `Expect: 100-continue`): the API must
+    read it to the end before answering, or the client's write fails on a reset connection."""
+    body = b'{"inputs": [' + b"0" * (megabytes * 1024 * 1024) + b"]}"
+    request = urllib.request.Request(
+        platform.base_url + route,
+        data=body,
+        headers={"Authorization": f"Bearer {platform.token}", "Content-Type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as answered:
+        urllib.request.urlopen(request, timeout=60)
+    assert answered.value.code == 413
+    error = json.loads(answered.value.read())["error"]
+    if form == "native":
+        assert (error["code"], error["field"]) == ("payload_too_large", "body")
+    else:
+        assert error.startswith("body: request body exceeds")
 
 
 def test_service_keeps_serving_after_bad_inputs(platform: Platform, heldout) -> None:  # type: ignore[no-untyped-def]

@@ -1,137 +1,42 @@
-"""Request and response shapes of the three faces of one predict.
+"""The Open Inference Protocol (KServe v2) over REST.
 
-- native:  POST /api/v1/predictions  {"model", "version"?, "inputs", "async"?}
-- TF Serving REST: {"instances": [...]} (row) or {"inputs": ...} (columnar)
-- Open Inference Protocol v2: {"inputs": [{"name", "shape", "datatype", "data"}], "outputs"?}
+    POST /v2/models/{name}[/versions/{v}]/infer
+      {"id"?, "inputs": [{"name", "shape", "datatype", "data"}], "outputs"?, "parameters"?}
+      → {"model_name", "model_version", "id", "outputs": [...]}
+      with the binary tensor data extension: `Inference-Header-Content-Length` bytes of JSON,
+      then the tensors' raw little-endian bytes (BYTES: 4-byte length-prefixed elements)
+    GET /v2, /v2/health/live, /v2/health/ready, /v2/models/{name}[/versions/{v}][/ready]
 
-Pure functions from parsed JSON to numpy arrays and back; validation errors name the field.
+Errors: {"error": "<message>"}.
 """
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
+from django.http import HttpRequest, HttpResponse
+from django.views import View
 
+from apps.predictions import dataplane
 from apps.predictions.errors import bad_request
+from apps.predictions.fastpath import body_get
 from apps.predictions.selectors import ServedModel
-from apps.predictions.services import PredictionResult
-from apps.predictions.validation import bytes_from_json, shape_check, tensor_check, tensor_from_json
+from apps.predictions.transports.http import (
+    json_body,
+    json_object,
+    json_response,
+    renders_errors,
+    request_context,
+)
+from apps.predictions.types import InferenceRequest, InferenceResponse
+from apps.predictions.validation import bytes_from_json, shape_check, tensor_check
 from inference_common.wire import NUMPY_TO_V2, V2_TO_NUMPY, bytes_array
 
-# --- native -----------------------------------------------------------------------------------
+BINARY_HEADER = "Inference-Header-Content-Length"
 
 
-@dataclass(frozen=True)
-class NativeRequest:
-    model: str
-    version: int | None
-    inputs: Any
-    run_async: bool
-
-
-def _version_field(value: Any, *, field: str) -> int | None:
-    if value is None:
-        return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, str))
-        or not str(value).isdigit()
-        or int(value) < 1
-    ):
-        raise bad_request("version must be a positive integer", field=field)
-    return int(value)
-
-
-def native_request_parse(body: dict[str, Any]) -> NativeRequest:
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise bad_request("model is required (a model name)", field="model")
-    if "inputs" not in body:
-        raise bad_request("inputs is required: a list of input rows", field="inputs")
-    run_async = body.get("async", False)
-    if not isinstance(run_async, bool):
-        raise bad_request("async must be true or false", field="async")
-    return NativeRequest(
-        model, _version_field(body.get("version"), field="version"), body["inputs"], run_async
-    )
-
-
-def native_inputs(request: NativeRequest, served: ServedModel) -> dict[str, np.ndarray]:
-    spec = served.input_spec()
-    return {spec["name"]: tensor_from_json(request.inputs, spec=spec, field="inputs")}
-
-
-def native_response(result: PredictionResult, served: ServedModel) -> dict[str, Any]:
-    output_name = served.signature["outputs"][0]["name"]
-    scores = result.outputs[output_name]
-    body: dict[str, Any] = {
-        "id": result.id,
-        "model": result.model,
-        "version": result.version,
-        "predictions": scores,
-    }
-    class_names = served.signature.get("class_names")
-    if class_names and scores.ndim == 2 and scores.shape[1] == len(class_names):
-        body["labels"] = [class_names[i] for i in np.argmax(scores, axis=1)]
-    return body
-
-
-# --- TensorFlow Serving REST ------------------------------------------------------------------
-
-
-def tfserving_inputs(body: dict[str, Any], served: ServedModel) -> tuple[dict[str, np.ndarray], bool]:
-    """Inputs by name and whether the request used the row ("instances") format."""
-    if ("instances" in body) == ("inputs" in body):
-        raise bad_request(
-            "send exactly one of 'instances' (row format) or 'inputs' (columnar format)", field="instances"
-        )
-    specs = served.signature["inputs"]
-    if "instances" in body:
-        instances = body["instances"]
-        if not isinstance(instances, list) or not instances:
-            raise bad_request("instances must be a non-empty list", field="instances")
-        if all(isinstance(row, dict) and set(row) != {"b64"} for row in instances):
-            return {
-                spec["name"]: tensor_from_json(
-                    [row.get(spec["name"]) for row in instances], spec=spec, field=f"instances.{spec['name']}"
-                )
-                for spec in specs
-            }, True
-        if len(specs) != 1:
-            raise bad_request(
-                "this model has several inputs: send each instance as an object", field="instances"
-            )
-        return {specs[0]["name"]: tensor_from_json(instances, spec=specs[0], field="instances")}, True
-    columns = body["inputs"]
-    if isinstance(columns, dict):
-        return {
-            spec["name"]: tensor_from_json(
-                columns.get(spec["name"]), spec=spec, field=f"inputs.{spec['name']}"
-            )
-            for spec in specs
-        }, False
-    if len(specs) != 1:
-        raise bad_request("this model has several inputs: send 'inputs' as an object", field="inputs")
-    return {specs[0]["name"]: tensor_from_json(columns, spec=specs[0], field="inputs")}, False
-
-
-def tfserving_response(result: PredictionResult, *, row_format: bool) -> dict[str, Any]:
-    outputs = result.outputs
-    if len(outputs) == 1:
-        (only,) = outputs.values()
-        return {"predictions": only} if row_format else {"outputs": only}
-    if row_format:
-        rows = len(next(iter(outputs.values())))
-        return {"predictions": [{name: array[i] for name, array in outputs.items()} for i in range(rows)]}
-    return {"outputs": outputs}
-
-
-# --- Open Inference Protocol (KServe v2) --------------------------------------------------------
-
-
-def v2_metadata(served: ServedModel, versions: list[int]) -> dict[str, Any]:
+def metadata_render(served: ServedModel, versions: list[int]) -> dict[str, Any]:
     def tensors(side: str) -> list[dict[str, Any]]:
         return [
             {"name": t["name"], "datatype": t["datatype"], "shape": t["shape"]}
@@ -147,7 +52,7 @@ def v2_metadata(served: ServedModel, versions: list[int]) -> dict[str, Any]:
     }
 
 
-def _v2_binary_bytes(chunk: bytes, shape: list[int], *, field: str) -> np.ndarray:
+def _binary_bytes(chunk: bytes, shape: list[int], *, field: str) -> np.ndarray:
     """BYTES in the binary data extension: each element is a 4-byte little-endian length and
     that many bytes."""
     items, offset = [], 0
@@ -167,12 +72,10 @@ def _v2_binary_bytes(chunk: bytes, shape: list[int], *, field: str) -> np.ndarra
     return bytes_array(items, shape)
 
 
-def _v2_binary_tensor(item: dict[str, Any], spec: dict[str, Any], chunk: bytes, *, field: str) -> np.ndarray:
+def _binary_tensor(item: dict[str, Any], spec: dict[str, Any], chunk: bytes, *, field: str) -> np.ndarray:
     """A tensor sent with the binary data extension: raw little-endian bytes after the JSON."""
     if spec["datatype"] == "BYTES":
-        return shape_check(
-            _v2_binary_bytes(chunk, item["shape"], field=field), spec=spec, field=f"{field}.data"
-        )
+        return shape_check(_binary_bytes(chunk, item["shape"], field=field), spec=spec, field=f"{field}.data")
     dtype = np.dtype(V2_TO_NUMPY[spec["datatype"]]).newbyteorder("<")
     shape = item["shape"]
     if len(chunk) != math.prod(shape) * dtype.itemsize:
@@ -183,7 +86,7 @@ def _v2_binary_tensor(item: dict[str, Any], spec: dict[str, Any], chunk: bytes, 
     return tensor_check(np.frombuffer(chunk, dtype=dtype).reshape(shape), spec=spec, field=f"{field}.data")
 
 
-def _v2_tensor(
+def _tensor(
     item: Any, *, index: int, specs: dict[str, dict[str, Any]], binary: "BinaryReader | None" = None
 ) -> tuple[str, np.ndarray]:
     field = f"inputs[{index}]"
@@ -210,7 +113,7 @@ def _v2_tensor(
             raise bad_request(
                 "binary_data_size needs the binary data extension body", field=f"{field}.parameters"
             )
-        return name, _v2_binary_tensor(item, spec, binary.take(size, field=field), field=field)
+        return name, _binary_tensor(item, spec, binary.take(size, field=field), field=field)
     data = item.get("data")
     if not isinstance(data, list):
         raise bad_request("data must be a list (flat or nested)", field=f"{field}.data")
@@ -249,7 +152,7 @@ class BinaryReader:
         return chunk
 
 
-def v2_split_binary(raw: bytes, header_length: str) -> tuple[dict[str, Any], BinaryReader]:
+def binary_split(raw: bytes, header_length: str) -> tuple[dict[str, Any], BinaryReader]:
     """Split a binary-extension body: `Inference-Header-Content-Length` bytes of JSON, then data."""
     if not header_length.isdigit() or int(header_length) > len(raw):
         raise bad_request(
@@ -266,15 +169,15 @@ def v2_split_binary(raw: bytes, header_length: str) -> tuple[dict[str, Any], Bin
     return header, BinaryReader(raw[size:])
 
 
-def v2_inputs(
+def inputs_decode(
     body: dict[str, Any], served: ServedModel, binary: BinaryReader | None = None
-) -> tuple[dict[str, np.ndarray], list[str] | None]:
-    """Inputs by name, and the output names the client asked for (None: all)."""
+) -> dict[str, np.ndarray]:
+    """Inputs by name, checked against the served signature (with the outputs asked for)."""
     items = body.get("inputs")
     if not isinstance(items, list) or not items:
         raise bad_request("inputs must be a non-empty list of tensors", field="inputs")
     specs = {spec["name"]: spec for spec in served.signature["inputs"]}
-    inputs = dict(_v2_tensor(item, index=i, specs=specs, binary=binary) for i, item in enumerate(items))
+    inputs = dict(_tensor(item, index=i, specs=specs, binary=binary) for i, item in enumerate(items))
     missing = sorted(set(specs) - set(inputs))
     if missing:
         raise bad_request(f"missing inputs {missing}", field="inputs")
@@ -282,19 +185,24 @@ def v2_inputs(
     if len(rows) != 1:
         raise bad_request("all inputs must have the same batch size", field="inputs")
     requested = body.get("outputs")
-    if requested is None:
-        return inputs, None
     known = {spec["name"] for spec in served.signature["outputs"]}
-    if not isinstance(requested, list) or not all(
-        isinstance(o, dict) and o.get("name") in known for o in requested
+    if requested is not None and (
+        not isinstance(requested, list)
+        or not all(isinstance(o, dict) and o.get("name") in known for o in requested)
     ):
         raise bad_request(
             f"outputs must be a list of {{'name'}} objects naming {sorted(known)}", field="outputs"
         )
-    return inputs, [o["name"] for o in requested]
+    return inputs
 
 
-def v2_binary_wanted(body: dict[str, Any]) -> set[str] | bool:
+def outputs_wanted(body: dict[str, Any]) -> list[str] | None:
+    """The output names the client asked for (None: all); checked by `inputs_decode`."""
+    requested = body.get("outputs")
+    return None if requested is None else [o["name"] for o in requested]
+
+
+def binary_wanted(body: dict[str, Any]) -> set[str] | bool:
     """Outputs the client wants as binary: all (True), some names, or none."""
     if (body.get("parameters") or {}).get("binary_data_output") is True:
         return True
@@ -306,11 +214,11 @@ def v2_binary_wanted(body: dict[str, Any]) -> set[str] | bool:
     }
 
 
-def v2_binary_response(
-    result: PredictionResult, *, request_id: Any, wanted: list[str] | None, binary: set[str] | bool
+def binary_response_render(
+    response: InferenceResponse, *, request_id: Any, wanted: list[str] | None, binary: set[str] | bool
 ) -> tuple[bytes, int]:
     """(body, JSON header length): outputs chosen as binary travel as raw little-endian bytes."""
-    header = v2_response(result, request_id=request_id, wanted=wanted)
+    header = response_render(response, request_id=request_id, wanted=wanted)
     chunks = []
     for output in header["outputs"]:
         if binary is True or output["name"] in binary:
@@ -323,7 +231,9 @@ def v2_binary_response(
     return head + b"".join(chunks), len(head)
 
 
-def v2_response(result: PredictionResult, *, request_id: Any, wanted: list[str] | None) -> dict[str, Any]:
+def response_render(
+    response: InferenceResponse, *, request_id: Any, wanted: list[str] | None
+) -> dict[str, Any]:
     outputs = [
         {
             "name": name,
@@ -331,13 +241,73 @@ def v2_response(result: PredictionResult, *, request_id: Any, wanted: list[str] 
             "datatype": NUMPY_TO_V2[array.dtype.name],
             "data": array.reshape(-1),
         }
-        for name, array in result.outputs.items()
+        for name, array in response.outputs.items()
         if wanted is None or name in wanted
     ]
     body: dict[str, Any] = {
-        "model_name": result.model,
-        "model_version": str(result.version),
+        "model_name": response.model,
+        "model_version": str(response.version),
         "outputs": outputs,
     }
-    body["id"] = request_id if isinstance(request_id, str) and request_id else result.id
+    body["id"] = request_id if isinstance(request_id, str) and request_id else response.id
     return body
+
+
+class ServerMetadataApi(View):
+    async def get(self, request: HttpRequest) -> HttpResponse:
+        return json_response({"name": "keras-inference-platform", "version": "1.0", "extensions": []})
+
+
+class LiveApi(View):
+    async def get(self, request: HttpRequest) -> HttpResponse:
+        return json_response({"live": True})
+
+
+class ReadyApi(View):
+    async def get(self, request: HttpRequest) -> HttpResponse:
+        ready, _ = await dataplane.server_ready()
+        # The protocol: 200 means ready, a 4xx means not ready.
+        return json_response({"ready": ready}, status=200 if ready else 400)
+
+
+class ModelMetadataApi(View):
+    @renders_errors("plain")
+    async def get(self, request: HttpRequest, name: str, version: int | None = None) -> HttpResponse:
+        metadata = await dataplane.model_metadata(name, version, request_context(request))
+        return json_response(metadata_render(metadata.served, metadata.versions))
+
+
+class ModelReadyApi(View):
+    @renders_errors("plain")
+    async def get(self, request: HttpRequest, name: str, version: int | None = None) -> HttpResponse:
+        _, ready = await dataplane.model_ready(name, version, request_context(request))
+        return json_response({"name": name, "ready": ready}, status=200 if ready else 400)
+
+
+class InferApi(View):
+    @renders_errors("plain")
+    async def post(self, request: HttpRequest, name: str, version: int | None = None) -> HttpResponse:
+        header_length = request.headers.get(BINARY_HEADER)
+        binary: BinaryReader | None = None
+        if header_length is None:
+            body = json_object(json_body(request))
+        else:
+            body, binary = binary_split(body_get(request), header_length)
+        inference = InferenceRequest(
+            model=name, version=version, inputs=lambda served: inputs_decode(body, served, binary)
+        )
+        response = await dataplane.infer(inference, request_context(request))
+        wanted, binary_outputs = outputs_wanted(body), binary_wanted(body)
+        if binary_outputs:
+            content, head = binary_response_render(
+                response, request_id=body.get("id"), wanted=wanted, binary=binary_outputs
+            )
+            return HttpResponse(
+                content,
+                content_type="application/octet-stream",
+                headers={BINARY_HEADER: str(head), "X-Request-ID": response.id},
+            )
+        return json_response(
+            response_render(response, request_id=body.get("id"), wanted=wanted),
+            headers={"X-Request-ID": response.id},
+        )

@@ -1,0 +1,170 @@
+"""The data plane: what every protocol's adapter calls, one function per operation.
+
+    infer(request, context)
+      authenticate → authorize (the key's models) → route (live or pinned version)
+      → inputs checked against that version's signature → admit (rate, queue bound)
+      → idempotency → batch → enqueue → await → InferenceResponse
+
+Every failure leaves as the one error type, `ApiError` (an unreachable Redis included: 503 with
+Retry-After); the adapters render it in their protocol's form. Nothing here knows a protocol's
+JSON. Canary routing and priorities plug in at the route and admit steps.
+"""
+
+import functools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
+
+import numpy as np
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from redis.exceptions import RedisError
+
+from apps.models_registry import selectors as registry
+from apps.predictions.authentication import api_key_authenticate
+from apps.predictions.errors import ApiError, bad_request, unavailable
+from apps.predictions.fastpath import db_fresh
+from apps.predictions.health import platform_readiness
+from apps.predictions.observability import request_identified, request_served
+from apps.predictions.selectors import ServedModel, served_model_get, served_model_ready
+from apps.predictions.services import (
+    prediction_enqueue,
+    prediction_job_get,
+    prediction_response,
+    prediction_run,
+)
+from apps.predictions.types import Caller, InferenceRequest, InferenceResponse, RequestContext
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _one_error_type(operation: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Redis (or the socket under it) failing anywhere in an operation is a 503, not a crash."""
+
+    @functools.wraps(operation)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await operation(*args, **kwargs)
+        except (RedisError, OSError) as exc:
+            raise unavailable("Redis is unreachable; retry shortly") from exc
+
+    return wrapper
+
+
+IDEMPOTENCY_KEY_MAX = 255
+IDEMPOTENCY_FIELD = "Idempotency-Key"
+
+
+async def _caller(context: RequestContext) -> Caller:
+    key = await api_key_authenticate(context.authorization)
+    idempotency_key = context.idempotency_key
+    if idempotency_key is not None and not (
+        0 < len(idempotency_key) <= IDEMPOTENCY_KEY_MAX
+        and idempotency_key.isprintable()
+        and idempotency_key.isascii()
+    ):
+        raise bad_request(
+            f"must be 1 to {IDEMPOTENCY_KEY_MAX} printable ASCII characters", field=IDEMPOTENCY_FIELD
+        )
+    limit = settings.INFERENCE_SYNC_TIMEOUT_S
+    deadline = limit if context.timeout_s is None else min(context.timeout_s, limit)
+    return Caller(key=key, deadline_s=deadline, idempotency_key=idempotency_key)
+
+
+def _authorize(caller: Caller, model: str) -> None:
+    if not caller.allows(model):
+        raise ApiError(403, "forbidden", f"this API key may not call model {model!r}", field="model")
+
+
+async def _served(name: str, version: int | None) -> ServedModel:
+    served = await served_model_get(name=name, version=version)
+    request_served(model=served.name, version=served.version)
+    return served
+
+
+async def _prepared(
+    request: InferenceRequest, context: RequestContext
+) -> tuple[Caller, ServedModel, dict[str, np.ndarray]]:
+    """Authenticate, authorize, route, and check the inputs against the routed version."""
+    caller = await _caller(context)
+    _authorize(caller, request.model)
+    served = await _served(request.model, request.version)
+    return caller, served, request.inputs(served)
+
+
+@_one_error_type
+async def infer(request: InferenceRequest, context: RequestContext) -> InferenceResponse:
+    """Run one request and wait for its answer, up to the caller's deadline (504 after it)."""
+    caller, served, inputs = await _prepared(request, context)
+    return await prediction_run(served=served, inputs=inputs, caller=caller)
+
+
+@_one_error_type
+async def enqueue(request: InferenceRequest, context: RequestContext) -> str:
+    """Accept one request without waiting: its job id, to look up with `job_get`."""
+    caller, served, inputs = await _prepared(request, context)
+    return await prediction_enqueue(served=served, inputs=inputs, caller=caller)
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    status: str  # pending | done | failed
+    model: str
+    version: int
+    response: InferenceResponse | None = None
+    error: ApiError | None = None
+
+
+@_one_error_type
+async def job_get(job_id: str, context: RequestContext) -> Job:
+    """An async job of the caller's key: pending, done with its response, or failed with its
+    error; 404 for an unknown job or another key's."""
+    caller = await _caller(context)
+    request_identified(job_id)
+    record, meta = await prediction_job_get(job_id=job_id, owner=caller.owner)
+    job = Job(id=job_id, status="pending", model=record["model"], version=int(record["version"]))
+    if meta is None:
+        return job
+    served = await _served(job.model, job.version)
+    try:
+        response = prediction_response(task_id=job_id, served=served, meta=meta)
+    except ApiError as error:
+        return Job(id=job_id, status="failed", model=job.model, version=job.version, error=error)
+    return Job(id=job_id, status="done", model=job.model, version=job.version, response=response)
+
+
+def _version_numbers(name: str) -> list[int]:
+    db_fresh()
+    return [v.number for v in registry.model_version_list(model_name=name)]
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    served: ServedModel
+    versions: list[int]
+
+
+@_one_error_type
+async def model_metadata(name: str, version: int | None, context: RequestContext) -> ModelMetadata:
+    """The version a request for `name` (or `name` at `version`) would reach, and the model's
+    registered versions (only that one when pinned)."""
+    await _caller(context)
+    served = await _served(name, version)
+    versions = [served.version] if version else await sync_to_async(_version_numbers)(name)
+    return ModelMetadata(served=served, versions=versions)
+
+
+@_one_error_type
+async def model_ready(name: str, version: int | None, context: RequestContext) -> tuple[ServedModel, bool]:
+    """The version a request would reach, and whether a worker has it loaded now."""
+    await _caller(context)
+    served = await _served(name, version)
+    return served, await served_model_ready(served)
+
+
+async def server_ready() -> tuple[bool, dict[str, object]]:
+    """Redis answers and every deployed model has a worker that can serve it (details say what
+    is missing)."""
+    return await platform_readiness()
