@@ -43,8 +43,9 @@ METRICS = {"accuracy": accuracy}
 
 
 def evaluate(job: dict[str, Any]) -> dict[str, Any]:
-    """`job`: {"model", "preprocessing"?, "validation", "signature"}: verified local paths."""
-    from workers.predictor import KerasPredictor, ModelFiles
+    """`job`: {"model", "preprocessing"?, "validation", "signature", "framework"?}: verified
+    local paths, the signature and the runtime to load them with (default keras)."""
+    from workers.predictor import ModelFiles, predictor_for
 
     signature = job["signature"]
     files = ModelFiles(
@@ -53,7 +54,7 @@ def evaluate(job: dict[str, Any]) -> dict[str, Any]:
         signature=signature,
     )
     started = time.perf_counter()
-    predictor = KerasPredictor(files)
+    predictor = predictor_for(job.get("framework", "keras"), files)
     predictor.load()
     load_seconds = time.perf_counter() - started
     features, labels = validation_read(Path(job["validation"]))

@@ -33,7 +33,7 @@ from inference_project.heap import heap_freeze, heap_thaw
 from inference_project.redis_clients import redis_sync
 from workers.metrics import BATCH_REQUESTS, BATCH_SIZE, LOAD_SECONDS, LOADED, PREDICT, REDELIVERIES
 from workers.monitoring import DriftMonitor, SummaryPublisher
-from workers.predictor import KerasPredictor, ModelFiles, Predictor
+from workers.predictor import ModelFiles, Predictor, predictor_for
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def predictor_build(*, model_name: str, version_number: int, worker_id: str) -> 
         raise ModelUnavailable("not_found", f"model {model_name!r} has no version {version_number}")
     started = time.perf_counter()
     try:
-        predictor = KerasPredictor(model_files_get(version))
+        predictor = predictor_for(version.framework, model_files_get(version))
         predictor.load()
     except Exception as exc:
         logger.exception("could not load %s v%s", model_name, version_number)

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workers.predictor import KerasPredictor, ModelFiles
+from workers.predictor import KerasPredictor, ModelFiles, predictor_for
 
 
 @pytest.fixture(scope="module")
@@ -47,3 +47,10 @@ def test_unload_releases_the_model(demo_model_dir: Path) -> None:
     predictor.unload()
     with pytest.raises(RuntimeError, match="not loaded"):
         predictor.predict({"pixels": np.zeros((1, 64), dtype=np.float32)})
+
+
+def test_the_runtime_is_chosen_by_the_versions_framework(tmp_path: Path) -> None:
+    files = ModelFiles(model=tmp_path / "model.keras")
+    assert isinstance(predictor_for("keras", files), KerasPredictor)
+    with pytest.raises(ValueError, match="no runtime for framework 'onnx'"):
+        predictor_for("onnx", files)

@@ -60,7 +60,7 @@ def gate_checksums(*, version: ModelVersion) -> tuple[GateResult, dict[str, Path
 
 
 def gate_job(*, version: ModelVersion, paths: dict[str, Path]) -> dict[str, Any]:
-    """What `python -m workers.gates` reads: verified local paths and the signature."""
+    """What `python -m workers.gates` reads: verified local paths, the signature and the framework."""
     return {
         "model": str(paths[Artifact.Kind.MODEL]),
         "preprocessing": str(paths[Artifact.Kind.PREPROCESSING])
@@ -68,6 +68,7 @@ def gate_job(*, version: ModelVersion, paths: dict[str, Path]) -> dict[str, Any]
         else None,
         "validation": str(paths[Artifact.Kind.VALIDATION]),
         "signature": version.signature,
+        "framework": version.framework,
     }
 
 
