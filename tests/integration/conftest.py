@@ -1,6 +1,6 @@
-"""Real platforms for the integration tests: the same supervisor `make run` uses, started on
-free ports with its own Redis, SQLite file and artifact folder, stopped (and checked to have
-stopped every child) at the end."""
+"""Real platforms for the integration tests: what `make run` runs (deploy/circus.ini under
+inference_project.local_platform), started on free ports with its own Redis, SQLite file and
+artifact folder, stopped (and checked to have stopped every child) at the end."""
 
 import contextlib
 import json

@@ -167,11 +167,13 @@ def test_prometheus_scrapes_request_counter_and_latency(
 
 
 def _json_lines(log: str) -> list[dict[str, Any]]:
+    """The JSON records in the platform's output, where each line is `<process> | <line>`."""
     lines = []
     for line in log.splitlines():
-        if line.startswith("{"):
+        _, _, text = line.partition(" | ")
+        if text.startswith("{"):
             try:
-                lines.append(json.loads(line))
+                lines.append(json.loads(text))
             except json.JSONDecodeError:
                 continue
     return lines
@@ -200,7 +202,7 @@ def test_json_logs_link_api_and_worker_by_request_id(observed: Platform, heldout
     assert worker["status"] == "ok" and worker["queue_wait_ms"] >= 0 and worker["inference_ms"] > 0
     assert re.fullmatch(r".+:\d+", worker["worker"])
     # Every line the API and workers write parses as JSON (the banner and Celery's start-up
-    # picture are the supervisor's and Celery's own prints, not log records).
+    # picture are the launcher's and Celery's own prints, not log records).
     records = _json_lines(observed.log())
     assert {"api", "worker-digits", "worker-platform"} <= {line["service"] for line in records}
     # Elasticsearch's index template maps every field the request lines carry.
