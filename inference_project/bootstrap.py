@@ -26,7 +26,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 
 from apps.models_registry import selectors
-from apps.models_registry.services import deployment_set
+from apps.models_registry.services.deployments import deployment_set
 from apps.predictions.authentication import api_key_create
 
 REDIS_WAIT_S = 30.0
