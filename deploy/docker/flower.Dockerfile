@@ -8,13 +8,17 @@ RUN python -m venv /opt/venv \
 
 FROM python:3.11.11-slim-bookworm
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 \
-    DJANGO_SETTINGS_MODULE=inference_project.settings.production
+    DJANGO_SETTINGS_MODULE=inference_project.settings.production \
+    FLOWER_ADDRESS=0.0.0.0 FLOWER_PORT=5555 INFERENCE_SERVICE=flower
 RUN useradd --uid 10001 --create-home app
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 COPY --chown=app:app manage.py ./
 COPY --chown=app:app inference_project ./inference_project
+COPY --chown=app:app inference_common ./inference_common
 COPY --chown=app:app apps ./apps
+COPY --chown=app:app deploy/bin ./deploy/bin
 USER app
 EXPOSE 5555
-CMD ["sh", "-c", "test -n \"$FLOWER_BASIC_AUTH\" && exec celery -A inference_project flower --port=5555 --address=0.0.0.0 --basic-auth=\"$FLOWER_BASIC_AUTH\""]
+# The start script `make run` runs too (deploy/circus.ini); it refuses to start without FLOWER_BASIC_AUTH.
+CMD ["/app/deploy/bin/flower"]

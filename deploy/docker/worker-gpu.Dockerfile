@@ -13,15 +13,18 @@ FROM tensorflow/tensorflow:2.21.0-gpu
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 \
     DJANGO_SETTINGS_MODULE=inference_project.settings.production \
     MODEL=digits INFERENCE_GPU_PER_CHILD=true TF_FORCE_GPU_ALLOW_GROWTH=true \
+    WORKER_CONCURRENCY=gpus WORKER_NAME_SUFFIX=-gpu \
     INFERENCE_SERVICE=worker-gpu PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus-multiproc
 RUN useradd --uid 10001 --create-home app
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 COPY --chown=app:app manage.py ./
 COPY --chown=app:app inference_project ./inference_project
+COPY --chown=app:app inference_common ./inference_common
 COPY --chown=app:app apps ./apps
 COPY --chown=app:app workers ./workers
+COPY --chown=app:app deploy/bin ./deploy/bin
 USER app
-# One child per visible GPU.
 EXPOSE 9464
-CMD ["sh", "-c", "rm -rf $PROMETHEUS_MULTIPROC_DIR && mkdir -p $PROMETHEUS_MULTIPROC_DIR && GPUS=$(python -c 'from workers.placement import gpu_count; print(max(gpu_count(), 1))'); INFERENCE_WORKER_MODELS=${MODEL} exec celery -A inference_project worker -Q inference.${MODEL} -n ${MODEL}-gpu@%h --concurrency ${GPUS} --loglevel INFO"]
+# The CPU worker's start script (deploy/bin/worker): WORKER_CONCURRENCY=gpus, one child per visible GPU.
+CMD ["/app/deploy/bin/worker"]

@@ -1,5 +1,6 @@
 """Deployment assets, validated without a container engine or a cluster."""
 
+import configparser
 import json
 import re
 import shutil
@@ -270,3 +271,63 @@ def test_lambda_package_runs_without_django(tmp_path: Path) -> None:
         assert jenkins.builds[0].parameters["VERSION"] == "3"
     finally:
         jenkins.stop()
+
+
+START_SCRIPTS = DEPLOY / "bin"
+OUR_IMAGES = ("inference-api", "inference-worker", "inference-flower")
+
+
+def _start_script(command: list[str] | str) -> str:
+    """The deploy/bin script a container command runs (/app is the images' WORKDIR)."""
+    first = command[0] if isinstance(command, list) else command
+    assert first.startswith("/app/deploy/bin/"), command
+    script = START_SCRIPTS / first.removeprefix("/app/deploy/bin/")
+    assert script.is_file(), command
+    return script.name
+
+
+def test_process_file_lists_each_process_type_once_with_its_start_script() -> None:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(DEPLOY / "circus.ini")
+    commands = {
+        s.removeprefix("watcher:"): parser[s]["cmd"] for s in parser.sections() if s.startswith("watcher:")
+    }
+    assert set(commands) >= {"redis", "bootstrap", "worker", "worker-platform", "api", "flower", "prometheus"}
+    assert {cmd.split()[0] for cmd in commands.values()} == {f"deploy/bin/{name}" for name in commands}
+
+
+def test_images_compose_and_kubernetes_run_the_start_scripts() -> None:
+    for path in sorted((DEPLOY / "docker").glob("*.Dockerfile")):
+        text = path.read_text()
+        if "COPY --chown=app:app apps ./apps" not in text:
+            continue  # the learning container runs workers.training.release only
+        for package in ("inference_project", "inference_common", "apps", "deploy/bin"):
+            assert f"COPY --chown=app:app {package} ./{package}" in text, (path.name, package)
+        cmd = re.search(r"^CMD (\[.*\])$", text, re.MULTILINE)
+        assert cmd, path.name
+        _start_script(json.loads(cmd.group(1)))
+    services = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    ours = {name: s for name, s in services.items() if any(i in s.get("image", "") for i in OUR_IMAGES)}
+    scripts = {name: _start_script(s["command"]) for name, s in ours.items()}
+    assert scripts == {
+        "migrate": "migrate",
+        "api": "api",
+        "worker-digits": "worker",
+        "worker-platform": "worker-platform",
+        "flower": "flower",
+    }
+    containers = [
+        container
+        for path in sorted((DEPLOY / "k8s" / "base").glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc and doc["kind"] in {"Deployment", "Job"}
+        for container in doc["spec"]["template"]["spec"]["containers"]
+        if container["image"] in OUR_IMAGES
+    ]
+    assert {_start_script(c["command"]) for c in containers} == {
+        "migrate",
+        "api",
+        "worker",
+        "worker-platform",
+        "flower",
+    }
