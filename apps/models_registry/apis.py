@@ -23,6 +23,7 @@ from apps.models_registry.services.deployments import (
     model_version_promote,
 )
 from apps.models_registry.services.registration import model_card_register
+from inference_project.errors import error_body
 
 
 def _deployment_body(deployment: Deployment) -> dict[str, Any]:
@@ -139,12 +140,7 @@ class ModelVersionListCreateApi(APIView):
         # a user who may not register.
         if not request.user.has_perm("models_registry.add_modelversion"):
             return Response(
-                {
-                    "error": {
-                        "code": "permission_denied",
-                        "message": "requires models_registry.add_modelversion",
-                    }
-                },
+                error_body("permission_denied", "requires models_registry.add_modelversion"),
                 status=status.HTTP_403_FORBIDDEN,
             )
         serializer = self.InputSerializer(data=request.data)
@@ -203,7 +199,7 @@ class PromoteApi(APIView):
                 version=version, environment=data.get("environment"), user=request.user, reason=data["reason"]
             )
         except PromotionRefused as exc:
-            body = {"error": {"code": "promotion_refused", "message": str(exc)}}
+            body = error_body("promotion_refused", str(exc))
             if exc.report:
                 body["gates"] = exc.report.as_dict()
             return Response(body, status=status.HTTP_422_UNPROCESSABLE_ENTITY)
@@ -231,9 +227,7 @@ class RollbackApi(APIView):
                 reason=data["reason"],
             )
         except PromotionRefused as exc:
-            return Response(
-                {"error": {"code": "rollback_refused", "message": str(exc)}}, status=status.HTTP_409_CONFLICT
-            )
+            return Response(error_body("rollback_refused", str(exc)), status=status.HTTP_409_CONFLICT)
         return Response(_deployment_body(deployment))
 
 
@@ -262,9 +256,7 @@ class RolloutApi(APIView):
                 details={"event_id": data["event_id"], "build_url": data["build_url"]},
             )
         except PromotionRefused as exc:
-            return Response(
-                {"error": {"code": "not_live", "message": str(exc)}}, status=status.HTTP_409_CONFLICT
-            )
+            return Response(error_body("not_live", str(exc)), status=status.HTTP_409_CONFLICT)
         return Response(EventOutputSerializer(event).data, status=status.HTTP_201_CREATED)
 
 
