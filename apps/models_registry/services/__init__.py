@@ -11,15 +11,3 @@
 Reads are `apps.models_registry.selectors`; publishing the outbox to SNS is
 `apps.models_registry.release`.
 """
-
-from typing import Any
-
-
-def __getattr__(name: str) -> Any:
-    # Temporary, for inference_project/local_platform.py (being rewritten elsewhere), which still
-    # imports `deployment_set` from here; remove once it imports services.deployments.
-    if name == "deployment_set":
-        from apps.models_registry.services.deployments import deployment_set
-
-        return deployment_set
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
