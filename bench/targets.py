@@ -1,6 +1,6 @@
 """The issue's targets from a run's results record: each ratio with its target and whether it
 was met (`targets`), and what each throughput target allows per answer in CPU (`cpu_needed`).
-Pure arithmetic over the record; tests/unit/test_bench_targets.py holds it to small records."""
+Pure arithmetic over the record; tests/unit/bench/test_targets.py holds it to small records."""
 
 from typing import Any
 
