@@ -1,0 +1,114 @@
+"""Paired probe of two checkouts: the digits point at 64 clients, alternating before/after.
+
+    python -m bench.paired --before /tmp/old-checkout --after . [--rounds 3] [--seconds 10]
+
+Each round starts the platform of each checkout in turn (`python -m
+inference_project.local_platform` in that folder, settings as `make bench` uses them), waits for
+/readyz, runs `wrk` with 64 closed-loop clients on the native route for `--seconds`, and stops
+it. Alternating cancels most of the machine's drift; compare the two columns, not absolutes.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from bench.harness import free_port, wait_until
+from bench.loadgen import LoadResult, wrk
+
+TOKEN = "paired-probe-token"
+
+
+def platform_env(root: Path, digits_dir: Path) -> dict[str, str]:
+    keep = ("CELERY_", "REDIS_", "DATABASE_", "INFERENCE_", "DJANGO_")
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(keep)},
+        "DJANGO_SETTINGS_MODULE": "inference_project.settings.local",
+        "DATABASE_URL": f"sqlite:///{root / 'db.sqlite3'}",
+        "ARTIFACTS_ROOT": str(root / "artifacts"),
+        "ARTIFACT_CACHE_DIR": str(root / "cache"),
+        "INFERENCE_VAR_DIR": str(root / "var"),
+        "INFERENCE_DEMO_DIR": str(digits_dir),
+        "REDIS_PORT": str(free_port()),
+        "API_PORT": str(free_port()),
+        "FLOWER_PORT": str(free_port()),
+        "WORKER_METRICS_PORT": str(free_port()),
+        "INFERENCE_DEMO_TOKEN": TOKEN,
+        "WORKER_CONCURRENCY": "1",
+        "INFERENCE_THROTTLE_PER_SECOND": "0",
+        "INFERENCE_MAX_QUEUE_DEPTH": "1000000",
+        "INFERENCE_SYNC_TIMEOUT_S": "120",
+        "LOG_LEVEL": "WARNING",
+        "START_PROMETHEUS": "false",
+    }
+
+
+def probe(checkout: Path, digits_dir: Path, seconds: float) -> LoadResult:
+    with tempfile.TemporaryDirectory(prefix="paired-") as folder:
+        root = Path(folder)
+        env = platform_env(root, digits_dir)
+        with (root / "platform.log").open("wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "inference_project.local_platform"],
+                cwd=checkout,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        base = f"http://127.0.0.1:{env['API_PORT']}"
+        try:
+            wait_until(lambda: httpx.get(f"{base}/readyz", timeout=2).status_code == 200, 300, str(checkout))
+            row = np.loadtxt(digits_dir / "validation.csv", delimiter=",", skiprows=1, max_rows=1)[:-1]
+            body = json.dumps({"model": "digits", "inputs": [row.tolist()]}).encode()
+            headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+            url = f"{base}/api/v1/predictions"
+            wrk(url, body, concurrency=64, seconds=2, headers=headers)  # warm-up
+            return wrk(url, body, concurrency=64, seconds=seconds, headers=headers)
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+            shutil.rmtree(root / "var", ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", type=Path, required=True)
+    parser.add_argument("--after", type=Path, required=True)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--digits", type=Path, default=Path(".cache/demo-digits"))
+    args = parser.parse_args()
+    results: dict[str, list[LoadResult]] = {"before": [], "after": []}
+    for round_ in range(1, args.rounds + 1):
+        for name in ("before", "after"):
+            result = probe(getattr(args, name).resolve(), args.digits.resolve(), args.seconds)
+            results[name].append(result)
+            print(
+                f"round {round_} {name:6}: {result.rps:7.0f} req/s  p50 {result.p50_ms:5.1f} ms"
+                f"  p99 {result.p99_ms:6.1f} ms  errors {result.errors}",
+                flush=True,
+            )
+            time.sleep(2)
+    for name, runs in results.items():
+        rps = [r.rps for r in runs]
+        p99 = [r.p99_ms for r in runs]
+        print(
+            f"{name:6}: req/s {' / '.join(f'{v:.0f}' for v in rps)} (mean {np.mean(rps):.0f}); p99 ms {' / '.join(f'{v:.1f}' for v in p99)}"
+        )
+
+
+if __name__ == "__main__":
+    main()
