@@ -19,14 +19,15 @@ from typing import Any
 from kombu.transport import redis as kombu_redis
 
 
+# kombu-stubs (celery-types) declare no `_create_client`, kombu's private hook: hence the ignores.
 class Channel(kombu_redis.Channel):
     def _create_client(self, asynchronous: bool = False) -> Any:
         if asynchronous or self.pool.connection_kwargs.get("credential_provider") is not None:
             # A pinned connection (BRPOP) or credentials that may rotate: kombu's own way.
-            return super()._create_client(asynchronous)
+            return super()._create_client(asynchronous)  # type: ignore[misc]
         client = self.__dict__.get("_shared_client")
         if client is None or client.connection_pool is not self.pool:
-            client = self.__dict__["_shared_client"] = super()._create_client()
+            client = self.__dict__["_shared_client"] = super()._create_client()  # type: ignore[misc]
         return client
 
 

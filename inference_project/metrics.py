@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
@@ -54,10 +55,10 @@ def registry_for_scrape() -> CollectorRegistry:
 class OneShot(Collector):
     """Samples computed for this scrape only (queue depths read from Redis, ...)."""
 
-    def __init__(self, families: Iterable[object]) -> None:
+    def __init__(self, families: Iterable[Metric]) -> None:
         self.families = list(families)
 
-    def collect(self) -> Iterable[object]:  # type: ignore[override]
+    def collect(self) -> Iterable[Metric]:
         return self.families
 
 

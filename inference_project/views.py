@@ -9,22 +9,24 @@ from inference_project.errors import error_response
 
 ADMIN_PREFIX = "/admin/"
 
+# Django calls handler400 and handler403 with the exception; only the 404 handler may get None.
+
 
 def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     if request.path.startswith(ADMIN_PREFIX):
-        return defaults.page_not_found(request, exception)  # type: ignore[arg-type]
+        return defaults.page_not_found(request, exception)
     return error_response(404, "not_found", f"no route {request.method} {request.path}")
 
 
-def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
     if request.path.startswith(ADMIN_PREFIX):
-        return defaults.bad_request(request, exception)  # type: ignore[arg-type]
+        return defaults.bad_request(request, exception)
     return error_response(400, "bad_request", "the request could not be understood")
 
 
-def permission_denied(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+def permission_denied(request: HttpRequest, exception: Exception) -> HttpResponse:
     if request.path.startswith(ADMIN_PREFIX):
-        return defaults.permission_denied(request, exception)  # type: ignore[arg-type]
+        return defaults.permission_denied(request, exception)
     return error_response(403, "forbidden", "not allowed")
 
 

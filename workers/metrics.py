@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import psutil
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from inference_project.metrics import CONTENT_TYPE, LATENCY_BUCKETS, MULTIPROC_DIR, metrics_text
@@ -74,7 +75,7 @@ RETRIES = Counter("inference_task_retries_total", "Task retries, by task name.",
 class ChildrenCollector(Collector):
     """Resident memory and CPU seconds of this process and each of its children (the pool)."""
 
-    def collect(self) -> Iterable[object]:  # type: ignore[override]
+    def collect(self) -> Iterable[Metric]:
         rss = GaugeMetricFamily(
             "inference_worker_resident_memory_bytes",
             "Resident memory of a worker process.",

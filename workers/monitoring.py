@@ -11,7 +11,7 @@ the windows of all workers.
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import orjson
@@ -23,7 +23,7 @@ from apps.models_registry import drift
 logger = logging.getLogger(__name__)
 
 
-def _gauge(name: str, text: str, mode: str = "livemax") -> Gauge:
+def _gauge(name: str, text: str, mode: Literal["livemax", "livemin", "livesum"] = "livemax") -> Gauge:
     return Gauge(name, text, ["model", "version"], multiprocess_mode=mode)
 
 

@@ -22,7 +22,7 @@ def results_store(backend: RedisBackend, results: list[tuple[str, dict[str, Any]
     pipe = backend.client.pipeline(transaction=False)
     done = datetime.now(UTC).isoformat()
     for request_id, result in results:
-        meta = {
+        meta: dict[str, Any] = {
             "status": "SUCCESS",
             "result": result,
             "traceback": None,
@@ -32,6 +32,7 @@ def results_store(backend: RedisBackend, results: list[tuple[str, dict[str, Any]
         }
         key = backend.get_key_for_task(request_id)
         value = backend.encode(meta)
-        pipe.setex(key, int(backend.expires), value)
+        # celery-types omits `expires`, which KeyValueStoreBackend.__init__ sets (seconds).
+        pipe.setex(key, int(backend.expires), value)  # type: ignore[attr-defined]
         pipe.publish(key, value)
     pipe.execute()

@@ -2,10 +2,11 @@
 
 import logging
 import os
-from typing import Any
+from typing import Any, cast
 
 from billiard.process import current_process
 from celery import Task, states
+from celery.backends.redis import RedisBackend
 from celery.signals import task_retry, worker_init, worker_process_init, worker_process_shutdown, worker_ready
 from django.conf import settings
 from prometheus_client import multiprocess
@@ -23,25 +24,28 @@ logger = logging.getLogger(__name__)
 
 
 @app.task(bind=True, name=PREDICT_TASK)
-def predict(self: Task, request: dict[str, Any]) -> dict[str, Any]:
+def predict(self: Task[Any, Any], request: dict[str, Any]) -> dict[str, Any]:
     """One request per task, no batching: the API uses predict_batch; this is the unbatched
     path (and the naive baseline the benchmark measures against)."""
     # Delivery is at least once (late acks, requeue on a lost child): a redelivered task whose
     # answer is already stored returns it instead of computing it again.
-    stored = self.backend.get_task_meta(self.request.id)
+    task_id = cast("str", self.request.id)  # None only outside a running task
+    stored = self.backend.get_task_meta(task_id)
     if stored.get("status") == states.SUCCESS:
-        logger.info("task %s redelivered after it succeeded; not computed again", self.request.id)
-        return stored["result"]
+        logger.info("task %s redelivered after it succeeded; not computed again", task_id)
+        result: dict[str, Any] = stored["result"]
+        return result
     return runtime_get().run(request)
 
 
 @app.task(bind=True, name=PREDICT_BATCH_TASK, ignore_result=True)
-def predict_batch(self: Task, batch: dict[str, Any]) -> dict[str, int]:
+def predict_batch(self: Task[Any, Any], batch: dict[str, Any]) -> dict[str, int]:
     """Several requests for one model version, run as one predict; each answer is stored under
     its request's id. A redelivered batch computes only the requests not yet answered. The batch's
     own return value (counts, shown by Flower) is not stored: nobody waits for the batch's id."""
     redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
-    return batch_serve(self.backend, batch, redelivered=redelivered)
+    # The result backend is always Redis (CELERY_RESULT_BACKEND: ProducerRedisBackend).
+    return batch_serve(cast("RedisBackend", self.backend), batch, redelivered=redelivered)
 
 
 @worker_init.connect
@@ -68,7 +72,7 @@ for _task in (PREDICT_TASK, PREDICT_BATCH_TASK):
 
 
 @task_retry.connect
-def _count_retry(sender: Task | None = None, **_: Any) -> None:
+def _count_retry(sender: Task[Any, Any] | None = None, **_: Any) -> None:
     RETRIES.labels(getattr(sender, "name", "unknown")).inc()
 
 
@@ -84,9 +88,11 @@ def _load_models_in_child(**_: Any) -> None:
     """Each child loads its models once, after the fork; the parent never imports TensorFlow."""
     if settings.INFERENCE_WORKER_ROLE != "inference":
         return
-    device = child_gpu_pin(current_process().index)
+    # billiard numbers its pool children (`index`, from 0); billiard-stubs leave it out.
+    index: int = current_process().index  # type: ignore[attr-defined]
+    device = child_gpu_pin(index)
     if device is not None:
-        logger.info("worker child %s pinned to GPU %s", current_process().index, device)
+        logger.info("worker child %s pinned to GPU %s", index, device)
     runtime_start(model_names=settings.INFERENCE_WORKER_MODELS)
 
 

@@ -1,11 +1,12 @@
 """Django admin: browse the registry; staff with the permissions promote and roll back."""
 
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db.models import QuerySet
+from django.db.models import Model, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -31,8 +32,10 @@ from apps.models_registry.services.deployments import (
 )
 from inference_project.redis_clients import redis_sync
 
+_M = TypeVar("_M", bound=Model)
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+
+class ReadOnlyAdmin(admin.ModelAdmin[_M]):
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
@@ -43,7 +46,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
-class ArtifactInline(admin.TabularInline):
+class ArtifactInline(admin.TabularInline[Artifact, ModelVersion]):
     model = Artifact
     extra = 0
     fields = readonly_fields = ("kind", "filename", "uri", "size", "sha256", "pruned_at")
@@ -53,7 +56,7 @@ class ArtifactInline(admin.TabularInline):
         return False
 
 
-class DeploymentInline(admin.TabularInline):
+class DeploymentInline(admin.TabularInline[Deployment, RegisteredModel]):
     model = Deployment
     fk_name = "model"
     extra = 0
@@ -65,7 +68,7 @@ class DeploymentInline(admin.TabularInline):
 
 
 @admin.register(RegisteredModel)
-class RegisteredModelAdmin(admin.ModelAdmin):
+class RegisteredModelAdmin(admin.ModelAdmin[RegisteredModel]):
     list_display = ("name", "gate_metric", "gate_minimum", "live_versions", "created_at")
     search_fields = ("name",)
     inlines = [DeploymentInline]
@@ -106,7 +109,8 @@ def _drift_charts(version: ModelVersion, report: selectors.DriftReport) -> list[
             )
         )
         worst = int(max(range(len(psi)), key=psi.__getitem__))
-        edges = version.reference_stats["inputs"]["edges"][worst]
+        stats = cast("dict[str, Any]", version.reference_stats)  # set: `reference` was built from it
+        edges = stats["inputs"]["edges"][worst]
         labels = [f"<{edges[0]:.3g}"] + [f"≥{e:.3g}" for e in edges]
         n = len(labels)
         charts.append(
@@ -155,7 +159,7 @@ def _drift_features(report: selectors.DriftReport, top: int = 8) -> list[dict[st
 
 
 @admin.register(ModelVersion)
-class ModelVersionAdmin(ReadOnlyAdmin):
+class ModelVersionAdmin(ReadOnlyAdmin[ModelVersion]):
     list_display = ("__str__", "accuracy", "environments", "drift_link", "created_at", "created_by")
     list_filter = ("model",)
     readonly_fields = (
@@ -256,7 +260,7 @@ class ModelVersionAdmin(ReadOnlyAdmin):
             "title": "Promote to the next environment",
             "plans": plans,
             "queryset": queryset,
-            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
             "opts": self.model._meta,
             "environments": settings.INFERENCE_ENVIRONMENTS,
         }
@@ -276,7 +280,7 @@ class ModelVersionAdmin(ReadOnlyAdmin):
 
 
 @admin.register(Deployment)
-class DeploymentAdmin(ReadOnlyAdmin):
+class DeploymentAdmin(ReadOnlyAdmin[Deployment]):
     list_display = ("model", "environment", "version", "previous_version", "deployed_at", "deployed_by")
     list_filter = ("environment", "model")
     actions = ["roll_back"]
@@ -298,7 +302,7 @@ class DeploymentAdmin(ReadOnlyAdmin):
 
 
 @admin.register(RegistryEvent)
-class RegistryEventAdmin(ReadOnlyAdmin):
+class RegistryEventAdmin(ReadOnlyAdmin[RegistryEvent]):
     list_display = (
         "created_at",
         "model",
@@ -323,7 +327,7 @@ class RegistryEventAdmin(ReadOnlyAdmin):
 
 
 @admin.register(OutboxEvent)
-class OutboxEventAdmin(ReadOnlyAdmin):
+class OutboxEventAdmin(ReadOnlyAdmin[OutboxEvent]):
     list_display = ("created_at", "topic", "__str__", "published_at", "attempts", "last_error")
     list_filter = ("topic",)
     readonly_fields = [f.name for f in OutboxEvent._meta.fields]

@@ -2,7 +2,7 @@
 
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -43,7 +43,7 @@ def _model_or_404(name: str) -> RegisteredModel:
     return model
 
 
-class VersionOutputSerializer(serializers.ModelSerializer):
+class VersionOutputSerializer(serializers.ModelSerializer[ModelVersion]):
     artifacts = serializers.SerializerMethodField()
     environments = serializers.SerializerMethodField()
 
@@ -68,7 +68,7 @@ class VersionOutputSerializer(serializers.ModelSerializer):
         return sorted(version.deployments.values_list("environment", flat=True))
 
 
-class ModelOutputSerializer(serializers.ModelSerializer):
+class ModelOutputSerializer(serializers.ModelSerializer[RegisteredModel]):
     deployments = serializers.SerializerMethodField()
 
     class Meta:
@@ -86,7 +86,7 @@ class ModelOutputSerializer(serializers.ModelSerializer):
         }
 
 
-class EventOutputSerializer(serializers.ModelSerializer):
+class EventOutputSerializer(serializers.ModelSerializer[RegistryEvent]):
     class Meta:
         model = RegistryEvent
         fields = [
@@ -125,7 +125,7 @@ class ModelVersionListCreateApi(APIView):
     permission_classes = [IsAdminUser]
     parser_classes = [MultiPartParser]
 
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(serializers.Serializer[Any]):
         files = serializers.ListField(child=serializers.FileField(), allow_empty=False)
         signature = serializers.JSONField(required=False)
         metrics = serializers.JSONField(required=False)
@@ -177,14 +177,15 @@ class ModelVersionListCreateApi(APIView):
 class PromoteApi(APIView):
     permission_classes = [IsAdminUser]
 
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(serializers.Serializer[Any]):
         version = serializers.IntegerField(min_value=1)
         environment = serializers.ChoiceField(choices=[], required=False)
         reason = serializers.CharField(required=False, allow_blank=True, default="")
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            self.fields["environment"].choices = settings.INFERENCE_ENVIRONMENTS
+            environment = cast("serializers.ChoiceField", self.fields["environment"])  # declared above
+            environment.choices = settings.INFERENCE_ENVIRONMENTS
 
     def post(self, request: Request, name: str) -> Response:
         model = _model_or_404(name)
@@ -210,7 +211,7 @@ class PromoteApi(APIView):
 class RollbackApi(APIView):
     permission_classes = [IsAdminUser]
 
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(serializers.Serializer[Any]):
         environment = serializers.CharField(required=False)
         reason = serializers.CharField(required=False, allow_blank=True, default="")
 
@@ -236,7 +237,7 @@ class RolloutApi(APIView):
 
     permission_classes = [IsAdminUser]
 
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(serializers.Serializer[Any]):
         environment = serializers.CharField()
         version = serializers.IntegerField(min_value=1)
         event_id = serializers.CharField(required=False, default="")

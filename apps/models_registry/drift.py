@@ -54,18 +54,21 @@ def _padded_edges(edges: list[list[float]]) -> np.ndarray:
 
 def feature_bins(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Bin of each value: how many of its feature's edges are <= it. (rows, features) ints."""
-    return (x[:, :, None] >= edges[None, :, :]).sum(axis=2)
+    bins: np.ndarray = (x[:, :, None] >= edges[None, :, :]).sum(axis=2)
+    return bins
 
 
 def bin_counts(bins: np.ndarray, n_bins: int) -> np.ndarray:
     """(features, n_bins) counts of the rows' bins per feature."""
     features = bins.shape[1]
     flat = bins + np.arange(features)[None, :] * n_bins
-    return np.bincount(flat.ravel(), minlength=features * n_bins).reshape(features, n_bins)
+    counts: np.ndarray = np.bincount(flat.ravel(), minlength=features * n_bins).reshape(features, n_bins)
+    return counts
 
 
 def confidence_of(scores: np.ndarray) -> np.ndarray:
-    return np.asarray(scores, dtype=np.float64).max(axis=1)
+    confidence: np.ndarray = np.asarray(scores, dtype=np.float64).max(axis=1)
+    return confidence
 
 
 def is_classifier(scores: np.ndarray) -> bool:
@@ -113,7 +116,8 @@ def psi(reference: np.ndarray, live_counts: np.ndarray) -> np.ndarray:
     live = live_counts / np.maximum(total, 1)
     ref = np.clip(reference, PSI_EPSILON, None)
     live = np.clip(live, PSI_EPSILON, None)
-    return ((live - ref) * np.log(live / ref)).sum(axis=-1)
+    psi_: np.ndarray = ((live - ref) * np.log(live / ref)).sum(axis=-1)
+    return psi_
 
 
 def ks_statistic(reference: np.ndarray, live_counts: np.ndarray) -> float:
@@ -144,7 +148,8 @@ class Reference:
 
     def out_of_range(self, x: np.ndarray) -> np.ndarray:
         """Per row: any feature outside the widened reference range."""
-        return ((x < self.low) | (x > self.high)).any(axis=1)
+        outside: np.ndarray = ((x < self.low) | (x > self.high)).any(axis=1)
+        return outside
 
 
 def window_summary(reference: Reference, x: np.ndarray, scores: np.ndarray | None) -> dict[str, Any]:
@@ -199,11 +204,12 @@ def drift_measures(reference: Reference, summary: dict[str, Any]) -> dict[str, A
         "confidence_ks": None,
         "confidence_mean": None,
     }
-    if reference.classes is not None and summary.get("classes") is not None:
+    ref_classes, ref_confidence = reference.classes, reference.confidence  # both set or both None
+    if ref_classes is not None and ref_confidence is not None and summary.get("classes") is not None:
         classes = np.asarray(summary["classes"], dtype=np.float64)
         confidence = np.asarray(summary["confidence"], dtype=np.float64)
-        measures["prediction_psi"] = float(psi(reference.classes, classes))
-        measures["confidence_ks"] = ks_statistic(reference.confidence, confidence)
+        measures["prediction_psi"] = float(psi(ref_classes, classes))
+        measures["confidence_ks"] = ks_statistic(ref_confidence, confidence)
         measures["confidence_mean"] = summary["confidence_sum"] / max(confidence.sum(), 1)
     return measures
 

@@ -1,5 +1,7 @@
 """What the registry knows: models, their versions and artifacts, and what is deployed where."""
 
+from typing import Any
+
 from django.conf import settings
 from django.db import models
 
@@ -146,10 +148,10 @@ class RegistryEvent(models.Model):
         where = f" @ {self.environment}" if self.environment else ""
         return f"{self.model.name}: {self.get_action_display()}{arrow}{where}"
 
-    def save(self, *args: object, **kwargs: object) -> None:
+    def save(self, *args: Any, **kwargs: Any) -> None:
         if self.pk is not None:
             raise ValueError("registry events are append-only")
-        super().save(*args, **kwargs)  # type: ignore[arg-type]
+        super().save(*args, **kwargs)
 
 
 class OutboxEvent(models.Model):

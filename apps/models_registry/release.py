@@ -48,7 +48,8 @@ def sns_publish(*, client: Any, topic_arn: str, event: OutboxEvent) -> str:
     if topic_arn.endswith(".fifo"):
         message["MessageGroupId"] = payload["model"]
         message["MessageDeduplicationId"] = str(event.event_id)
-    return client.publish(**message)["MessageId"]
+    message_id: str = client.publish(**message)["MessageId"]
+    return message_id
 
 
 def outbox_publish_pending(*, client: Any = None, limit: int = 100) -> int:

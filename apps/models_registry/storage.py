@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 import redis
 from django.conf import settings
@@ -175,7 +175,7 @@ def _from_redis(sha256: str, filename: str) -> Path | None:
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_suffix(target.suffix + ".partial")
-        partial.write_bytes(data)
+        partial.write_bytes(cast("bytes", data))  # no decode_responses: redis-py's bytes | str is bytes
         partial.replace(target)
     return target
 

@@ -179,7 +179,8 @@ class FastPath:
 
 
 def _header(scope: dict[str, Any], name: bytes) -> str:
-    for key, value in scope.get("headers", []):
+    headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
+    for key, value in headers:
         if key == name:
             return value.decode("latin-1")[:128]
     return ""

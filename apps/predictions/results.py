@@ -16,7 +16,7 @@ second, and then every request of a loaded API that waited longer than that poll
 import asyncio
 import logging
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from django.conf import settings
@@ -26,6 +26,9 @@ from inference_project.celery_app import app as celery_app
 from inference_project.redis_clients import redis_async
 
 logger = logging.getLogger(__name__)
+
+# redis-py types every reply `bytes | str`; our clients never set decode_responses, so the
+# casts below to bytes are exact.
 
 POLL_INTERVAL_S = 5.0
 CHECK_CHUNK = 500  # result keys per MGET when the subscription comes back
@@ -62,7 +65,7 @@ class ResultWaiter:
         deadline = loop.time() + within
         if check_first and (stored := await self.redis.get(RESULT_PREFIX + task_id)) is not None:
             self.forget(task_id)
-            return stored
+            return cast("bytes", stored)
         try:
             while True:
                 remaining = deadline - loop.time()
@@ -73,7 +76,7 @@ class ResultWaiter:
                 except TimeoutError:
                     payload = await self.redis.get(RESULT_PREFIX + task_id)
                     if payload is not None:
-                        return payload
+                        return cast("bytes", payload)
         finally:
             self.forget(task_id)
 
@@ -116,7 +119,7 @@ class ResultWaiter:
             ):
                 future = self._futures.get(task_id)
                 if payload is not None and future is not None and not future.done():
-                    future.set_result(payload)
+                    future.set_result(cast("bytes", payload))
 
 
 _waiters: dict[int, ResultWaiter] = {}
@@ -133,4 +136,5 @@ def result_waiter_get() -> ResultWaiter:
 
 def result_payload_decode(payload: bytes) -> dict[str, Any]:
     """Celery's stored meta (`status`, `result`, ...) with failures turned into exceptions."""
-    return celery_app.backend.decode_result(payload)
+    meta: dict[str, Any] = celery_app.backend.decode_result(payload)
+    return meta

@@ -41,7 +41,7 @@ class ServedModel:
         return queue_name(self.name)
 
     def input_spec(self, name: str | None = None) -> dict[str, Any]:
-        inputs = self.signature["inputs"]
+        inputs: list[dict[str, Any]] = self.signature["inputs"]
         if name is None:
             return inputs[0]
         for spec in inputs:

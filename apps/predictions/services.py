@@ -8,7 +8,7 @@ import hashlib
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from django.conf import settings
@@ -121,7 +121,8 @@ async def _task_id_claim(
     existing = await waiter.redis.get(record)
     if existing is None:  # expired between the two calls
         return await _task_id_claim(caller=caller, served=served, inputs=inputs)
-    claimed_id, claimed_fingerprint = existing.decode().split(" ")
+    # Replies are bytes: the client sets no decode_responses (redis-py types them bytes | str).
+    claimed_id, claimed_fingerprint = cast("bytes", existing).decode().split(" ")
     if claimed_fingerprint != fingerprint:
         raise ApiError(
             422,
@@ -200,7 +201,7 @@ async def prediction_job_get(*, job_id: str, owner: str) -> tuple[dict[str, Any]
     job = json.loads(job_raw) if job_raw else None
     if job is None or job["owner"] != owner:
         raise ApiError(404, "not_found", f"no prediction job {job_id!r}", field="id")
-    return job, None if payload is None else result_payload_decode(payload)
+    return job, None if payload is None else result_payload_decode(cast("bytes", payload))
 
 
 def prediction_response(*, task_id: str, served: ServedModel, meta: dict[str, Any]) -> InferenceResponse:

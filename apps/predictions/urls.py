@@ -1,4 +1,8 @@
+from collections.abc import Callable
+
+from django.http import HttpResponseBase
 from django.urls import path, register_converter
+from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 
 from apps.predictions import apis
@@ -18,7 +22,7 @@ class JobIdConverter:
 register_converter(JobIdConverter, "job")
 
 
-def exempt(view: type) -> object:
+def exempt(view: type[View]) -> Callable[..., HttpResponseBase]:
     # Bearer-key APIs carry no cookies, so CSRF does not apply.
     return csrf_exempt(view.as_view())
 

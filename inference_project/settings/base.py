@@ -3,7 +3,12 @@
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
+import django_stubs_ext
 import environ
+
+# The annotations name Django's generic classes (`admin.ModelAdmin[ApiKey]`): make them
+# subscriptable at run time, as django-stubs expects.
+django_stubs_ext.monkeypatch()
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 VAR_DIR = BASE_DIR / "var"

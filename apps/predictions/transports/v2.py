@@ -11,7 +11,7 @@ Errors: {"error": "<message>"}.
 """
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import orjson
@@ -202,7 +202,7 @@ def outputs_wanted(body: dict[str, Any]) -> list[str] | None:
     return None if requested is None else [o["name"] for o in requested]
 
 
-def binary_wanted(body: dict[str, Any]) -> set[str] | bool:
+def binary_wanted(body: dict[str, Any]) -> set[str] | Literal[True]:
     """Outputs the client wants as binary: all (True), some names, or none."""
     if (body.get("parameters") or {}).get("binary_data_output") is True:
         return True
@@ -215,7 +215,11 @@ def binary_wanted(body: dict[str, Any]) -> set[str] | bool:
 
 
 def binary_response_render(
-    response: InferenceResponse, *, request_id: Any, wanted: list[str] | None, binary: set[str] | bool
+    response: InferenceResponse,
+    *,
+    request_id: Any,
+    wanted: list[str] | None,
+    binary: set[str] | Literal[True],
 ) -> tuple[bytes, int]:
     """(body, JSON header length): outputs chosen as binary travel as raw little-endian bytes."""
     header = response_render(response, request_id=request_id, wanted=wanted)
