@@ -20,7 +20,7 @@ async def platform_readiness() -> tuple[bool, dict[str, object]]:
     try:
         await asyncio.wait_for(redis.ping(), REDIS_PING_TIMEOUT_S)
     except (RedisError, OSError, TimeoutError) as exc:
-        return False, {"redis": f"unreachable: {exc or 'timeout'}"}
+        return False, {"redis": f"unreachable: {str(exc) or 'timeout'}"}
     environment = settings.INFERENCE_ENVIRONMENT
     routes = await routes_list()
     if not routes:
