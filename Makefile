@@ -34,9 +34,12 @@ test-deps: system-deps
 run: venv system-deps
 	$(BIN)/python -m inference_project.local_platform
 
+# mypy: strict over apps/, workers/, inference_project/, inference_common/ (pyproject's [tool.mypy]);
+# its incremental cache (.mypy_cache/) makes a second run take seconds.
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: venv
 	$(BIN)/ruff check --fix .

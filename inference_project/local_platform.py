@@ -481,7 +481,8 @@ def main(argv: list[str] | None = None) -> None:
     var = environment_prepare()
     config, watchers = watchers_read(args.process_file)
     os.environ["PLATFORM_PROCESSES"] = ",".join(spec["name"] for spec in watchers)
-    sys.stdout.reconfigure(errors="replace")  # type: ignore[attr-defined]
+    # A TextIOWrapper at run time; typeshed types sys.stdout as TextIO, which has no reconfigure.
+    sys.stdout.reconfigure(errors="replace")  # type: ignore[union-attr]
     sys.exit(asyncio.run(_run(var=var, config=config, watchers=watchers)))
 
 
