@@ -137,6 +137,8 @@ def platform_bootstrap(*, log: Callable[[str], None]) -> BootstrapSummary:
     call_command("migrate", interactive=False, verbosity=0)
     call_command("collectstatic", interactive=False, verbosity=0)
     admin_note = admin_ensure()
+    if admin_note:
+        log(admin_note)  # also in the banner; printed now too, in case the start goes no further
     environment = settings.INFERENCE_ENVIRONMENT
     demo_dir = Path(os.environ.get("INFERENCE_DEMO_DIR", var_dir() / "demo" / "digits"))
     demo_model_ensure(environment=environment, demo_dir=demo_dir, log=log)

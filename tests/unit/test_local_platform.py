@@ -1,6 +1,7 @@
 """The `make run` launcher (inference_project/local_platform.py) over small process files of
 stand-in processes, and the start scripts of deploy/bin/ with stand-ins for the programs they run."""
 
+import io
 import json
 import os
 import re
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from inference_project.local_platform import (
+    Output,
     PrefixedStream,
     exit_description,
     per_model_expand,
@@ -48,6 +50,23 @@ def test_the_stream_prints_whole_lines_of_each_process_and_pipe() -> None:
     ]
     stream.close()
     assert sorted(out.seen[3:]) == [("worker-digits", "next"), ("worker-digits", "partial")]
+
+
+def test_output_on_a_terminal_is_coloured_per_process() -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out = Output(Terminal())
+    out.name_add("worker-digits")
+    out.lines("api", ["one"])
+    out.lines("worker-digits", ["two"])
+    out.platform("three")
+    assert out.out.getvalue().splitlines() == [  # type: ignore[attr-defined]
+        "\033[36mapi           | \033[0mone",
+        "\033[33mworker-digits | \033[0mtwo",
+        "\033[32mplatform      | \033[0mthree",
+    ]
 
 
 def test_the_process_file_starts_redis_bootstrap_workers_api_flower_then_prometheus(
