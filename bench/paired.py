@@ -6,6 +6,9 @@ Each round starts the platform of each checkout in turn (`python -m
 inference_project.local_platform` in that folder, settings as `make bench` uses them), waits for
 /readyz, runs `wrk` with 64 closed-loop clients on the native route for `--seconds`, and stops
 it. Alternating cancels most of the machine's drift; compare the two columns, not absolutes.
+Beside throughput and p99 it prints the CPU each answer cost the API process and the whole
+platform (every process in pids.json and their children, in core-µs): on this shared 2-core
+machine throughput moves ±10 % between identical runs, CPU per answer much less.
 """
 
 import argparse
@@ -21,8 +24,9 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 
-from bench.harness import free_port, wait_until
+from bench.harness import cpu_during, free_port, wait_until
 from bench.loadgen import LoadResult, wrk
 
 TOKEN = "paired-probe-token"
@@ -52,7 +56,17 @@ def platform_env(root: Path, digits_dir: Path) -> dict[str, str]:
     }
 
 
-def probe(checkout: Path, digits_dir: Path, seconds: float) -> LoadResult:
+def platform_processes(var: Path) -> dict[str, int]:
+    """The platform's processes by name (pids.json), with their children (the worker children)."""
+    named: dict[str, int] = json.loads((var / "run" / "pids.json").read_text())
+    for name, pid in list(named.items()):
+        for index, child in enumerate(psutil.Process(pid).children(recursive=True)):
+            named[f"{name}/child{index}"] = child.pid
+    return named
+
+
+def probe(checkout: Path, digits_dir: Path, seconds: float) -> tuple[LoadResult, float, float]:
+    """The 64-client point, and the core-µs per answer of the API and of the whole platform."""
     with tempfile.TemporaryDirectory(prefix="paired-") as folder:
         root = Path(folder)
         env = platform_env(root, digits_dir)
@@ -73,7 +87,12 @@ def probe(checkout: Path, digits_dir: Path, seconds: float) -> LoadResult:
             headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
             url = f"{base}/api/v1/predictions"
             wrk(url, body, concurrency=64, seconds=2, headers=headers)  # warm-up
-            return wrk(url, body, concurrency=64, seconds=seconds, headers=headers)
+            result, cores = cpu_during(
+                lambda: wrk(url, body, concurrency=64, seconds=seconds, headers=headers),
+                platform_processes(root / "var"),
+            )
+            platform = sum(v for k, v in cores.items() if not k.startswith(("wrk", "idle")))
+            return result, cores["api"] * 1e6 / result.rps, platform * 1e6 / result.rps
         finally:
             proc.send_signal(signal.SIGINT)
             try:
@@ -91,22 +110,32 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--digits", type=Path, default=Path(".cache/demo-digits"))
     args = parser.parse_args()
-    results: dict[str, list[LoadResult]] = {"before": [], "after": []}
+    results: dict[str, list[tuple[LoadResult, float, float]]] = {"before": [], "after": []}
     for round_ in range(1, args.rounds + 1):
-        for name in ("before", "after"):
-            result = probe(getattr(args, name).resolve(), args.digits.resolve(), args.seconds)
-            results[name].append(result)
+        # Alternate which goes first, so neither always runs on a machine the other warmed.
+        order = ("before", "after") if round_ % 2 else ("after", "before")
+        for name in order:
+            result, api_us, platform_us = probe(
+                getattr(args, name).resolve(), args.digits.resolve(), args.seconds
+            )
+            results[name].append((result, api_us, platform_us))
             print(
                 f"round {round_} {name:6}: {result.rps:7.0f} req/s  p50 {result.p50_ms:5.1f} ms"
-                f"  p99 {result.p99_ms:6.1f} ms  errors {result.errors}",
+                f"  p99 {result.p99_ms:6.1f} ms  errors {result.errors}"
+                f"  API {api_us:4.0f} core-µs/answer  platform {platform_us:5.0f}",
                 flush=True,
             )
             time.sleep(2)
     for name, runs in results.items():
-        rps = [r.rps for r in runs]
-        p99 = [r.p99_ms for r in runs]
+        rps = [r.rps for r, _, _ in runs]
+        p99 = [r.p99_ms for r, _, _ in runs]
+        api = [a for _, a, _ in runs]
+        platform = [p for _, _, p in runs]
         print(
-            f"{name:6}: req/s {' / '.join(f'{v:.0f}' for v in rps)} (mean {np.mean(rps):.0f}); p99 ms {' / '.join(f'{v:.1f}' for v in p99)}"
+            f"{name:6}: req/s {' / '.join(f'{v:.0f}' for v in rps)} (mean {np.mean(rps):.0f});"
+            f" p99 ms {' / '.join(f'{v:.1f}' for v in p99)};"
+            f" API core-µs/answer {' / '.join(f'{v:.0f}' for v in api)} (mean {np.mean(api):.0f});"
+            f" platform {' / '.join(f'{v:.0f}' for v in platform)} (mean {np.mean(platform):.0f})"
         )
 
 
