@@ -26,34 +26,9 @@ import httpx
 import numpy as np
 import psutil
 
-from bench.harness import cpu_during, free_port, wait_until
+from bench.harness import TOKEN, cpu_during, free_port, wait_until
 from bench.loadgen import LoadResult, wrk
-
-TOKEN = "paired-probe-token"
-
-
-def platform_env(root: Path, digits_dir: Path) -> dict[str, str]:
-    keep = ("CELERY_", "REDIS_", "DATABASE_", "INFERENCE_", "DJANGO_")
-    return {
-        **{k: v for k, v in os.environ.items() if not k.startswith(keep)},
-        "DJANGO_SETTINGS_MODULE": "inference_project.settings.local",
-        "DATABASE_URL": f"sqlite:///{root / 'db.sqlite3'}",
-        "ARTIFACTS_ROOT": str(root / "artifacts"),
-        "ARTIFACT_CACHE_DIR": str(root / "cache"),
-        "INFERENCE_VAR_DIR": str(root / "var"),
-        "INFERENCE_DEMO_DIR": str(digits_dir),
-        "REDIS_PORT": str(free_port()),
-        "API_PORT": str(free_port()),
-        "FLOWER_PORT": str(free_port()),
-        "WORKER_METRICS_PORT": str(free_port()),
-        "INFERENCE_DEMO_TOKEN": TOKEN,
-        "WORKER_CONCURRENCY": "1",
-        "INFERENCE_THROTTLE_PER_SECOND": "0",
-        "INFERENCE_MAX_QUEUE_DEPTH": "1000000",
-        "INFERENCE_SYNC_TIMEOUT_S": "120",
-        "LOG_LEVEL": "WARNING",
-        "START_PROMETHEUS": "false",
-    }
+from bench.systems.ours import platform_env
 
 
 def platform_processes(var: Path) -> dict[str, int]:
@@ -69,7 +44,8 @@ def probe(checkout: Path, digits_dir: Path, seconds: float) -> tuple[LoadResult,
     """The 64-client point, and the core-µs per answer of the API and of the whole platform."""
     with tempfile.TemporaryDirectory(prefix="paired-") as folder:
         root = Path(folder)
-        env = platform_env(root, digits_dir)
+        env = platform_env(root, digits_dir, redis_port=free_port(), api_port=free_port())
+        env["WORKER_METRICS_PORT"] = str(free_port())
         with (root / "platform.log").open("wb") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "inference_project.local_platform"],

@@ -113,9 +113,7 @@ async def _task_id_claim(
     if not caller.idempotency_key:
         return task_id, True
     fingerprint = request_fingerprint(served, inputs)
-    record = (
-        IDEMPOTENCY_PREFIX + hashlib.sha256(f"{caller.owner}\0{caller.idempotency_key}".encode()).hexdigest()
-    )
+    record = _idempotency_record(caller)
     if await waiter.redis.set(record, f"{task_id} {fingerprint}", nx=True, ex=settings.CELERY_RESULT_EXPIRES):
         return task_id, True
     existing = await waiter.redis.get(record)
@@ -136,11 +134,14 @@ async def _task_id_claim(
 async def _idempotency_release(caller: Caller) -> None:
     """After a timeout nothing was computed (the task expired): let a retry compute again."""
     if caller.idempotency_key:
-        record = (
-            IDEMPOTENCY_PREFIX
-            + hashlib.sha256(f"{caller.owner}\0{caller.idempotency_key}".encode()).hexdigest()
-        )
-        await result_waiter_get().redis.delete(record)
+        await result_waiter_get().redis.delete(_idempotency_record(caller))
+
+
+def _idempotency_record(caller: Caller) -> str:
+    """Where the task id claimed by this key's Idempotency-Key lives (keys are per API key)."""
+    return (
+        IDEMPOTENCY_PREFIX + hashlib.sha256(f"{caller.owner}\0{caller.idempotency_key}".encode()).hexdigest()
+    )
 
 
 async def prediction_run(

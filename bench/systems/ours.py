@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -15,6 +16,36 @@ import psutil
 from bench.harness import HEAVY_CHILDREN, PYTHON, ROOT, TOKEN, Bench, free_port, log, rss_mb, wait_until
 from bench.loadgen import wrk
 from bench.models import HEAVY_NAMES, HEAVY_SIGNATURES
+
+
+def platform_env(root: Path, digits_dir: Path, *, redis_port: int, api_port: int) -> dict[str, str]:
+    """The environment `make bench` runs our platform in: its own Redis, database and folders
+    under `root`, free ports, no throttle or queue bound, no line per request, no Prometheus
+    (bench/paired.py uses it too)."""
+    return {
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("CELERY_", "REDIS_", "DATABASE_", "INFERENCE_", "DJANGO_"))
+        },
+        "DJANGO_SETTINGS_MODULE": "inference_project.settings.local",
+        "DATABASE_URL": f"sqlite:///{root / 'db.sqlite3'}",
+        "ARTIFACTS_ROOT": str(root / "artifacts"),
+        "ARTIFACT_CACHE_DIR": str(root / "cache"),
+        "INFERENCE_VAR_DIR": str(root / "var"),
+        "INFERENCE_DEMO_DIR": str(digits_dir),
+        "REDIS_PORT": str(redis_port),
+        "API_PORT": str(api_port),
+        "FLOWER_PORT": str(free_port()),
+        "INFERENCE_DEMO_TOKEN": TOKEN,
+        "WORKER_CONCURRENCY": "1",
+        "INFERENCE_THROTTLE_PER_SECOND": "0",
+        "INFERENCE_MAX_QUEUE_DEPTH": "1000000",
+        "INFERENCE_SYNC_TIMEOUT_S": "120",
+        # Like the peers, no line per request; INFO costs ~14 % at 64 clients (docs/benchmarks.md).
+        "LOG_LEVEL": "WARNING",
+        "START_PROMETHEUS": "false",
+    }
 
 
 class Platform:
@@ -30,28 +61,7 @@ class Platform:
         self.root.mkdir()
         self.redis_port, self.api_port = free_port(), free_port()
         self.env = {
-            **{
-                k: v
-                for k, v in os.environ.items()
-                if not k.startswith(("CELERY_", "REDIS_", "DATABASE_", "INFERENCE_", "DJANGO_"))
-            },
-            "DJANGO_SETTINGS_MODULE": "inference_project.settings.local",
-            "DATABASE_URL": f"sqlite:///{self.root / 'db.sqlite3'}",
-            "ARTIFACTS_ROOT": str(self.root / "artifacts"),
-            "ARTIFACT_CACHE_DIR": str(self.root / "cache"),
-            "INFERENCE_VAR_DIR": str(self.root / "var"),
-            "INFERENCE_DEMO_DIR": str(bench.digits_dir),
-            "REDIS_PORT": str(self.redis_port),
-            "API_PORT": str(self.api_port),
-            "FLOWER_PORT": str(free_port()),
-            "INFERENCE_DEMO_TOKEN": TOKEN,
-            "WORKER_CONCURRENCY": "1",
-            "INFERENCE_THROTTLE_PER_SECOND": "0",
-            "INFERENCE_MAX_QUEUE_DEPTH": "1000000",
-            "INFERENCE_SYNC_TIMEOUT_S": "120",
-            # Like the peers, no line per request; INFO costs ~14 % at 64 clients (docs/benchmarks.md).
-            "LOG_LEVEL": "WARNING",
-            "START_PROMETHEUS": "false",
+            **platform_env(self.root, bench.digits_dir, redis_port=self.redis_port, api_port=self.api_port),
             # The compute-bound model gets one child per core, each with its share of the threads
             # (workers/placement.py); digits keeps one child: it is bound by the API, not compute.
             **{
