@@ -4,19 +4,26 @@ import logging
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeAlias
 
 import pytest
+from pytest_django import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache"
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
+# The ``heldout`` fixture's value: the held-out digits' rows of 64 pixel values and their labels.
+Heldout: TypeAlias = tuple[list[list[float]], list[int]]
+
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 @pytest.fixture(scope="session")
@@ -37,14 +44,14 @@ def demo_model_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def heldout(demo_model_dir: Path) -> tuple[list[list[float]], list[int]]:
+def heldout(demo_model_dir: Path) -> Heldout:
     """The 360 held-out digits (rows of 64 pixel values) and their labels."""
     lines = (demo_model_dir / "validation.csv").read_text().splitlines()[1:]
     rows = [[float(v) for v in line.split(",")] for line in lines]
     return [row[:-1] for row in rows], [int(row[-1]) for row in rows]
 
 
-def _wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 20) -> None:
+def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 20) -> None:
     import time
 
     deadline = time.monotonic() + timeout
@@ -59,7 +66,7 @@ def _wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 20
 
 
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real redis-server on a free port, for unit tests that touch Redis."""
     port = free_port()
     data = tmp_path_factory.mktemp("redis")
@@ -74,7 +81,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-u
 
 
 @pytest.fixture(scope="session")
-def s3_server():  # type: ignore[no-untyped-def]
+def s3_server() -> Iterator[str]:
     """moto in server mode: a real S3/SNS-compatible HTTP server on loopback."""
     port = free_port()
     proc = subprocess.Popen(
@@ -89,7 +96,7 @@ def s3_server():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def registry_settings(settings, tmp_path: Path, redis_server: str):  # type: ignore[no-untyped-def]
+def registry_settings(settings: Settings, tmp_path: Path, redis_server: str) -> Settings:
     """Registry storage in a temporary folder and a clean real Redis, for DB-backed tests."""
     import redis
 

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 
+from tests.conftest import Heldout
 from tests.integration.conftest import Platform
 
 pytestmark = pytest.mark.integration
@@ -19,9 +20,9 @@ FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=list(Healt
 
 
 def assert_answer_is_well_formed(response: httpx.Response | object) -> None:
-    status = response.status_code  # type: ignore[attr-defined]
-    assert status < 500, f"{status}: {response.text[:300]}"  # type: ignore[attr-defined]
-    body = response.json()  # type: ignore[attr-defined]
+    status = response.status_code
+    assert status < 500, f"{status}: {response.text[:300]}"
+    body = response.json()
     if status >= 400:
         assert "error" in body
 
@@ -151,7 +152,7 @@ def test_generated_v2_tensors(
     assert_answer_is_well_formed(response)
 
 
-def test_still_serving_after_the_fuzzing(platform: Platform, heldout) -> None:  # type: ignore[no-untyped-def]
+def test_still_serving_after_the_fuzzing(platform: Platform, heldout: Heldout) -> None:
     rows, labels = heldout
     with platform.client() as client:
         response = client.post("/api/v1/predictions", json={"model": "digits", "inputs": rows[:20]})

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, Heldout
 from tests.integration.conftest import ARTIFACTS_DIR, Platform, admin_login, browser_page
 
 pytestmark = pytest.mark.integration
@@ -89,8 +89,8 @@ class Stream:
 
 
 def test_hot_swap_under_load_loses_no_request(
-    platform: Platform, staff: httpx.Client, demo_model_dir: Path, heldout
-) -> None:  # type: ignore[no-untyped-def]
+    platform: Platform, staff: httpx.Client, demo_model_dir: Path, heldout: Heldout
+) -> None:
     second = upload(staff, demo_model_dir)
     figures = {}
     with Stream(platform, heldout[0][0]) as stream:
@@ -118,7 +118,7 @@ def test_hot_swap_under_load_loses_no_request(
     assert [e["action"] for e in history[:2]] == ["rollback", "promote"]
 
 
-def test_pinned_versions(platform: Platform, heldout) -> None:  # type: ignore[no-untyped-def]
+def test_pinned_versions(platform: Platform, heldout: Heldout) -> None:
     with platform.client() as client:
         pinned = client.post(
             "/api/v1/predictions", json={"model": "digits", "version": 1, "inputs": heldout[0][:1]}
@@ -134,8 +134,8 @@ def test_pinned_versions(platform: Platform, heldout) -> None:  # type: ignore[n
 
 
 def test_refused_promotions_keep_the_old_version_serving(
-    platform: Platform, staff: httpx.Client, demo_model_dir: Path, tmp_path: Path, heldout
-) -> None:  # type: ignore[no-untyped-def]
+    platform: Platform, staff: httpx.Client, demo_model_dir: Path, tmp_path: Path, heldout: Heldout
+) -> None:
     tampered = upload(staff, demo_model_dir)
     stored = Path(platform.env["ARTIFACTS_ROOT"]) / "digits" / str(tampered) / "model.keras"
     data = bytearray(stored.read_bytes())

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, Heldout, free_port
 from tests.integration.conftest import (
     ARTIFACTS_DIR,
     Platform,
@@ -144,8 +144,8 @@ def stream(platform: Platform, rows: np.ndarray, per_request: int = 20) -> None:
 
 
 def test_prometheus_scrapes_request_counter_and_latency(
-    observed: Platform, prometheus: Prometheus, heldout
-) -> None:  # type: ignore[no-untyped-def]
+    observed: Platform, prometheus: Prometheus, heldout: Heldout
+) -> None:
     rows = np.array(heldout[0][:30])
     for row in rows:
         predict(observed, row[None, :])
@@ -179,7 +179,7 @@ def _json_lines(log: str) -> list[dict[str, Any]]:
     return lines
 
 
-def test_json_logs_link_api_and_worker_by_request_id(observed: Platform, heldout) -> None:  # type: ignore[no-untyped-def]
+def test_json_logs_link_api_and_worker_by_request_id(observed: Platform, heldout: Heldout) -> None:
     response = predict(observed, np.array(heldout[0][:2]), **{"X-Request-ID": "client-trace-42"})
     request_id = response.headers["X-Request-ID"]
     assert request_id == response.json()["id"]
@@ -243,8 +243,8 @@ def _drift_page(platform: Platform, name: str) -> str:
 
 
 def test_drift_alerts_stay_quiet_in_distribution_and_fire_on_a_shifted_stream(
-    observed: Platform, prometheus: Prometheus, heldout
-) -> None:  # type: ignore[no-untyped-def]
+    observed: Platform, prometheus: Prometheus, heldout: Heldout
+) -> None:
     train, _, _, _ = dataset_split(seed=0)  # rows the reference (validation set) does not contain
     rng = np.random.default_rng(7)
 

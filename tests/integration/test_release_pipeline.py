@@ -11,6 +11,7 @@ from pathlib import Path
 import boto3
 import pytest
 import redis
+from pytest_django import Settings
 
 from apps.models_registry.models import OutboxEvent
 from apps.models_registry.release import PublishFailed, outbox_publish_pending
@@ -32,7 +33,7 @@ def aws(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 @pytest.fixture
-def topic(aws: str, settings, tmp_path: Path, redis_server: str):  # type: ignore[no-untyped-def]
+def topic(aws: str, settings: Settings, tmp_path: Path, redis_server: str):  # type: ignore[no-untyped-def]
     """A FIFO topic for `dev` with an SQS queue subscribed, to read what SNS delivers."""
     name = f"release-dev-{uuid.uuid4().hex[:8]}"
     sns, sqs = boto3.client("sns"), boto3.client("sqs")
@@ -169,7 +170,7 @@ def test_rollback_and_malformed_records(topic, jenkins_server: FakeJenkins, demo
 
 def test_jenkins_down_raises_for_lambda_to_retry(
     topic, jenkins_server: FakeJenkins, demo_model_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     deployment_set(version=register(demo_model_dir), environment="dev")
     outbox_publish_pending()
     records = lambda_events_from_sqs(topic)
@@ -185,7 +186,7 @@ def test_jenkins_down_raises_for_lambda_to_retry(
 
 def test_dynamodb_claims_survive_across_containers(
     topic, jenkins_server: FakeJenkins, demo_model_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     table = f"release-claims-{uuid.uuid4().hex[:8]}"
     boto3.client("dynamodb").create_table(
         TableName=table,
@@ -203,7 +204,7 @@ def test_dynamodb_claims_survive_across_containers(
     assert len(jenkins_server.builds) == 1
 
 
-def test_sns_refusal_keeps_the_event_pending(topic, settings, demo_model_dir: Path) -> None:  # type: ignore[no-untyped-def]
+def test_sns_refusal_keeps_the_event_pending(topic, settings: Settings, demo_model_dir: Path) -> None:  # type: ignore[no-untyped-def]
     settings.RELEASE_SNS_TOPIC_ARNS = {"dev": topic["arn"].replace("release-dev", "missing")}
     deployment_set(version=register(demo_model_dir), environment="dev")
     with pytest.raises(PublishFailed):
@@ -213,7 +214,7 @@ def test_sns_refusal_keeps_the_event_pending(topic, settings, demo_model_dir: Pa
     assert event.last_error
 
 
-def test_without_a_topic_events_stay_local(topic, settings, demo_model_dir: Path) -> None:  # type: ignore[no-untyped-def]
+def test_without_a_topic_events_stay_local(topic, settings: Settings, demo_model_dir: Path) -> None:  # type: ignore[no-untyped-def]
     settings.RELEASE_SNS_TOPIC_ARNS = {}
     deployment_set(version=register(demo_model_dir), environment="dev")
     assert outbox_publish_pending() == 0

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import _wait_port, free_port
+from tests.conftest import Heldout, _wait_port, free_port
 from tests.integration.conftest import Platform, platform_env, running_platform
 from tests.integration.load import (
     assert_keeps_serving,
@@ -97,7 +97,7 @@ def faulty(
         yield platform
 
 
-def test_idempotency_key_gives_one_answer_and_one_computation(faulty: Platform, heldout) -> None:  # type: ignore[no-untyped-def]
+def test_idempotency_key_gives_one_answer_and_one_computation(faulty: Platform, heldout: Heldout) -> None:
     body = {"model": "digits", "inputs": heldout[0][:3]}
 
     def computed(request_id: str) -> int:
@@ -183,7 +183,7 @@ def test_full_queue_answers_503_at_once_without_enqueueing(faulty: Platform, dem
     wait_ready(faulty)
 
 
-def test_killing_worker_children_mid_batch_loses_no_request(faulty: Platform, heldout) -> None:  # type: ignore[no-untyped-def]
+def test_killing_worker_children_mid_batch_loses_no_request(faulty: Platform, heldout: Heldout) -> None:
     rows, labels = heldout
     bodies = [{"model": "digits", "inputs": [rows[i % 360]]} for i in range(600)]
     kills: list[int] = []
@@ -210,7 +210,7 @@ def test_killing_worker_children_mid_batch_loses_no_request(faulty: Platform, he
     assert "WorkerLostError" in faulty.log() or "exited with 'signal 9" in faulty.log()
 
 
-def test_killed_worker_is_replaced_and_serves_the_queue(faulty: Platform, heldout) -> None:  # type: ignore[no-untyped-def]
+def test_killed_worker_is_replaced_and_serves_the_queue(faulty: Platform, heldout: Heldout) -> None:
     rows, labels = heldout
     old = faulty.pids()["worker-digits"]
     os.killpg(old, signal.SIGKILL)
@@ -258,8 +258,8 @@ def test_redis_down_answers_503_fast_then_recovers(faulty: Platform, redis_proc:
 
 
 def test_async_jobs_accepted_before_a_redis_restart_complete_after_it(
-    faulty: Platform, redis_proc: RedisProcess, heldout
-) -> None:  # type: ignore[no-untyped-def]
+    faulty: Platform, redis_proc: RedisProcess, heldout: Heldout
+) -> None:
     rows, labels = heldout
     wait_ready(faulty)
     worker_group = faulty.pids()["worker-digits"]
@@ -321,7 +321,7 @@ def test_a_version_that_hangs_while_loading_is_reported_and_the_previous_keeps_s
         faulty.manage("rollback", "digits", "--env", "dev")
 
 
-def test_short_soak_mixed_traffic_with_kills(faulty: Platform, heldout) -> None:  # type: ignore[no-untyped-def]
+def test_short_soak_mixed_traffic_with_kills(faulty: Platform, heldout: Heldout) -> None:
     """The `make test` cut of `make soak`: mixed sync/async traffic while children are killed."""
     rows, labels = heldout
     wait_ready(faulty)

@@ -13,6 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.conftest import Heldout
 from tests.integration.conftest import Platform
 from tests.integration.load import children
 from workers.placement import cpu_cores
@@ -39,7 +40,7 @@ def test_health_and_readiness(platform: Platform) -> None:
         assert client.get("/v2/health/ready").status_code == 200
 
 
-def test_heldout_digits_in_one_request(platform: Platform, heldout) -> None:  # type: ignore[no-untyped-def]
+def test_heldout_digits_in_one_request(platform: Platform, heldout: Heldout) -> None:
     rows, labels = heldout
     with platform.client() as client:
         response = client.post("/api/v1/predictions", json={"model": "digits", "inputs": rows})
@@ -55,7 +56,7 @@ def test_heldout_digits_in_one_request(platform: Platform, heldout) -> None:  # 
     assert np.mean(predicted == np.array(labels)) >= 0.9
 
 
-def test_heldout_digits_as_concurrent_single_requests(platform: Platform, heldout) -> None:  # type: ignore[no-untyped-def]
+def test_heldout_digits_as_concurrent_single_requests(platform: Platform, heldout: Heldout) -> None:
     rows, labels = heldout
 
     async def run() -> list[httpx.Response]:
@@ -78,7 +79,7 @@ def test_heldout_digits_as_concurrent_single_requests(platform: Platform, heldou
     assert np.mean(predicted == np.array(labels)) >= 0.9
 
 
-def test_async_submit_then_poll(platform: Platform, heldout) -> None:  # type: ignore[no-untyped-def]
+def test_async_submit_then_poll(platform: Platform, heldout: Heldout) -> None:
     rows, _ = heldout
     with platform.client() as client:
         sync = client.post("/api/v1/predictions", json={"model": "digits", "inputs": rows[:5]}).json()
@@ -101,7 +102,7 @@ def test_async_submit_then_poll(platform: Platform, heldout) -> None:  # type: i
         assert unknown.json()["error"]["field"] == "id"
 
 
-def test_tensorflow_serving_rest(platform: Platform, heldout) -> None:  # type: ignore[no-untyped-def]
+def test_tensorflow_serving_rest(platform: Platform, heldout: Heldout) -> None:
     rows, labels = heldout
     with platform.client() as client:
         row = client.post("/v1/models/digits:predict", json={"instances": rows[:4]})
@@ -126,7 +127,7 @@ def test_tensorflow_serving_rest(platform: Platform, heldout) -> None:  # type: 
         assert isinstance(missing.json()["error"], str)
 
 
-def test_open_inference_protocol_v2(platform: Platform, heldout) -> None:  # type: ignore[no-untyped-def]
+def test_open_inference_protocol_v2(platform: Platform, heldout: Heldout) -> None:
     rows, labels = heldout
     with platform.client() as client:
         assert client.get("/v2").json()["name"]
@@ -254,7 +255,7 @@ def test_a_plain_client_reads_the_413_of_an_oversized_body(
         assert error.startswith("body: request body exceeds")
 
 
-def test_service_keeps_serving_after_bad_inputs(platform: Platform, heldout) -> None:  # type: ignore[no-untyped-def]
+def test_service_keeps_serving_after_bad_inputs(platform: Platform, heldout: Heldout) -> None:
     rows, labels = heldout
     with platform.client() as client:
         for body, _, _ in BAD_NATIVE:
@@ -383,7 +384,7 @@ def test_printed_curl_example_returns_the_digit(platform: Platform) -> None:
 
 
 @pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
-def test_tritonclient_works_unchanged(platform: Platform, heldout, binary: bool) -> None:  # type: ignore[no-untyped-def]
+def test_tritonclient_works_unchanged(platform: Platform, heldout: Heldout, binary: bool) -> None:
     """The Open Inference Protocol client of Triton, JSON and binary tensor data extension."""
     import tritonclient.http as triton
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import Heldout
 from tests.integration.conftest import ARTIFACTS_DIR, Platform, platform_env, running_platform
 from tests.integration.load import fire, poll_jobs, wait_ready, worker_children
 
@@ -38,7 +39,7 @@ def soak_platform(tmp_path_factory: pytest.TempPathFactory, demo_model_dir: Path
         yield platform
 
 
-def test_soak(soak_platform: Platform, heldout) -> None:  # type: ignore[no-untyped-def]
+def test_soak(soak_platform: Platform, heldout: Heldout) -> None:
     rows, labels = heldout
     rng = random.Random(2026)
     stop = threading.Event()

@@ -5,10 +5,11 @@ import gc
 import subprocess
 import sys
 import weakref
-from typing import Any
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from pytest_django import Settings
 
 from tests.conftest import ROOT
 from workers import runtime as runtime_module
@@ -34,13 +35,15 @@ class CyclicPredictor(Predictor):
 
 
 @pytest.fixture
-def unfrozen():  # type: ignore[no-untyped-def]
+def unfrozen() -> Iterator[None]:
     yield
     gc.unfreeze()
 
 
 @pytest.fixture
-def runtime(redis_server: str, settings: Any, monkeypatch: pytest.MonkeyPatch, unfrozen: None):  # type: ignore[no-untyped-def]
+def runtime(
+    redis_server: str, settings: Settings, monkeypatch: pytest.MonkeyPatch, unfrozen: None
+) -> runtime_module.ModelRuntime:
     """A worker child's runtime (max one loaded version) whose versions are `CyclicPredictor`s."""
     settings.REDIS_URL = redis_server
 
@@ -63,7 +66,7 @@ def frozen_graph(runtime: runtime_module.ModelRuntime, version: int) -> weakref.
 
 
 @pytest.fixture
-def full_collections():  # type: ignore[no-untyped-def]
+def full_collections() -> Iterator[list[int]]:
     """How many generation-2 collections ran (a worker child's take ~200 ms each)."""
     count = [0]
 
@@ -76,7 +79,9 @@ def full_collections():  # type: ignore[no-untyped-def]
     gc.callbacks.remove(counted)
 
 
-def test_an_evicted_version_is_collected_in_one_full_pass(runtime, full_collections) -> None:  # type: ignore[no-untyped-def]
+def test_an_evicted_version_is_collected_in_one_full_pass(
+    runtime: runtime_module.ModelRuntime, full_collections: list[int]
+) -> None:
     graph = frozen_graph(runtime, 1)
     full_collections[0] = 0
     runtime.predictor_get(model_name="m", version=2)  # evicts and retires version 1
@@ -84,7 +89,7 @@ def test_an_evicted_version_is_collected_in_one_full_pass(runtime, full_collecti
     assert full_collections[0] == 1  # one pass frees the old version and freezes the new one
 
 
-def test_a_version_retired_by_a_swap_is_collected(runtime) -> None:  # type: ignore[no-untyped-def]
+def test_a_version_retired_by_a_swap_is_collected(runtime: runtime_module.ModelRuntime) -> None:
     runtime.max_loaded = 2  # the swap, not the eviction, retires version 1
     graph = frozen_graph(runtime, 1)
     runtime.swap(model_name="m", version=2, grace_s=0, load_timeout_s=60)

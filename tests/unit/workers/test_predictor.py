@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import Heldout
 from workers.predictor import KerasPredictor, ModelFiles, predictor_for
 
 
@@ -24,7 +25,7 @@ def predictor(demo_model_dir: Path):  # type: ignore[no-untyped-def]
     predictor.unload()
 
 
-def test_heldout_accuracy_in_one_batch(predictor: KerasPredictor, heldout) -> None:  # type: ignore[no-untyped-def]
+def test_heldout_accuracy_in_one_batch(predictor: KerasPredictor, heldout: Heldout) -> None:
     rows, labels = heldout
     outputs = predictor.predict({"pixels": np.array(rows, dtype=np.float32)})
     scores = outputs["scores"]
@@ -33,7 +34,7 @@ def test_heldout_accuracy_in_one_batch(predictor: KerasPredictor, heldout) -> No
     assert np.mean(np.argmax(scores, axis=1) == np.array(labels)) >= 0.95
 
 
-def test_batches_and_single_rows_agree(predictor: KerasPredictor, heldout) -> None:  # type: ignore[no-untyped-def]
+def test_batches_and_single_rows_agree(predictor: KerasPredictor, heldout: Heldout) -> None:
     rows = np.array(heldout[0][:8], dtype=np.float32)
     batch = predictor.predict({"pixels": rows})["scores"]
     singles = np.concatenate([predictor.predict({"pixels": rows[i : i + 1]})["scores"] for i in range(8)])

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from pytest_django import Settings
 
 from apps.models_registry.models import Artifact
 from apps.models_registry.services.registration import model_version_register
@@ -21,7 +22,7 @@ BUCKET = "model-artifacts"
 
 
 @pytest.fixture
-def s3(s3_server: str, monkeypatch: pytest.MonkeyPatch, settings, tmp_path: Path):  # type: ignore[no-untyped-def]
+def s3(s3_server: str, monkeypatch: pytest.MonkeyPatch, settings: Settings, tmp_path: Path):  # type: ignore[no-untyped-def]
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
@@ -37,7 +38,7 @@ def s3(s3_server: str, monkeypatch: pytest.MonkeyPatch, settings, tmp_path: Path
     return client
 
 
-def test_register_uploads_to_s3_and_loads_verified(s3, demo_model_dir: Path, settings) -> None:  # type: ignore[no-untyped-def]
+def test_register_uploads_to_s3_and_loads_verified(s3, demo_model_dir: Path, settings: Settings) -> None:  # type: ignore[no-untyped-def]
     card = json.loads((demo_model_dir / "model_card.json").read_text())
     files = [p for p in demo_model_dir.iterdir() if p.name != "model_card.json"]
     version = model_version_register(name="digits", files=files, signature=card["signature"])
@@ -50,7 +51,7 @@ def test_register_uploads_to_s3_and_loads_verified(s3, demo_model_dir: Path, set
     assert sha256_file(local) == sha256_file(demo_model_dir / "model.keras")
 
 
-def test_large_files_go_up_in_parts(s3, tmp_path: Path, settings) -> None:  # type: ignore[no-untyped-def]
+def test_large_files_go_up_in_parts(s3, tmp_path: Path, settings: Settings) -> None:  # type: ignore[no-untyped-def]
     big = tmp_path / "big.keras"
     big.write_bytes(bytes(range(256)) * (12 * 1024 * 4))  # 12 MiB: three 5 MiB parts
     storage = S3ArtifactStorage(bucket=BUCKET, prefix="parts/", cache_dir=tmp_path / "c", multipart_mb=5)

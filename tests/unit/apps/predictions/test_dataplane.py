@@ -1,6 +1,6 @@
-"""The data plane's steps in order, without a running platform: authenticate, authorize, route,
-check the inputs against the routed version, then hand over to the services (stood in for here:
-their enqueue/await path runs against real workers in tests/integration)."""
+"""The data plane's steps in order, without a running platform: authenticate, then authorize,
+route, check the inputs against the routed version, and hand over to the services (stood in for
+here: their enqueue/await path runs against real workers in tests/integration)."""
 
 import asyncio
 from typing import Any
@@ -57,7 +57,12 @@ def rows_request(rows: Any, *, model: str = "toy", version: int | None = None) -
 
 
 def infer(request: InferenceRequest, context: RequestContext) -> InferenceResponse:
-    return asyncio.run(dataplane.infer(request, context))
+    """What an adapter does: authenticate, then infer."""
+
+    async def both() -> InferenceResponse:
+        return await dataplane.infer(request, await dataplane.authenticate(context))
+
+    return asyncio.run(both())
 
 
 def refusal(request: InferenceRequest, context: RequestContext) -> ApiError:
@@ -126,5 +131,5 @@ def test_job_of_another_key_is_not_found(monkeypatch: pytest.MonkeyPatch, settin
 
     monkeypatch.setattr(dataplane, "prediction_job_get", job_get)
     with pytest.raises(ApiError) as caught:
-        asyncio.run(dataplane.job_get("abc", RequestContext()))
+        asyncio.run(dataplane.job_get("abc", Caller(key=None, deadline_s=30.0)))
     assert caught.value.status == 404

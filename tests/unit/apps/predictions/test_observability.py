@@ -7,6 +7,7 @@ import logging
 import httpx
 import pytest
 from prometheus_client import REGISTRY
+from pytest_django import Settings
 
 from inference_project.asgi import application  # sets up logging once, before caplog's handler
 
@@ -15,7 +16,7 @@ def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-def test_fast_path_counts_and_logs_each_request(caplog: pytest.LogCaptureFixture, settings) -> None:  # type: ignore[no-untyped-def]
+def test_fast_path_counts_and_logs_each_request(caplog: pytest.LogCaptureFixture, settings: Settings) -> None:
     async def calls() -> httpx.Response:
         transport = httpx.ASGITransport(app=application)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:

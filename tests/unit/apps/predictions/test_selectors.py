@@ -5,12 +5,13 @@ import threading
 import time
 
 import pytest
+from pytest_django import Settings
 
 from apps.predictions import selectors
 from apps.predictions.selectors import Route, ServedModel, served_model_get
 
 
-def test_concurrent_requests_share_one_reload(monkeypatch: pytest.MonkeyPatch, settings) -> None:  # type: ignore[no-untyped-def]
+def test_concurrent_requests_share_one_reload(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
     settings.INFERENCE_REGISTRY_CACHE_S = 60.0
     calls = []
 

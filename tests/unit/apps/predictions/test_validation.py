@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from pytest_django import Settings
 
 from apps.predictions.errors import ApiError
 from apps.predictions.validation import tensor_from_json
@@ -41,7 +42,7 @@ def test_bad_tensors_are_rejected_naming_the_field(value: object, fragment: str)
     assert fragment in caught.value.message
 
 
-def test_batch_limit(settings) -> None:  # type: ignore[no-untyped-def]
+def test_batch_limit(settings: Settings) -> None:
     settings.INFERENCE_MAX_BATCH_ROWS = 4
     with pytest.raises(ApiError, match="exceed the limit of 4"):
         tensor_from_json([[0.0] * 64] * 5, spec=SPEC, field="inputs")

@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from pytest_django import Settings
 
 from apps.models_registry import selectors
 from apps.models_registry.models import Artifact, Deployment, OutboxEvent, RegistryEvent
@@ -30,7 +31,7 @@ def test_below_minimum_metric_is_refused_and_recorded(demo_model_dir: Path) -> N
     assert OutboxEvent.objects.count() == 1  # only the bootstrap deployment
 
 
-def test_tampered_artifact_is_refused_before_loading(demo_model_dir: Path, settings) -> None:  # type: ignore[no-untyped-def]
+def test_tampered_artifact_is_refused_before_loading(demo_model_dir: Path, settings: Settings) -> None:
     version = register(demo_model_dir)
     model = version.artifacts.get(kind=Artifact.Kind.MODEL)
     path = Path(settings.ARTIFACTS_ROOT) / model.uri.removeprefix("local://")

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+from pytest_django import Settings
 
 from apps.models_registry.models import Artifact, RegistryEvent
 from apps.models_registry.services.deployments import PromotionRefused, deployment_set, model_version_promote
@@ -12,7 +13,7 @@ from tests.unit.apps.models_registry.helpers import register
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("registry_settings")]
 
 
-def test_retention_prunes_idle_versions_beyond_the_newest(demo_model_dir: Path, settings) -> None:  # type: ignore[no-untyped-def]
+def test_retention_prunes_idle_versions_beyond_the_newest(demo_model_dir: Path, settings: Settings) -> None:
     settings.ARTIFACT_RETENTION_VERSIONS = 1
     versions = [register(demo_model_dir) for _ in range(4)]
     deployment_set(version=versions[3], environment="dev")
