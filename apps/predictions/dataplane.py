@@ -1,9 +1,13 @@
 """The data plane: what every protocol's adapter calls, one function per operation.
 
-    infer(request, context)
-      authenticate → authorize (the key's models) → route (live or pinned version)
+    caller = authenticate(context)      the API key and the terms of the request
+    infer(request, caller)
+      authorize (the key's models) → route (live or pinned version)
       → inputs checked against that version's signature → admit (rate, queue bound)
       → idempotency → batch → enqueue → await → InferenceResponse
+
+An adapter authenticates first, before it parses the request, so an unauthenticated client
+learns nothing about a request's form (401 before any 400).
 
 Every failure leaves as the one error type, `ApiError` (an unreachable Redis included: 503 with
 Retry-After); the adapters render it in their protocol's form. Nothing here knows a protocol's
@@ -11,9 +15,9 @@ JSON. Canary routing and priorities plug in at the route and admit steps.
 """
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 from asgiref.sync import sync_to_async
@@ -39,7 +43,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-def _one_error_type(operation: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+def _one_error_type(operation: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     """Redis (or the socket under it) failing anywhere in an operation is a 503, not a crash."""
 
     @functools.wraps(operation)
@@ -56,7 +60,10 @@ IDEMPOTENCY_KEY_MAX = 255
 IDEMPOTENCY_FIELD = "Idempotency-Key"
 
 
-async def _caller(context: RequestContext) -> Caller:
+@_one_error_type
+async def authenticate(context: RequestContext) -> Caller:
+    """Who asks (401 for a missing or unknown key) and on what terms: the deadline (the
+    client's, capped at INFERENCE_SYNC_TIMEOUT_S) and a well-formed idempotency key."""
     key = await api_key_authenticate(context.authorization)
     idempotency_key = context.idempotency_key
     if idempotency_key is not None and not (
@@ -83,27 +90,24 @@ async def _served(name: str, version: int | None) -> ServedModel:
     return served
 
 
-async def _prepared(
-    request: InferenceRequest, context: RequestContext
-) -> tuple[Caller, ServedModel, dict[str, np.ndarray]]:
-    """Authenticate, authorize, route, and check the inputs against the routed version."""
-    caller = await _caller(context)
+async def _prepared(request: InferenceRequest, caller: Caller) -> tuple[ServedModel, dict[str, np.ndarray]]:
+    """Authorize, route, and check the inputs against the routed version."""
     _authorize(caller, request.model)
     served = await _served(request.model, request.version)
-    return caller, served, request.inputs(served)
+    return served, request.inputs(served)
 
 
 @_one_error_type
-async def infer(request: InferenceRequest, context: RequestContext) -> InferenceResponse:
+async def infer(request: InferenceRequest, caller: Caller) -> InferenceResponse:
     """Run one request and wait for its answer, up to the caller's deadline (504 after it)."""
-    caller, served, inputs = await _prepared(request, context)
+    served, inputs = await _prepared(request, caller)
     return await prediction_run(served=served, inputs=inputs, caller=caller)
 
 
 @_one_error_type
-async def enqueue(request: InferenceRequest, context: RequestContext) -> str:
+async def enqueue(request: InferenceRequest, caller: Caller) -> str:
     """Accept one request without waiting: its job id, to look up with `job_get`."""
-    caller, served, inputs = await _prepared(request, context)
+    served, inputs = await _prepared(request, caller)
     return await prediction_enqueue(served=served, inputs=inputs, caller=caller)
 
 
@@ -118,10 +122,9 @@ class Job:
 
 
 @_one_error_type
-async def job_get(job_id: str, context: RequestContext) -> Job:
+async def job_get(job_id: str, caller: Caller) -> Job:
     """An async job of the caller's key: pending, done with its response, or failed with its
     error; 404 for an unknown job or another key's."""
-    caller = await _caller(context)
     request_identified(job_id)
     record, meta = await prediction_job_get(job_id=job_id, owner=caller.owner)
     job = Job(id=job_id, status="pending", model=record["model"], version=int(record["version"]))
@@ -147,19 +150,17 @@ class ModelMetadata:
 
 
 @_one_error_type
-async def model_metadata(name: str, version: int | None, context: RequestContext) -> ModelMetadata:
+async def model_metadata(name: str, version: int | None) -> ModelMetadata:
     """The version a request for `name` (or `name` at `version`) would reach, and the model's
     registered versions (only that one when pinned)."""
-    await _caller(context)
     served = await _served(name, version)
     versions = [served.version] if version else await sync_to_async(_version_numbers)(name)
     return ModelMetadata(served=served, versions=versions)
 
 
 @_one_error_type
-async def model_ready(name: str, version: int | None, context: RequestContext) -> tuple[ServedModel, bool]:
+async def model_ready(name: str, version: int | None) -> tuple[ServedModel, bool]:
     """The version a request would reach, and whether a worker has it loaded now."""
-    await _caller(context)
     served = await _served(name, version)
     return served, await served_model_ready(served)
 

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import orjson
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views import View
 
 from apps.predictions.errors import ApiError, bad_request
 from apps.predictions.fastpath import body_get
@@ -90,14 +91,19 @@ ViewFunc = Callable[..., Awaitable[HttpResponse]]
 
 
 def renders_errors(form: Literal["native", "plain"]) -> Callable[[ViewFunc], ViewFunc]:
-    """A view's `ApiError` becomes a response in `form`, its code recorded for the metrics."""
+    """A view's `ApiError` becomes a response in `form`, its code recorded for the metrics.
+
+    A body the fast path refused is answered 413 before the view runs, as before it was read:
+    ahead of authentication (401) and of any parsing (400).
+    """
     render = native_error if form == "native" else plain_error
 
     def decorate(view: ViewFunc) -> ViewFunc:
         @functools.wraps(view)
-        async def wrapper(*args: Any, **kwargs: Any) -> HttpResponse:
+        async def wrapper(view_self: View, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
             try:
-                return await view(*args, **kwargs)
+                body_get(request)
+                return await view(view_self, request, *args, **kwargs)
             except ApiError as error:
                 request_failed(error.code)
                 return render(error)

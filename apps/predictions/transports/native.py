@@ -78,20 +78,21 @@ def response_render(response: InferenceResponse) -> dict[str, Any]:
 class PredictionCreateApi(View):
     @renders_errors("native")
     async def post(self, request: HttpRequest) -> HttpResponse:
+        caller = await dataplane.authenticate(request_context(request))
         inference, run_async = request_parse(json_object(json_body(request)))
-        context = request_context(request)
         if run_async:
-            job_id = await dataplane.enqueue(inference, context)
+            job_id = await dataplane.enqueue(inference, caller)
             status_url = request.build_absolute_uri(f"/api/v1/predictions/{job_id}")
             return json_response({"id": job_id, "status": "pending", "status_url": status_url}, status=202)
-        response = await dataplane.infer(inference, context)
+        response = await dataplane.infer(inference, caller)
         return json_response(response_render(response), headers={"X-Request-ID": response.id})
 
 
 class PredictionDetailApi(View):
     @renders_errors("native")
     async def get(self, request: HttpRequest, job_id: str) -> HttpResponse:
-        job = await dataplane.job_get(job_id, request_context(request))
+        caller = await dataplane.authenticate(request_context(request))
+        job = await dataplane.job_get(job_id, caller)
         body: dict[str, object] = {
             "id": job.id,
             "status": job.status,

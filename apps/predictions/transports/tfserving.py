@@ -78,11 +78,12 @@ def response_render(response: InferenceResponse, *, row_format: bool) -> dict[st
 class PredictApi(View):
     @renders_errors("plain")
     async def post(self, request: HttpRequest, name: str, version: int | None = None) -> HttpResponse:
+        caller = await dataplane.authenticate(request_context(request))
         body = json_object(json_body(request))
         inference = InferenceRequest(
             model=name, version=version, inputs=lambda served: inputs_decode(body, served)
         )
-        response = await dataplane.infer(inference, request_context(request))
+        response = await dataplane.infer(inference, caller)
         return json_response(
             response_render(response, row_format="instances" in body), headers={"X-Request-ID": response.id}
         )
@@ -91,7 +92,8 @@ class PredictApi(View):
 class StatusApi(View):
     @renders_errors("plain")
     async def get(self, request: HttpRequest, name: str, version: int | None = None) -> HttpResponse:
-        served, ready = await dataplane.model_ready(name, version, request_context(request))
+        await dataplane.authenticate(request_context(request))
+        served, ready = await dataplane.model_ready(name, version)
         return json_response(
             {
                 "model_version_status": [

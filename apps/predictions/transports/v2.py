@@ -277,20 +277,23 @@ class ReadyApi(View):
 class ModelMetadataApi(View):
     @renders_errors("plain")
     async def get(self, request: HttpRequest, name: str, version: int | None = None) -> HttpResponse:
-        metadata = await dataplane.model_metadata(name, version, request_context(request))
+        await dataplane.authenticate(request_context(request))
+        metadata = await dataplane.model_metadata(name, version)
         return json_response(metadata_render(metadata.served, metadata.versions))
 
 
 class ModelReadyApi(View):
     @renders_errors("plain")
     async def get(self, request: HttpRequest, name: str, version: int | None = None) -> HttpResponse:
-        _, ready = await dataplane.model_ready(name, version, request_context(request))
+        await dataplane.authenticate(request_context(request))
+        _, ready = await dataplane.model_ready(name, version)
         return json_response({"name": name, "ready": ready}, status=200 if ready else 400)
 
 
 class InferApi(View):
     @renders_errors("plain")
     async def post(self, request: HttpRequest, name: str, version: int | None = None) -> HttpResponse:
+        caller = await dataplane.authenticate(request_context(request))
         header_length = request.headers.get(BINARY_HEADER)
         binary: BinaryReader | None = None
         if header_length is None:
@@ -300,7 +303,7 @@ class InferApi(View):
         inference = InferenceRequest(
             model=name, version=version, inputs=lambda served: inputs_decode(body, served, binary)
         )
-        response = await dataplane.infer(inference, request_context(request))
+        response = await dataplane.infer(inference, caller)
         wanted, binary_outputs = outputs_wanted(body), binary_wanted(body)
         if binary_outputs:
             content, head = binary_response_render(
