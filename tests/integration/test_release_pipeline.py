@@ -7,13 +7,14 @@ import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
 import redis
 from pytest_django import Settings
 
-from apps.models_registry.models import OutboxEvent
+from apps.models_registry.models import ModelVersion, OutboxEvent
 from apps.models_registry.release import PublishFailed, outbox_publish_pending
 from apps.models_registry.services.deployments import deployment_rollback, deployment_set
 from apps.models_registry.services.registration import model_version_register
@@ -33,7 +34,7 @@ def aws(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 @pytest.fixture
-def topic(aws: str, settings: Settings, tmp_path: Path, redis_server: str):  # type: ignore[no-untyped-def]
+def topic(aws: str, settings: Settings, tmp_path: Path, redis_server: str) -> dict[str, str]:
     """A FIFO topic for `dev` with an SQS queue subscribed, to read what SNS delivers."""
     name = f"release-dev-{uuid.uuid4().hex[:8]}"
     sns, sqs = boto3.client("sns"), boto3.client("sqs")
@@ -64,7 +65,7 @@ def jenkins_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeJenkins]:
     server.stop()
 
 
-def register(folder: Path):  # type: ignore[no-untyped-def]
+def register(folder: Path) -> ModelVersion:
     card = json.loads((folder / "model_card.json").read_text())
     files = [p for p in folder.iterdir() if p.name != "model_card.json"]
     return model_version_register(
@@ -72,7 +73,7 @@ def register(folder: Path):  # type: ignore[no-untyped-def]
     )
 
 
-def lambda_events_from_sqs(topic: dict[str, str]) -> list[dict]:
+def lambda_events_from_sqs(topic: dict[str, str]) -> list[dict[str, Any]]:
     """What SNS delivered, wrapped the way SNS invokes a Lambda function."""
     sqs = boto3.client("sqs")
     records = []
@@ -93,7 +94,9 @@ def lambda_events_from_sqs(topic: dict[str, str]) -> list[dict]:
     return records
 
 
-def test_promotion_reaches_jenkins_once(topic, jenkins_server: FakeJenkins, demo_model_dir: Path) -> None:  # type: ignore[no-untyped-def]
+def test_promotion_reaches_jenkins_once(
+    topic: dict[str, str], jenkins_server: FakeJenkins, demo_model_dir: Path
+) -> None:
     version = register(demo_model_dir)
     deployment_set(version=version, environment="dev")
     event = OutboxEvent.objects.get()
@@ -132,7 +135,9 @@ def test_promotion_reaches_jenkins_once(topic, jenkins_server: FakeJenkins, demo
     assert len(jenkins_server.builds) == 1
 
 
-def test_rollback_and_malformed_records(topic, jenkins_server: FakeJenkins, demo_model_dir: Path) -> None:  # type: ignore[no-untyped-def]
+def test_rollback_and_malformed_records(
+    topic: dict[str, str], jenkins_server: FakeJenkins, demo_model_dir: Path
+) -> None:
     first, second = register(demo_model_dir), register(demo_model_dir)
     deployment_set(version=first, environment="dev")
     deployment_set(version=second, environment="dev")
@@ -169,7 +174,7 @@ def test_rollback_and_malformed_records(topic, jenkins_server: FakeJenkins, demo
 
 
 def test_jenkins_down_raises_for_lambda_to_retry(
-    topic, jenkins_server: FakeJenkins, demo_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+    topic: dict[str, str], jenkins_server: FakeJenkins, demo_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     deployment_set(version=register(demo_model_dir), environment="dev")
     outbox_publish_pending()
@@ -185,7 +190,7 @@ def test_jenkins_down_raises_for_lambda_to_retry(
 
 
 def test_dynamodb_claims_survive_across_containers(
-    topic, jenkins_server: FakeJenkins, demo_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+    topic: dict[str, str], jenkins_server: FakeJenkins, demo_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     table = f"release-claims-{uuid.uuid4().hex[:8]}"
     boto3.client("dynamodb").create_table(
@@ -204,7 +209,9 @@ def test_dynamodb_claims_survive_across_containers(
     assert len(jenkins_server.builds) == 1
 
 
-def test_sns_refusal_keeps_the_event_pending(topic, settings: Settings, demo_model_dir: Path) -> None:  # type: ignore[no-untyped-def]
+def test_sns_refusal_keeps_the_event_pending(
+    topic: dict[str, str], settings: Settings, demo_model_dir: Path
+) -> None:
     settings.RELEASE_SNS_TOPIC_ARNS = {"dev": topic["arn"].replace("release-dev", "missing")}
     deployment_set(version=register(demo_model_dir), environment="dev")
     with pytest.raises(PublishFailed):
@@ -214,7 +221,9 @@ def test_sns_refusal_keeps_the_event_pending(topic, settings: Settings, demo_mod
     assert event.last_error
 
 
-def test_without_a_topic_events_stay_local(topic, settings: Settings, demo_model_dir: Path) -> None:  # type: ignore[no-untyped-def]
+def test_without_a_topic_events_stay_local(
+    topic: dict[str, str], settings: Settings, demo_model_dir: Path
+) -> None:
     settings.RELEASE_SNS_TOPIC_ARNS = {}
     deployment_set(version=register(demo_model_dir), environment="dev")
     assert outbox_publish_pending() == 0

@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -27,18 +28,21 @@ from tests.conftest import ROOT, free_port
 BIN = ROOT / "deploy" / "bin"
 
 
-class Lines:
+class Lines(Output):
+    """An `Output` that keeps the lines it is given instead of writing them."""
+
     def __init__(self) -> None:
+        super().__init__(io.StringIO())
         self.seen: list[tuple[str, str]] = []
         self.width = 8
 
-    def lines(self, name: str, lines: list[str]) -> None:
+    def lines(self, name: str, lines: Iterable[str]) -> None:
         self.seen += [(name, line) for line in lines]
 
 
 def test_the_stream_prints_whole_lines_of_each_process_and_pipe() -> None:
     out = Lines()
-    stream = PrefixedStream(out, "worker-digits")  # type: ignore[arg-type]
+    stream = PrefixedStream(out, "worker-digits")
     stream({"pid": 1, "name": "stdout", "data": b'{"message": "pred'})
     stream({"pid": 2, "name": "stdout", "data": b"other\n"})
     stream({"pid": 1, "name": "stderr", "data": b"warning\npartial"})
@@ -57,12 +61,13 @@ def test_output_on_a_terminal_is_coloured_per_process() -> None:
         def isatty(self) -> bool:
             return True
 
-    out = Output(Terminal())
+    terminal = Terminal()
+    out = Output(terminal)
     out.name_add("worker-digits")
     out.lines("api", ["one"])
     out.lines("worker-digits", ["two"])
     out.platform("three")
-    assert out.out.getvalue().splitlines() == [  # type: ignore[attr-defined]
+    assert terminal.getvalue().splitlines() == [
         "\033[36mapi           | \033[0mone",
         "\033[33mworker-digits | \033[0mtwo",
         "\033[32mplatform      | \033[0mthree",
@@ -167,7 +172,7 @@ def launch(tmp_path: Path, process_file: str, **env: str) -> tuple[subprocess.Po
     return proc, log
 
 
-def wait_for(check, timeout: float = 20) -> None:  # type: ignore[no-untyped-def]
+def wait_for(check: Callable[[], object], timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < deadline, "timed out"

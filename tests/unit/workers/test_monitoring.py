@@ -1,6 +1,6 @@
 """The workers' drift monitor, its Redis windows and the admin's report built from them."""
 
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pytest
@@ -13,19 +13,27 @@ from apps.models_registry.selectors import drift_report_get
 from workers.monitoring import DriftMonitor, SummaryPublisher
 from workers.training.digits import dataset_split
 
+# The training rows, the validation rows and the reference statistics of the validation set.
+Digits: TypeAlias = tuple[np.ndarray, np.ndarray, dict[str, Any]]
+
 
 @pytest.fixture(scope="module")
-def digits() -> tuple[np.ndarray, np.ndarray, dict]:
+def digits() -> Digits:
     train, validation, _, y_validation = dataset_split(seed=0)
     scores = np.eye(10)[y_validation] * 0.9 + 0.01
     return train, validation, drift.reference_stats(validation, scores)
 
 
-def gauge(name: str, version: str) -> float | None:
-    return REGISTRY.get_sample_value(name, {"model": "monitored", "version": version})
+def sample(name: str, version: str) -> float:
+    """The metric's current value for the monitored model's version; it must have been exported."""
+    value = REGISTRY.get_sample_value(name, {"model": "monitored", "version": version})
+    assert value is not None, f"{name} has no sample for version {version}"
+    return value
 
 
-def monitor_of(reference: dict, *, version: int, window: int, min_rows: int, publish: Any) -> DriftMonitor:
+def monitor_of(
+    reference: dict[str, Any], *, version: int, window: int, min_rows: int, publish: Any
+) -> DriftMonitor:
     return DriftMonitor(
         model="monitored",
         version=version,
@@ -38,7 +46,7 @@ def monitor_of(reference: dict, *, version: int, window: int, min_rows: int, pub
     )
 
 
-def test_monitor_reports_after_min_rows_and_flags_a_shift(digits) -> None:  # type: ignore[no-untyped-def]
+def test_monitor_reports_after_min_rows_and_flags_a_shift(digits: Digits) -> None:
     train, _, reference = digits
     published = []
     monitor = monitor_of(
@@ -50,24 +58,19 @@ def test_monitor_reports_after_min_rows_and_flags_a_shift(digits) -> None:  # ty
     assert published == []
     measures = monitor.observe(train[100:400], scores[100:400])
     assert measures is not None and measures["rows"] == 300
-    assert gauge("inference_drift_input_psi_max", "1") == pytest.approx(measures["input_psi_max"])
-    assert gauge("inference_drift_input_psi_max", "1") < drift.ALERT_PSI
-    assert gauge("inference_drift_input_features_drifted", "1") == 0
+    assert sample("inference_drift_input_psi_max", "1") == pytest.approx(measures["input_psi_max"])
+    assert sample("inference_drift_input_psi_max", "1") < drift.ALERT_PSI
+    assert sample("inference_drift_input_features_drifted", "1") == 0
     assert published[-1]["rows"] == 300
     shifted = monitor.observe(16 - train[400:700], scores[400:700])
     assert shifted is not None and shifted["input_psi_max"] > drift.ALERT_PSI
-    assert gauge("inference_drift_input_features_drifted", "1") > 10
-    assert gauge("inference_drift_out_of_range_share", "1") == 1.0
-    assert (
-        REGISTRY.get_sample_value(
-            "inference_input_out_of_range_total", {"model": "monitored", "version": "1"}
-        )
-        >= 300
-    )
+    assert sample("inference_drift_input_features_drifted", "1") > 10
+    assert sample("inference_drift_out_of_range_share", "1") == 1.0
+    assert sample("inference_input_out_of_range_total", "1") >= 300
 
 
 @pytest.mark.django_db
-def test_admin_report_adds_up_fresh_worker_windows(digits, redis_server: str) -> None:  # type: ignore[no-untyped-def]
+def test_admin_report_adds_up_fresh_worker_windows(digits: Digits, redis_server: str) -> None:
     train, _, reference = digits
     client = redis.Redis.from_url(redis_server)
     client.flushdb()

@@ -1,6 +1,7 @@
 """The Predictor interface on the real demo model, without Celery."""
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from workers.predictor import KerasPredictor, ModelFiles, predictor_for
 
 
 @pytest.fixture(scope="module")
-def predictor(demo_model_dir: Path):  # type: ignore[no-untyped-def]
+def predictor(demo_model_dir: Path) -> Iterator[KerasPredictor]:
     card = json.loads((demo_model_dir / "model_card.json").read_text())
     predictor = KerasPredictor(
         ModelFiles(

@@ -2,11 +2,15 @@
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.test import Client
+
+if TYPE_CHECKING:  # a name only django-stubs has: the test client's response
+    from django.test.client import _MonkeyPatchedWSGIResponse
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("registry_settings")]
 
@@ -19,7 +23,7 @@ def client_for(*perms: str, staff: bool = True) -> Client:
     return client
 
 
-def upload(client: Client, folder: Path, name: str = "digits"):  # type: ignore[no-untyped-def]
+def upload(client: Client, folder: Path, name: str = "digits") -> "_MonkeyPatchedWSGIResponse":
     handles = [p.open("rb") for p in sorted(folder.iterdir())]
     try:
         return client.post(f"/api/v1/models/{name}/versions", {"files": handles, "notes": "from CI"})

@@ -21,7 +21,9 @@ def one_hot_scores(labels: np.ndarray, confidence: float = 0.9) -> np.ndarray:
     return scores
 
 
-def test_reference_stats_are_json_and_describe_the_validation_set(digits) -> None:  # type: ignore[no-untyped-def]
+def test_reference_stats_are_json_and_describe_the_validation_set(
+    digits: tuple[np.ndarray, np.ndarray],
+) -> None:
     _, validation = digits
     scores = one_hot_scores(np.arange(len(validation)) % 10)
     stats = json.loads(json.dumps(drift.reference_stats(validation, scores)))
@@ -33,7 +35,9 @@ def test_reference_stats_are_json_and_describe_the_validation_set(digits) -> Non
     assert stats["predictions"]["confidence_mean"] == pytest.approx(0.9)
 
 
-def test_in_distribution_windows_stay_below_the_alert_and_shifted_ones_go_far_above(digits) -> None:  # type: ignore[no-untyped-def]
+def test_in_distribution_windows_stay_below_the_alert_and_shifted_ones_go_far_above(
+    digits: tuple[np.ndarray, np.ndarray],
+) -> None:
     train, validation = digits
     reference = drift.Reference(drift.reference_stats(validation, None))
     rng = np.random.default_rng(0)

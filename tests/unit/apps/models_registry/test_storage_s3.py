@@ -2,6 +2,7 @@
 
 import json
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -22,7 +23,8 @@ BUCKET = "model-artifacts"
 
 
 @pytest.fixture
-def s3(s3_server: str, monkeypatch: pytest.MonkeyPatch, settings: Settings, tmp_path: Path):  # type: ignore[no-untyped-def]
+def s3(s3_server: str, monkeypatch: pytest.MonkeyPatch, settings: Settings, tmp_path: Path) -> Any:
+    """A boto3 S3 client (boto3 is untyped to us, see pyproject.toml) with the bucket made."""
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
@@ -38,7 +40,7 @@ def s3(s3_server: str, monkeypatch: pytest.MonkeyPatch, settings: Settings, tmp_
     return client
 
 
-def test_register_uploads_to_s3_and_loads_verified(s3, demo_model_dir: Path, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+def test_register_uploads_to_s3_and_loads_verified(s3: Any, demo_model_dir: Path, settings: Settings) -> None:
     card = json.loads((demo_model_dir / "model_card.json").read_text())
     files = [p for p in demo_model_dir.iterdir() if p.name != "model_card.json"]
     version = model_version_register(name="digits", files=files, signature=card["signature"])
@@ -51,7 +53,7 @@ def test_register_uploads_to_s3_and_loads_verified(s3, demo_model_dir: Path, set
     assert sha256_file(local) == sha256_file(demo_model_dir / "model.keras")
 
 
-def test_large_files_go_up_in_parts(s3, tmp_path: Path, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+def test_large_files_go_up_in_parts(s3: Any, tmp_path: Path, settings: Settings) -> None:
     big = tmp_path / "big.keras"
     big.write_bytes(bytes(range(256)) * (12 * 1024 * 4))  # 12 MiB: three 5 MiB parts
     storage = S3ArtifactStorage(bucket=BUCKET, prefix="parts/", cache_dir=tmp_path / "c", multipart_mb=5)
@@ -66,7 +68,7 @@ def test_large_files_go_up_in_parts(s3, tmp_path: Path, settings: Settings) -> N
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix="parts/")
 
 
-def test_tampered_s3_object_is_refused(s3, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_tampered_s3_object_is_refused(s3: Any, tmp_path: Path) -> None:
     source = tmp_path / "model.keras"
     source.write_bytes(b"original bytes")
     storage = S3ArtifactStorage(bucket=BUCKET, prefix="tamper/", cache_dir=tmp_path / "c", multipart_mb=5)

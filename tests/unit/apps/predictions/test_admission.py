@@ -3,6 +3,7 @@ request would have got alone (against a real redis-server)."""
 
 import asyncio
 import uuid
+from typing import Any
 
 import pytest
 import redis
@@ -29,11 +30,11 @@ def test_requests_of_one_turn_get_consecutive_counts_per_key(redis_server: str) 
         calls: list[str] = []
         original = client.pipeline
 
-        def counting_pipeline(*args, **kwargs):  # type: ignore[no-untyped-def]
+        def counting_pipeline(*args: Any, **kwargs: Any) -> Any:
             calls.append("pipeline")
             return original(*args, **kwargs)
 
-        client.pipeline = counting_pipeline  # type: ignore[method-assign]
+        client.pipeline = counting_pipeline  # type: ignore[method-assign]  # counts the round trips
         first = await asyncio.gather(*[gate.counts(owner=who, queue=queue) for who in (a, b, a, a, b, a, a)])
         second = await asyncio.gather(*[gate.counts(owner=a, queue=queue) for _ in range(2)])
         await client.aclose()
