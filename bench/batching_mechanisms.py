@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import TypedDict
 
 import httpx
 
@@ -28,7 +29,15 @@ from bench.loadgen import wrk
 SECONDS = 10.0
 
 
-def variant(name: str, *, max_batch_size: int, worker_app: str, work: Path) -> dict[str, object]:
+class Variant(TypedDict):
+    """One mechanism's figures: wrk's result (LoadResult.as_dict) per concurrency."""
+
+    max_batch_size: int
+    worker: str
+    points: dict[int, dict[str, float]]
+
+
+def variant(name: str, *, max_batch_size: int, worker_app: str, work: Path) -> Variant:
     root = work / name
     root.mkdir()
     model_dir = root / "digits"
@@ -117,7 +126,7 @@ def main() -> None:
     print("| mechanism | req/s at 1 | p50 ms at 1 | req/s at 64 | p50 ms at 64 | p99 ms at 64 |")
     print("|---|---|---|---|---|---|")
     for name, r in results.items():
-        one, many = r["points"][1], r["points"][64]  # type: ignore[index]
+        one, many = r["points"][1], r["points"][64]
         print(
             f"| {name} | {one['rps']:.0f} | {one['p50_ms']:.1f} | {many['rps']:.0f} | {many['p50_ms']:.1f} | {many['p99_ms']:.1f} |"
         )

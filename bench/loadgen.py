@@ -42,6 +42,14 @@ class LoadResult:
         return asdict(self)
 
 
+def _found(pattern: str, text: str) -> str:
+    """The first group of `pattern`'s match in wrk's report."""
+    match = re.search(pattern, text)
+    if match is None:
+        raise ValueError(f"wrk's report has no {pattern!r}:\n{text}")
+    return match.group(1)
+
+
 def _ms(text: str) -> float:
     match = re.match(r"([\d.]+)(us|ms|s|m)", text)
     if not match:
@@ -84,14 +92,14 @@ def wrk(
         )
     out = done.stdout
     percentiles = dict(re.findall(r"^\s+(50|90|99)%\s+(\S+)", out, re.MULTILINE))
-    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    requests = int(_found(r"(\d+) requests in", out))
     socket_errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
-    non2xx = int(re.search(r"NON2XX (\d+)", out).group(1))  # type: ignore[union-attr]
+    non2xx = int(_found(r"NON2XX (\d+)", out))
     return LoadResult(
         concurrency=concurrency,
         seconds=seconds,
         requests=requests,
-        rps=float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        rps=float(_found(r"Requests/sec:\s+([\d.]+)", out)),
         p50_ms=_ms(percentiles["50"]),
         p90_ms=_ms(percentiles["90"]),
         p99_ms=_ms(percentiles["99"]),

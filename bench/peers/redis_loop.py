@@ -11,6 +11,8 @@ import asyncio
 import os
 import sys
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -26,7 +28,11 @@ POLL_S = float(os.environ.get("POLL_MS", "2")) / 1000
 _client: aioredis.Redis | None = None
 
 
-async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+async def app(
+    scope: dict[str, Any],
+    receive: Callable[[], Awaitable[dict[str, Any]]],
+    send: Callable[[dict[str, Any]], Awaitable[None]],
+) -> None:
     global _client
     if scope["type"] == "lifespan":
         while (message := await receive())["type"] != "lifespan.shutdown":

@@ -36,8 +36,8 @@ class Platform:
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
 
-    def client(self, **kwargs: object) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, headers=self.auth, timeout=60, **kwargs)  # type: ignore[arg-type]
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, headers=self.auth, timeout=60, **kwargs)
 
     def manage(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

@@ -26,7 +26,9 @@ SWITCH_TARGET_S = 5.0
 @pytest.fixture(scope="module")
 def staff(platform: Platform) -> httpx.Client:
     out = platform.manage("drf_create_token", "admin").stdout
-    token = re.search(r"[0-9a-f]{40}", out).group(0)  # type: ignore[union-attr]
+    match = re.search(r"[0-9a-f]{40}", out)
+    assert match, out
+    token = match.group(0)
     with httpx.Client(
         base_url=platform.base_url, headers={"Authorization": f"Token {token}"}, timeout=300
     ) as client:

@@ -289,10 +289,17 @@ def test_a_version_that_fails_to_load_leaves_the_previous_one_serving(
     (broken / "model.keras").write_bytes(b"not a keras archive: the worker cannot load this")
     # --deploy skips the gates (which would refuse it), as a bad manual change might.
     registered = faulty.manage("register_model", str(broken), "--deploy").stdout
-    number = int(re.search(r"registered digits v(\d+)", registered).group(1))  # type: ignore[union-attr]
+    number = registered_number(registered)
     assert_keeps_serving(faulty, seconds=8, not_version=number)
     assert "{'error': " in load_failures(faulty, number)  # the worker recorded why it failed
     faulty.manage("rollback", "digits", "--env", "dev")
+
+
+def registered_number(output: str) -> int:
+    """The version number `manage.py register_model` printed."""
+    match = re.search(r"registered digits v(\d+)", output)
+    assert match, output
+    return int(match.group(1))
 
 
 def test_a_version_that_hangs_while_loading_is_reported_and_the_previous_keeps_serving(
@@ -300,7 +307,7 @@ def test_a_version_that_hangs_while_loading_is_reported_and_the_previous_keeps_s
 ) -> None:
     wait_ready(faulty)
     registered = faulty.manage("register_model", str(demo_model_dir)).stdout
-    number = int(re.search(r"registered digits v(\d+)", registered).group(1))  # type: ignore[union-attr]
+    number = registered_number(registered)
     stored = Path(faulty.env["ARTIFACTS_ROOT"]) / "digits" / str(number) / "model.keras"
     stored.unlink()
     os.mkfifo(stored)  # reading it blocks until someone writes: a load that hangs
