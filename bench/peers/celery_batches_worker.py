@@ -11,10 +11,11 @@ run is redelivered, but prefetching 64 messages per worker also takes them from 
 """
 
 import os
-from typing import Any
+from typing import Any, cast
 
 import django
 from celery import Celery
+from celery.backends.redis import RedisBackend
 from celery.signals import worker_process_init
 from celery_batches import Batches
 
@@ -41,7 +42,10 @@ def predict_buffered(requests: list[Any]) -> None:
         batch = request.args[0]
         by_version.setdefault((batch["model"], int(batch["version"])), []).extend(batch["parts"])
     for (model, version), parts in by_version.items():
-        results_store(app.backend, runtime_get().run_batch(parts, model_name=model, version=version))
+        results_store(
+            cast("RedisBackend", app.backend),
+            runtime_get().run_batch(parts, model_name=model, version=version),
+        )
 
 
 @worker_process_init.connect

@@ -38,7 +38,8 @@ def main() -> None:
     model_path, port = sys.argv[1], int(sys.argv[2])
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(KerasModel.bind(model_path), route_prefix="/predict")
+    # @serve.deployment makes the class a Deployment, which has .bind; mypy keeps a decorated class's type.
+    serve.run(KerasModel.bind(model_path), route_prefix="/predict")  # type: ignore[attr-defined]
     print("ray serve ready", flush=True)
     while True:
         time.sleep(3600)

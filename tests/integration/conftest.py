@@ -50,7 +50,8 @@ class Platform:
         )
 
     def pids(self) -> dict[str, int]:
-        return json.loads((self.var_dir / "run" / "pids.json").read_text())
+        pids: dict[str, int] = json.loads((self.var_dir / "run" / "pids.json").read_text())
+        return pids
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -3,6 +3,7 @@
 import asyncio
 import subprocess
 import time
+from typing import Any
 
 import httpx
 
@@ -55,14 +56,14 @@ def wait_ready(platform: Platform, timeout: float = 60) -> float:
 
 
 async def _fire(
-    platform: Platform, bodies: list[dict], concurrency: int, retry: bool, key_prefix: str
+    platform: Platform, bodies: list[dict[str, Any]], concurrency: int, retry: bool, key_prefix: str
 ) -> list[httpx.Response]:
     limits = httpx.Limits(max_connections=concurrency)
     async with httpx.AsyncClient(
         base_url=platform.base_url, headers=platform.auth, timeout=120, limits=limits
     ) as client:
 
-        async def send(index: int, body: dict) -> httpx.Response:
+        async def send(index: int, body: dict[str, Any]) -> httpx.Response:
             # A well-behaved client: one Idempotency-Key per request, so retries are safe, and
             # retries after Retry-After on 429/503.
             headers = {"Idempotency-Key": f"{key_prefix}-{index}"} if retry else {}
@@ -78,7 +79,7 @@ async def _fire(
 
 def fire(
     platform: Platform,
-    bodies: list[dict],
+    bodies: list[dict[str, Any]],
     concurrency: int = 16,
     *,
     retry: bool = False,
@@ -87,8 +88,8 @@ def fire(
     return asyncio.run(_fire(platform, bodies, concurrency, retry, key_prefix))
 
 
-def poll_jobs(platform: Platform, ids: list[str], timeout: float = 90) -> dict[str, dict]:
-    done: dict[str, dict] = {}
+def poll_jobs(platform: Platform, ids: list[str], timeout: float = 90) -> dict[str, dict[str, Any]]:
+    done: dict[str, dict[str, Any]] = {}
     deadline = time.monotonic() + timeout
     with platform.client() as client:
         while len(done) < len(ids) and time.monotonic() < deadline:

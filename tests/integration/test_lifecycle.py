@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +25,7 @@ SWITCH_TARGET_S = 5.0
 
 
 @pytest.fixture(scope="module")
-def staff(platform: Platform) -> httpx.Client:
+def staff(platform: Platform) -> Iterator[httpx.Client]:
     out = platform.manage("drf_create_token", "admin").stdout
     match = re.search(r"[0-9a-f]{40}", out)
     assert match, out
@@ -39,7 +40,8 @@ def upload(staff: httpx.Client, folder: Path) -> int:
     files = [("files", (p.name, p.read_bytes())) for p in sorted(folder.iterdir())]
     response = staff.post("/api/v1/models/digits/versions", files=files)
     assert response.status_code == 201, response.text
-    return response.json()["number"]
+    number: int = response.json()["number"]
+    return number
 
 
 def wait_for_version(platform: Platform, version: int) -> float:

@@ -57,7 +57,8 @@ class Prometheus:
     def query(self, expr: str) -> list[dict[str, Any]]:
         answer = httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=10).json()
         assert answer["status"] == "success", answer
-        return answer["data"]["result"]
+        result: list[dict[str, Any]] = answer["data"]["result"]
+        return result
 
     def value(self, expr: str) -> float | None:
         result = self.query(expr)
@@ -239,7 +240,8 @@ def _drift_page(platform: Platform, name: str) -> str:
         page.wait_for_selector("#drift-findings")
         assert page.locator("svg").count() >= 3
         page.screenshot(path=str(ARTIFACTS_DIR / name), full_page=True)
-        return page.locator("#drift-findings").inner_text()
+        findings: str = page.locator("#drift-findings").inner_text()
+        return findings
 
 
 def test_drift_alerts_stay_quiet_in_distribution_and_fire_on_a_shifted_stream(

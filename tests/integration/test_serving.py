@@ -22,7 +22,8 @@ pytestmark = pytest.mark.integration
 
 
 def live_version(platform: Platform) -> int:
-    return httpx.get(f"{platform.base_url}/readyz").json()["models"]["digits"]["version"]
+    version: int = httpx.get(f"{platform.base_url}/readyz").json()["models"]["digits"]["version"]
+    return version
 
 
 def test_health_and_readiness(platform: Platform) -> None:

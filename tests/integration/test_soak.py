@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -95,7 +96,7 @@ def test_soak(soak_platform: Platform, heldout: Heldout) -> None:
     warm = [s for s in samples if s[0] >= 0.2]
     worker_growth = max(s[1] for s in warm) / warm[0][1] - 1
     api_growth = max(s[2] for s in warm) / warm[0][2] - 1
-    figures = {
+    figures: dict[str, Any] = {
         "requests": REQUESTS,
         "seconds": round(elapsed, 1),
         "requests_per_second": round(REQUESTS / elapsed, 1),

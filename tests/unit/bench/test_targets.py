@@ -1,6 +1,8 @@
 """The benchmark's target ratios (bench/targets.py) and CPU per answer (bench/harness.py
 `cpu_budget`), from a results record."""
 
+from typing import Any
+
 from bench.harness import cpu_budget
 from bench.targets import cpu_needed, targets
 
@@ -9,7 +11,7 @@ def point(concurrency: int, rps: float, p50: float = 10.0, p99: float = 50.0) ->
     return {"concurrency": concurrency, "rps": rps, "p50_ms": p50, "p99_ms": p99, "errors": 0}
 
 
-def results(*, layout_best: float) -> dict:
+def results(*, layout_best: float) -> dict[str, Any]:
     return {
         "raw": {
             "digits": {"1": {"rows_per_s": 2000.0, "p50_ms": 0.5}},

@@ -9,6 +9,7 @@ import sys
 import uuid
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import check_jsonschema
 import jsonschema
@@ -66,7 +67,7 @@ def test_compose_runs_every_part_with_health_checks() -> None:
         assert override["api"]["environment"]["INFERENCE_ENVIRONMENT"] == overlay
 
 
-def rendered(overlay: str) -> list[dict]:
+def rendered(overlay: str) -> list[dict[str, Any]]:
     if shutil.which("kubectl") is None:
         pytest.skip("kubectl (kustomize) not installed; base manifests are checked separately")
     out = subprocess.run(
@@ -108,7 +109,7 @@ KEDA_SCALED_OBJECT = {
 }
 
 
-def validate_manifests(docs: list[dict]) -> None:
+def validate_manifests(docs: list[dict[str, Any]]) -> None:
     deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
     for doc in docs:
         if doc["apiVersion"].startswith("keda.sh/"):

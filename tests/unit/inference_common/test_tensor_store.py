@@ -1,5 +1,7 @@
 """Large tensors beside the task: stored by the API, fetched and deleted by the worker."""
 
+from typing import Any
+
 import numpy as np
 import pytest
 import redis
@@ -15,7 +17,7 @@ from inference_common.wire import tensor_decode, tensor_encode
 from inference_project.redis_clients import redis_sync
 
 
-def parts_of(*arrays: np.ndarray) -> list[dict]:
+def parts_of(*arrays: np.ndarray) -> list[dict[str, Any]]:
     return [{"id": f"req-{i}", "inputs": {"images": tensor_encode(a)}} for i, a in enumerate(arrays)]
 
 

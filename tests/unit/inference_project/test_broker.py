@@ -4,6 +4,7 @@ pool for kombu's short-lived commands, the BRPOP client kept apart, messages del
 import redis
 from kombu import Connection
 
+from inference_project import broker
 from inference_project.celery_app import app
 
 TRANSPORT = "inference_project.broker:Transport"
@@ -16,11 +17,13 @@ def test_the_platform_uses_this_transport() -> None:
 def test_short_lived_commands_share_one_client_per_pool(redis_server: str) -> None:
     with Connection(redis_server, transport=TRANSPORT) as connection:
         channel = connection.default_channel
+        assert isinstance(channel, broker.Channel)
         with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
             assert first is second and first.connection_pool is channel.pool
         # The BRPOP client pins a connection of its own: never the shared one.
         assert channel.client is not first
-        channel._disconnect_pools()  # what kombu does when the connection is lost
+        # What kombu does when the connection is lost.
+        channel._disconnect_pools()  # type: ignore[attr-defined]  # kombu-private: not in kombu-stubs
         with channel.conn_or_acquire() as third:
             assert third is not first and third.connection_pool is channel.pool
             assert third.ping()

@@ -7,10 +7,12 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 import redis
 from celery import Celery
+from celery.backends.redis import RedisBackend
 
 from inference_project.redis_clients import redis_async, redis_sync
 from tests.conftest import ROOT, _wait_port, free_port
@@ -117,7 +119,8 @@ def settings_redis_url(**env: str) -> str:
         text=True,
         check=True,
     )
-    return json.loads(out.stdout)
+    url: str = json.loads(out.stdout)
+    return url
 
 
 def test_settings_build_a_tls_url_with_the_password(tls_redis: tuple[int, Path]) -> None:
@@ -127,13 +130,18 @@ def test_settings_build_a_tls_url_with_the_password(tls_redis: tuple[int, Path])
     )
     assert url.startswith("rediss://")
     assert redis_sync(url).ping()
-    assert asyncio.run(redis_async(url).ping())
+
+    async def ping() -> bool:
+        return await redis_async(url).ping()
+
+    assert asyncio.run(ping())
     # The Celery broker and result backend use the same URL.
     app = Celery(broker=url, backend=url)
     with app.connection_for_write() as connection:
         connection.ensure_connection(max_retries=1)
-    app.backend.client.set("celery-probe", b"1")
-    assert app.backend.client.get("celery-probe") == b"1"
+    backend = cast("RedisBackend", app.backend)  # a redis(s):// backend URL
+    backend.client.set("celery-probe", b"1")
+    assert backend.client.get("celery-probe") == b"1"
 
 
 def test_wrong_password_and_unverified_certificate_are_refused(

@@ -1,6 +1,7 @@
 """The producer-side batcher, with a recording stand-in for the broker."""
 
 import asyncio
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ class Broker:
         self.batches: list[tuple[list[str], float | None]] = []
         self.fail = fail
 
-    async def publish(self, model: ServedModel, parts: list[dict], expires: float | None) -> None:
+    async def publish(self, model: ServedModel, parts: list[dict[str, Any]], expires: float | None) -> None:
         if self.fail:
             raise ConnectionError("broker down")
         self.batches.append(([p["id"] for p in parts], expires))

@@ -18,7 +18,8 @@ def sample(name: str, **labels: str) -> float:
 
 def test_fast_path_counts_and_logs_each_request(caplog: pytest.LogCaptureFixture, settings: Settings) -> None:
     async def calls() -> httpx.Response:
-        transport = httpx.ASGITransport(app=application)
+        # FastPath takes the scope as a dict; httpx's ASGI callable type says MutableMapping.
+        transport = httpx.ASGITransport(app=application)  # type: ignore[arg-type]
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             assert (await client.get("/healthz")).status_code == 200
             return await client.post(
@@ -39,7 +40,8 @@ def test_fast_path_counts_and_logs_each_request(caplog: pytest.LogCaptureFixture
     assert sample("inference_errors_total", **labels) == before_413 + 1
     assert sample("inference_requests_in_flight", route="api/v1/predictions") == 0
     (line,) = [r for r in caplog.records if r.name == "inference.access"]
-    assert (line.status, line.route, line.error_code, line.client_request_id) == (
+    fields = vars(line)  # the log call's extra= fields are attributes of the record
+    assert (fields["status"], fields["route"], fields["error_code"], fields["client_request_id"]) == (
         413,
         "api/v1/predictions",
         "payload_too_large",

@@ -8,7 +8,8 @@ import time
 import redis
 
 from apps.predictions import results
-from apps.predictions.results import RESULT_PREFIX, ResultWaiter
+from apps.predictions.results import ResultWaiter
+from inference_common.results import RESULT_PREFIX
 
 
 def test_a_published_answer_reaches_its_waiter(redis_server: str) -> None:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from django.core.management import CommandError, call_command
 from openpyxl import Workbook
+from openpyxl.worksheet.worksheet import Worksheet
 
 from apps.models_registry import selectors
 from workers.gates import validation_read
@@ -24,6 +25,7 @@ def test_register_promote_rollback_fetch(demo_model_dir: Path, tmp_path: Path) -
     assert "registered digits v1" in run("register_model", str(demo_model_dir))
     assert "registered digits v2" in run("register_model", str(demo_model_dir))
     model = selectors.model_get(name="digits")
+    assert model is not None
     assert (model.gate_metric, model.gate_minimum) == ("accuracy", 0.9)
     assert "promoted: digits v1 @ dev" in run("promote", "digits", "1")
     assert "promoted: digits v2 @ dev" in run("promote", "digits", "2", "--to", "dev")
@@ -43,6 +45,7 @@ def test_validation_sets_read_from_csv_and_xlsx(demo_model_dir: Path, tmp_path: 
     assert labels.shape == (360,)
     book = Workbook()
     sheet = book.active
+    assert isinstance(sheet, Worksheet)  # a new workbook's one sheet
     sheet.append([f"pixel_{i}" for i in range(64)] + ["label"])
     for row, label in zip(features[:20], labels[:20], strict=True):
         sheet.append([float(v) for v in row] + [int(label)])

@@ -23,8 +23,10 @@ def test_below_minimum_metric_is_refused_and_recorded(demo_model_dir: Path) -> N
     candidate.model.save()
     with pytest.raises(PromotionRefused, match="metric") as refused:
         model_version_promote(version=candidate)
+    assert refused.value.report is not None
     assert [g.passed for g in refused.value.report.results] == [True, True, False]
-    assert selectors.deployment_get_active(model_name="digits", environment="dev").version == live
+    active = selectors.deployment_get_active(model_name="digits", environment="dev")
+    assert active is not None and active.version == live
     failed = RegistryEvent.objects.get(action=RegistryEvent.Action.GATE_FAILED)
     assert failed.version == candidate
     assert failed.details["passed"] is False
@@ -40,6 +42,7 @@ def test_tampered_artifact_is_refused_before_loading(demo_model_dir: Path, setti
     path.write_bytes(bytes(data))
     with pytest.raises(PromotionRefused, match="checksum") as refused:
         model_version_promote(version=version)
+    assert refused.value.report is not None
     assert len(refused.value.report.results) == 1
     assert not Deployment.objects.exists()
 
@@ -51,4 +54,5 @@ def test_a_model_that_cannot_load_fails_the_smoke_gate(demo_model_dir: Path, tmp
     version = register(broken)
     with pytest.raises(PromotionRefused, match="failed to load") as refused:
         model_version_promote(version=version)
+    assert refused.value.report is not None
     assert [g.name for g in refused.value.report.results] == ["checksum", "smoke"]

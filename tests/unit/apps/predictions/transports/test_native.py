@@ -1,3 +1,5 @@
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -28,7 +30,7 @@ def test_parse_and_render() -> None:
         ({"model": "toy", "inputs": ROWS, "async": "yes"}, "async"),
     ],
 )
-def test_parse_errors_name_the_field(body: dict, field: str) -> None:
+def test_parse_errors_name_the_field(body: dict[str, Any], field: str) -> None:
     with pytest.raises(ApiError) as caught:
         native.request_parse(body)
     assert caught.value.field == field

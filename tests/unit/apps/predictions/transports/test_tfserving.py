@@ -1,4 +1,5 @@
 import base64
+from typing import Any
 
 import pytest
 
@@ -48,7 +49,7 @@ def test_b64_and_text_in_row_and_columnar_formats() -> None:
         ([["a", "b"]], "does not match the model's [-1, 1]"),
     ],
 )
-def test_bad_bytes_inputs_name_the_field(instances: list, message: str) -> None:
+def test_bad_bytes_inputs_name_the_field(instances: list[Any], message: str) -> None:
     with pytest.raises(ApiError) as error:
         tfserving.inputs_decode({"instances": instances}, BYTES_SERVED)
     assert error.value.status == 400 and error.value.field == "instances" and message in error.value.message

@@ -1,3 +1,5 @@
+from typing import Any
+
 import numpy as np
 import orjson
 import pytest
@@ -39,7 +41,7 @@ def test_flat_and_nested_data() -> None:
         ({"name": "pixels", "shape": [1, 4], "datatype": "FP32", "data": "0000"}, "inputs.pixels.data"),
     ],
 )
-def test_tensor_errors_name_the_field(tensor: dict, field: str) -> None:
+def test_tensor_errors_name_the_field(tensor: dict[str, Any], field: str) -> None:
     with pytest.raises(ApiError) as caught:
         v2.inputs_decode({"inputs": [tensor]}, SERVED)
     assert caught.value.field == field
