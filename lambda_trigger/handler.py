@@ -80,11 +80,13 @@ def _require(condition: bool, message: str) -> None:
         raise InvalidRecord(message)
 
 
-def event_parse(record: dict[str, Any]) -> ReleaseEvent:
+def event_parse(record: object) -> ReleaseEvent:
     """Validate one SNS record of a Lambda event against the contract above."""
-    _require(isinstance(record, dict) and record.get("EventSource") == "aws:sns", "not an SNS record")
+    if not isinstance(record, dict) or record.get("EventSource") != "aws:sns":
+        raise InvalidRecord("not an SNS record")
     sns = record.get("Sns")
-    _require(isinstance(sns, dict) and isinstance(sns.get("Message"), str), "record has no Sns.Message")
+    if not isinstance(sns, dict) or not isinstance(sns.get("Message"), str):
+        raise InvalidRecord("record has no Sns.Message")
     try:
         body = json.loads(sns["Message"])
     except json.JSONDecodeError as exc:
@@ -198,7 +200,7 @@ def job_name(environment: str) -> str:
     )
 
 
-def handler(event: dict[str, Any], context: Any) -> dict[str, list[dict[str, Any]]]:
+def handler(event: object, context: Any) -> dict[str, list[dict[str, Any]]]:
     """Start one Jenkins build per new, valid release event; see the module docstring."""
     summary: dict[str, list[dict[str, Any]]] = {"started": [], "duplicates": [], "rejected": []}
     records = event.get("Records", []) if isinstance(event, dict) else []
