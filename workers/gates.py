@@ -45,7 +45,8 @@ METRICS = {"accuracy": accuracy}
 def evaluate(job: dict[str, Any]) -> dict[str, Any]:
     """`job`: {"model", "preprocessing"?, "validation", "signature", "framework"?}: verified
     local paths, the signature and the runtime to load them with (default keras)."""
-    from workers.predictor import ModelFiles, predictor_for
+    from workers.predictor import ModelFiles
+    from workers.runtimes import predictor_for
 
     signature = job["signature"]
     files = ModelFiles(

@@ -1,5 +1,5 @@
-"""The inference interface every model runtime implements, its Keras implementation, and the
-factory that picks a runtime by a version's `framework`.
+"""The inference interface every model runtime implements, and its Keras implementation (the
+runtime a version's `framework` picks: workers/runtimes.py).
 
 Plain Python: no Celery here, so it is tested directly and reused by the benchmarks.
 """
@@ -105,15 +105,3 @@ class KerasPredictor(Predictor):
     def unload(self) -> None:
         self._model = None
         self._scaler = None
-
-
-# Each model format is one Predictor; a version's `framework` (from its model card) picks it.
-PREDICTORS: dict[str, type[Predictor]] = {"keras": KerasPredictor}
-
-
-def predictor_for(framework: str, files: ModelFiles) -> Predictor:
-    """An unloaded predictor for a version of `framework`; ValueError for an unknown one."""
-    runtime = PREDICTORS.get(framework)
-    if runtime is None:
-        raise ValueError(f"no runtime for framework {framework!r} (known: {sorted(PREDICTORS)})")
-    return runtime(files)

@@ -33,7 +33,8 @@ from inference_project.heap import heap_freeze, heap_thaw
 from inference_project.redis_clients import redis_sync
 from workers.metrics import BATCH_REQUESTS, BATCH_SIZE, LOAD_SECONDS, LOADED, PREDICT, REDELIVERIES
 from workers.monitoring import DriftMonitor, SummaryPublisher
-from workers.predictor import ModelFiles, Predictor, predictor_for
+from workers.predictor import ModelFiles, Predictor
+from workers.runtimes import predictor_for
 
 logger = logging.getLogger(__name__)
 

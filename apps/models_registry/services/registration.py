@@ -27,10 +27,13 @@ from apps.models_registry.services.deployments import deployment_set
 from apps.models_registry.services.events import registry_event_record
 from apps.models_registry.services.profiling import version_profile_request
 from apps.models_registry.storage import Progress, sha256_file, storage_get
+from inference_common.frameworks import FRAMEWORKS
 
 ARTIFACT_KINDS = {
     ".keras": Artifact.Kind.MODEL,
     ".h5": Artifact.Kind.MODEL,
+    # The simulated accelerator's "weights": its kernel's timing (workers/simulated.py).
+    ".simulated": Artifact.Kind.MODEL,
     ".pickle": Artifact.Kind.PREPROCESSING,
     ".pkl": Artifact.Kind.PREPROCESSING,
     ".csv": Artifact.Kind.VALIDATION,
@@ -38,6 +41,7 @@ ARTIFACT_KINDS = {
     ".json": Artifact.Kind.OTHER,
 }
 MODEL_CARD_FILENAME = "model_card.json"
+DEFAULT_FRAMEWORK = "keras"
 MODEL_NAME_MAX_LENGTH = 64  # RegisteredModel.name
 
 
@@ -84,11 +88,14 @@ def model_version_register(
     description: str = "",
     gate: dict[str, Any] | None = None,
     batching: dict[str, Any] | None = None,
+    framework: str = DEFAULT_FRAMEWORK,
     notes: str = "",
     user: User = None,
     progress: Progress | None = None,
 ) -> ModelVersion:
     """Store a new version's artifacts (checksummed) and record it as the model's next version.
+
+    `framework` picks the runtime that loads it in the workers (workers/predictor.py).
 
     `gate` ({"metric", "minimum"}) configures the promotion gate and `batching`
     ({"max_batch_size", "max_delay_ms"}) the dynamic batching when the model is new; later they
@@ -99,7 +106,8 @@ def model_version_register(
     signature_validate(signature=signature)
     kinds = {path: artifact_kind_for(filename=path.name) for path in paths}
     if list(kinds.values()).count(Artifact.Kind.MODEL) != 1:
-        raise ValidationError("a version needs exactly one model file (.keras or .h5)")
+        model_suffixes = sorted(k for k, v in ARTIFACT_KINDS.items() if v == Artifact.Kind.MODEL)
+        raise ValidationError(f"a version needs exactly one model file ({', '.join(model_suffixes)})")
     if len({p.name for p in paths}) != len(paths):
         raise ValidationError("artifact file names must be unique")
     checksums = {path: sha256_file(path) for path in paths}
@@ -120,6 +128,7 @@ def model_version_register(
             number=latest + 1,
             signature=signature,
             metrics=metrics or {},
+            framework=framework,
             notes=notes,
             created_by=actor_account(user=user),
         )
@@ -149,8 +158,8 @@ def model_version_register(
 
 @dataclass(frozen=True)
 class ModelCard:
-    """What a `model_card.json` says about a trained model; unknown keys (e.g. `framework`) are
-    kept with the file, not read."""
+    """What a `model_card.json` says about a trained model; unknown keys are kept with the file,
+    not read. `framework` is the runtime's name, given as a string or as `{name: version}`."""
 
     name: str | None = None
     signature: dict[str, Any] | None = None
@@ -158,6 +167,24 @@ class ModelCard:
     description: str = ""
     gate: dict[str, Any] | None = None
     batching: dict[str, Any] | None = None
+    framework: str = DEFAULT_FRAMEWORK
+
+
+def _framework(value: Any) -> str:
+    """`"keras"`, or `{"keras": "3.15.1"}` as the demo model's card says it (name: version)."""
+    if value is None:
+        return DEFAULT_FRAMEWORK
+    if isinstance(value, dict) and len(value) == 1:
+        (value,) = value
+    if value not in FRAMEWORKS:
+        raise ValidationError(
+            {
+                "framework": [
+                    f"{MODEL_CARD_FILENAME}: framework must name a runtime: one of {list(FRAMEWORKS)}"
+                ]
+            }
+        )
+    return str(value)
 
 
 def _number(value: Any) -> bool:
@@ -202,6 +229,7 @@ def model_card_parse(*, text: str) -> ModelCard:
         description=card.get("description") or "",
         gate=gate,
         batching=batching,
+        framework=_framework(card.get("framework")),
     )
 
 
@@ -250,6 +278,7 @@ def model_card_register(
         description=card.description,
         gate=card.gate,
         batching=card.batching,
+        framework=card.framework,
         notes=notes,
         user=user,
         progress=progress,

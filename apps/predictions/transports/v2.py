@@ -46,7 +46,7 @@ def metadata_render(served: ServedModel, versions: list[int]) -> dict[str, Any]:
     return {
         "name": served.name,
         "versions": [str(v) for v in versions],
-        "platform": f"{served.platform}_keras" if served.platform != "keras" else "tensorflow_keras",
+        "platform": "tensorflow_keras" if served.platform == "keras" else served.platform,
         "inputs": tensors("inputs"),
         "outputs": tensors("outputs"),
     }

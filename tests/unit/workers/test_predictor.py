@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import Heldout
-from workers.predictor import KerasPredictor, ModelFiles, predictor_for
+from workers.predictor import KerasPredictor, ModelFiles
+from workers.runtimes import predictor_for
 
 
 @pytest.fixture(scope="module")

@@ -217,3 +217,20 @@ def test_the_upload_and_the_command_refuse_a_bad_card_alike(demo_model_dir: Path
         call_command("register_model", str(folder), stdout=StringIO(), verbosity=0)
     assert str(refused.value) == error["message"]
     assert not ModelVersion.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("framework", "runtime"),
+    [(None, "keras"), ("simulated", "simulated"), ({"keras": "3.15.1"}, "keras")],
+    ids=["absent", "a name", "name: version"],
+)
+def test_the_cards_framework_names_the_runtime(framework: Any, runtime: str) -> None:
+    card: dict[str, Any] = {"name": "m"} if framework is None else {"name": "m", "framework": framework}
+    assert model_card_parse(text=json.dumps(card)).framework == runtime
+
+
+@pytest.mark.parametrize("framework", [3, {"keras": "3", "tf": "2"}, "onnx", "keras; rm -rf /"])
+def test_a_framework_that_names_no_runtime_is_refused_naming_the_field(framework: Any) -> None:
+    with pytest.raises(ValidationError) as refused:
+        model_card_parse(text=json.dumps({"name": "m", "framework": framework}))
+    assert "framework" in refused.value.message_dict
