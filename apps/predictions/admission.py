@@ -16,10 +16,8 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 from django.conf import settings
 
-from apps.predictions.errors import ApiError
+from apps.predictions.errors import RETRY_AFTER_S, ApiError, unavailable
 from apps.predictions.results import result_waiter_get
-
-RETRY_AFTER_S = "1"
 
 
 @dataclass
@@ -48,12 +46,7 @@ class AdmissionGate:
                 headers={"Retry-After": RETRY_AFTER_S},
             )
         if depth >= settings.INFERENCE_MAX_QUEUE_DEPTH:
-            raise ApiError(
-                503,
-                "overloaded",
-                f"{depth} requests already wait in {queue}; retry shortly",
-                headers={"Retry-After": RETRY_AFTER_S},
-            )
+            raise unavailable(f"{depth} requests already wait in {queue}; retry shortly", code="overloaded")
 
     async def counts(self, *, owner: str, queue: str) -> tuple[int, int]:
         """This request's count for its key in the current second, and the queue's depth."""

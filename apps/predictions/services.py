@@ -73,7 +73,8 @@ def _batcher(served: ServedModel) -> Batcher:
     return batcher_get(served, _publish_batch_async, settings.INFERENCE_MAX_INFLIGHT_BATCHES)
 
 
-def _response_from_meta(task_id: str, served: ServedModel, meta: dict[str, Any]) -> InferenceResponse:
+def prediction_response(*, task_id: str, served: ServedModel, meta: dict[str, Any]) -> InferenceResponse:
+    """The stored answer of `task_id` as a response, or the ApiError it stands for."""
     status = meta.get("status")
     if status == "REVOKED":
         raise ApiError(504, "timeout", "the request expired before a worker reached it")
@@ -84,7 +85,7 @@ def _response_from_meta(task_id: str, served: ServedModel, meta: dict[str, Any])
         if result.code == "not_found":
             raise ApiError(404, result.code, result.message)
         raise unavailable(result.message, code=result.code)
-    return InferenceResponse(id=task_id, served=served, version=result.version, outputs=result.outputs)
+    return InferenceResponse(id=task_id, served=served, outputs=result.outputs)
 
 
 def request_fingerprint(served: ServedModel, inputs: dict[str, np.ndarray]) -> str:
@@ -170,7 +171,7 @@ async def prediction_run(
         raise ApiError(504, "timeout", f"no result within {caller.deadline_s:g}s") from None
     except (RedisError, OSError) as exc:
         raise unavailable() from exc
-    return _response_from_meta(task_id, served, result_payload_decode(payload))
+    return prediction_response(task_id=task_id, served=served, meta=result_payload_decode(payload))
 
 
 async def prediction_enqueue(*, served: ServedModel, inputs: dict[str, np.ndarray], caller: Caller) -> str:
@@ -203,8 +204,3 @@ async def prediction_job_get(*, job_id: str, owner: str) -> tuple[dict[str, Any]
     if job is None or job["owner"] != owner:
         raise ApiError(404, "not_found", f"no prediction job {job_id!r}", field="id")
     return job, None if payload is None else result_payload_decode(cast("bytes", payload))
-
-
-def prediction_response(*, task_id: str, served: ServedModel, meta: dict[str, Any]) -> InferenceResponse:
-    """The stored answer of `task_id` as a response, or the ApiError it stands for."""
-    return _response_from_meta(task_id, served, meta)

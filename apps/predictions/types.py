@@ -66,9 +66,12 @@ class InferenceResponse:
 
     id: str
     served: ServedModel
-    version: int
     outputs: dict[str, np.ndarray]
 
     @property
     def model(self) -> str:
         return self.served.name
+
+    @property
+    def version(self) -> int:
+        return self.served.version

@@ -19,7 +19,6 @@ SIGNATURE = {
     "inputs": [{"name": "pixels", "datatype": "FP32", "shape": [-1, 2]}],
     "outputs": [{"name": "scores", "datatype": "FP32", "shape": [-1, 2]}],
 }
-LIVE = ServedModel(name="toy", version=3, signature=SIGNATURE)
 
 
 @pytest.fixture
@@ -39,9 +38,7 @@ def routed(monkeypatch: pytest.MonkeyPatch, settings: Any) -> list[dict[str, Any
 
     async def run(*, served: ServedModel, inputs: dict[str, np.ndarray], caller: Caller) -> InferenceResponse:
         reached.append({"served": served, "inputs": inputs, "caller": caller})
-        return InferenceResponse(
-            id="r1", served=served, version=served.version, outputs={"scores": inputs["pixels"]}
-        )
+        return InferenceResponse(id="r1", served=served, outputs={"scores": inputs["pixels"]})
 
     monkeypatch.setattr(dataplane, "prediction_run", run)
     return reached

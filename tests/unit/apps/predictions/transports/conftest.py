@@ -11,7 +11,7 @@ SIGNATURE = {
 SERVED = ServedModel(name="toy", version=2, signature=SIGNATURE)
 ROWS = [[0.0, 1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0]]
 SCORES = np.array([[0.1, 0.7, 0.2], [0.8, 0.1, 0.1]], dtype=np.float32)
-RESPONSE = InferenceResponse(id="abc", served=SERVED, version=2, outputs={"scores": SCORES})
+RESPONSE = InferenceResponse(id="abc", served=SERVED, outputs={"scores": SCORES})
 
 BYTES_SERVED = ServedModel(
     name="words",
