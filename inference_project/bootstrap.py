@@ -27,6 +27,7 @@ from django.core.management import call_command
 
 from apps.models_registry import selectors
 from apps.models_registry.services.deployments import deployment_set
+from apps.models_registry.services.registration import MODEL_CARD_FILENAME, model_card_register
 from apps.predictions.authentication import api_key_create
 
 REDIS_WAIT_S = 30.0
@@ -93,10 +94,11 @@ def demo_model_ensure(*, environment: str, demo_dir: Path, log: Callable[[str], 
         deployment_set(version=versions[0], environment=environment)
         log(f"deployed digits v{versions[0].number} to {environment}")
         return
-    if not (demo_dir / "model_card.json").exists():
+    if not (demo_dir / MODEL_CARD_FILENAME).exists():
         log("training the demo model (Keras CNN on scikit-learn's digits)")
         subprocess.run([sys.executable, "-m", "workers.training.digits", "--out", str(demo_dir)], check=True)
-    call_command("register_model", str(demo_dir), deploy=environment)
+    version = model_card_register(files=sorted(demo_dir.iterdir()), deploy=environment)
+    log(f"registered and deployed {version} to {environment}")
 
 
 def prometheus_config_write(*, folder: Path, models: list[str], node_exporter: bool) -> None:

@@ -60,8 +60,14 @@ DEFAULTS = {
 }
 
 
+def _boolean(value: str) -> bool:
+    """One rule for the START_* variables and the process file's options: django-environ's, as
+    the settings (and deploy/bin/flower) read booleans."""
+    return value.strip().lower() in environ.Env.BOOLEAN_TRUE_STRINGS
+
+
 def _true(name: str) -> bool:
-    return os.environ.get(name, "true").lower() not in {"0", "false", "no"}
+    return _boolean(os.environ.get(name, "true"))
 
 
 def environment_prepare() -> Path:
@@ -108,7 +114,7 @@ def per_model_expand(spec: dict[str, Any], models: list[str]) -> list[dict[str, 
 
 
 def _flag(spec: dict[str, Any], option: str) -> bool:
-    return str(spec.get(option, "false")).lower() in {"1", "true", "yes", "on"}
+    return _boolean(str(spec.get(option, "false")))
 
 
 def exit_description(code: int | None) -> str:
