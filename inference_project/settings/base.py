@@ -141,9 +141,23 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = env.int("CELERY_WORKER_PREFETCH_MULTIPLIER", default=1)
 CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT_S", default=60)
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT_S", default=90)
-# Redelivery of unacked tasks happens after this; it must exceed the longest task.
+# Redelivery (docs/reliability.md). kombu records each message a worker took in an `unacked`
+# hash; every consumer sweeps it every second and puts back what was taken more than the
+# visibility timeout ago, so a lost worker host's messages run elsewhere within ~7 s. An inference
+# batch takes milliseconds; one still running after the timeout runs again (its answer is the one
+# stored first). The platform worker's tasks (gate evaluation: minutes) keep their own unacked keys
+# and an hour's timeout, so the inference workers' sweep never requeues a running gate. The mutex
+# that serialises sweeps expires in 5 s, so a host lost mid-sweep does not stop them for long.
+_PLATFORM_CONSUMER = env("INFERENCE_WORKER_ROLE", default="") == "platform"
+_UNACKED = "unacked.platform" if _PLATFORM_CONSUMER else "unacked"
 CELERY_BROKER_TRANSPORT_OPTIONS = {
-    "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT_S", default=600),
+    "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT_S", default=3600 if _PLATFORM_CONSUMER else 6),
+    "unacked_restore_interval": env.int("CELERY_UNACKED_RESTORE_INTERVAL_S", default=1),
+    "unacked_restore_throttle": 1,
+    "unacked_mutex_expire": 5,
+    "unacked_key": _UNACKED,
+    "unacked_index_key": f"{_UNACKED}_index",
+    "unacked_mutex_key": f"{_UNACKED}_mutex",
     "socket_connect_timeout": 2,
     "socket_timeout": 5,
 }
