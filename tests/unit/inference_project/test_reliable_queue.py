@@ -1,0 +1,100 @@
+"""The reliable-queue pop (inference_project/reliable_queue.py) against a real redis-server: a
+message is always in the queue, a processing list or kombu's unacked hash; what a dead consumer or
+a lost reply leaves in a processing list goes back to the head of its queue."""
+
+from typing import Any
+
+import redis
+from kombu import Connection
+
+from inference_project import reliable_queue
+
+OPTIONS = {"priority_steps": [0], "visibility_timeout": 30}
+
+
+def _connection(url: str) -> Connection:
+    return Connection(url, transport=reliable_queue.Transport, transport_options=OPTIONS)
+
+
+def _reliable(channel: object) -> reliable_queue.ReliableChannel:
+    assert isinstance(channel, reliable_queue.ReliableChannel)
+    return channel
+
+
+def test_a_pop_moves_the_message_into_the_consumers_list_then_into_unacked(redis_server: str) -> None:
+    client = redis.Redis.from_url(redis_server)
+    client.flushdb()
+    seen: list[tuple[int, int, int]] = []
+
+    class Observed(reliable_queue.Transport):
+        def _deliver(self, message: Any, queue: str | None) -> None:
+            # Between the pop and the bookkeeping: only a processing list holds it.
+            processing = sum(client.llen(key) for key in client.keys("reliable.processing.*"))
+            seen.append((client.llen("rq-pop"), processing, client.hlen("unacked")))
+            super()._deliver(message, queue)
+
+    with Connection(redis_server, transport=Observed, transport_options=OPTIONS) as connection:
+        queue = connection.SimpleQueue("rq-pop")
+        queue.put({"n": 1})
+        channel = _reliable(queue.consumer.channel)
+        message = queue.get(timeout=2)
+        assert seen == [(0, 1, 0)]
+        assert client.llen(channel.processing_key) == 0 and client.hlen("unacked") == 1
+        assert client.hget(reliable_queue.CONSUMERS_KEY, channel.consumer_id) == b"rq-pop"
+        assert client.ttl(channel.heartbeat_key) > 0
+        message.ack()
+        assert client.hlen("unacked") == 0
+        queue.close()
+    # A clean close leaves no registration behind.
+    assert client.hlen(reliable_queue.CONSUMERS_KEY) == 0
+
+
+def test_a_dead_consumers_list_goes_back_to_the_head_of_its_queue(redis_server: str) -> None:
+    client = redis.Redis.from_url(redis_server)
+    client.flushdb()
+    # What a consumer killed right after its pop leaves: an entry, its registration, no heartbeat.
+    client.hset(reliable_queue.CONSUMERS_KEY, "dead.1", "rq-dead")
+    client.lpush("reliable.processing.dead.1", b"lost-in-the-window")
+    client.lpush("rq-dead", b"newer")
+    # A live consumer elsewhere: its list is left alone.
+    client.hset(reliable_queue.CONSUMERS_KEY, "alive.2", "rq-dead")
+    client.set("reliable.alive.alive.2", 1, ex=30)
+    client.lpush("reliable.processing.alive.2", b"being-recorded")
+    with _connection(redis_server) as connection:
+        channel = _reliable(connection.default_channel)
+        channel.reliable_sweep()
+    # BRPOP/BLMOVE take from the right: the restored message is next.
+    assert client.lrange("rq-dead", 0, -1) == [b"newer", b"lost-in-the-window"]
+    assert client.llen("reliable.processing.dead.1") == 0
+    assert client.hexists(reliable_queue.CONSUMERS_KEY, "dead.1") is False
+    assert client.lrange("reliable.processing.alive.2", 0, -1) == [b"being-recorded"]
+
+
+def test_an_entry_left_in_its_own_list_on_two_sweeps_goes_back(redis_server: str) -> None:
+    client = redis.Redis.from_url(redis_server)
+    client.flushdb()
+    with _connection(redis_server) as connection:
+        queue = connection.SimpleQueue("rq-stale")
+        queue.put({"n": 1})
+        message = queue.get(timeout=2)
+        message.ack()
+        channel = _reliable(queue.consumer.channel)
+        # A reply lost on a broken connection: the entry stays in this consumer's own list.
+        client.lpush(channel.processing_key, b"reply-lost")
+        channel.reliable_sweep()
+        assert client.llen(channel.processing_key) == 1  # could still be a pop in flight
+        channel.reliable_sweep()
+        assert client.llen(channel.processing_key) == 0
+        assert client.lrange("rq-stale", 0, -1) == [b"reply-lost"]
+        queue.close()
+
+
+def test_other_channels_keep_kombus_brpop(redis_server: str) -> None:
+    with Connection(redis_server, transport=reliable_queue.Transport) as connection:
+        queue = connection.SimpleQueue("rq-priorities")  # default priority steps: four lists
+        queue.put({"n": 2})
+        message = queue.get(timeout=2)
+        assert message.payload == {"n": 2}
+        assert _reliable(queue.consumer.channel)._reliable_source() is None
+        message.ack()
+        queue.close()
