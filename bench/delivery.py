@@ -38,8 +38,17 @@ TRANSPORTS: dict[str, type[kombu_redis.Transport]] = {
     "kombu": kombu_redis.Transport,
     "reliable": reliable_queue.Transport,
 }
+try:  # Python >= 3.13 only: run in a virtualenv of its own (docs/architecture.md)
+    from celery_redis_plus.transport import Transport as RedisPlusTransport  # type: ignore[import-not-found]
+
+    TRANSPORTS["celery-redis-plus"] = RedisPlusTransport
+except ImportError:
+    pass
+# celery-redis-plus restores unacked messages on a 60 s check (DEFAULT_REQUEUE_CHECK_INTERVAL).
+STALL_S = {"celery-redis-plus": 75.0}
 QUEUE = "delivery-trial"
 PROCESSED = "delivery-trial.processed"  # hash: message id -> times handled
+STOP = "delivery-trial.stop"  # set by the trial: consumers exit cleanly
 CPU = "delivery-trial.cpu_s"  # consumers' CPU seconds from their first message to their exit
 VISIBILITY_S = 2
 OPTIONS = {
@@ -91,20 +100,18 @@ def consume(url: str, transport: str, after_pop: float, before_ack: float) -> No
     with Connection(url, transport=cls, transport_options=OPTIONS) as conn:
         consumer = Consumer(conn.channel(), queues=[Queue(QUEUE)], callbacks=[on_message], accept=["json"])
         consumer.qos(prefetch_count=1)
-        idle = 0.0
         with consumer:
-            while idle < VISIBILITY_S + 6:
+            while not counter.exists(STOP):
                 try:
                     conn.drain_events(timeout=1)
-                    idle = 0.0
                 except TimeoutError:
-                    idle += 1
+                    pass
     if cpu_at_first:  # the CPU of consuming, without the start-up: only clean exits report it
         counter.incrbyfloat(CPU, time.process_time() - cpu_at_first[0])
 
 
-def _publish(url: str, messages: int) -> None:
-    with Connection(url, transport_options=OPTIONS) as conn:
+def _publish(url: str, transport: str, messages: int) -> None:
+    with Connection(url, transport=TRANSPORTS[transport], transport_options=OPTIONS) as conn:
         producer = Producer(conn.channel(), exchange=Exchange(QUEUE, type="direct"), routing_key=QUEUE)
         producer.declare()
         Queue(QUEUE, Exchange(QUEUE, type="direct"), routing_key=QUEUE)(conn.channel()).declare()
@@ -120,11 +127,11 @@ def trial(
     after_pop: float,
     before_ack: float,
     consumers: int = 2,
-    timeout_s: float = 120,
+    stall_s: float = VISIBILITY_S + 10,
 ) -> Trial:
     client = redis.Redis.from_url(url)
     client.flushdb()
-    _publish(url, messages)
+    _publish(url, transport, messages)
     command = [
         sys.executable,
         "-m",
@@ -135,25 +142,22 @@ def trial(
         str(after_pop),
         str(before_ack),
     ]
-    started = time.monotonic()
+    started = last_progress = time.monotonic()
     procs = [subprocess.Popen(command) for _ in range(consumers)]
-    kills = 0
-    deadline = started + timeout_s
-    while procs and time.monotonic() < deadline:
+    kills, handled = 0, 0
+    # Done when every message was handled, or nothing moved for `stall_s` (restores included).
+    while handled < messages and time.monotonic() - last_progress < stall_s:
         time.sleep(0.05)
+        if (now_handled := client.hlen(PROCESSED)) != handled:
+            handled, last_progress = now_handled, time.monotonic()
         for proc in list(procs):
-            code = proc.poll()
-            if code is None:
-                continue
-            procs.remove(proc)
-            if code == -signal.SIGKILL:
-                kills += 1
+            if proc.poll() is not None:
+                procs.remove(proc)
+                kills += proc.returncode == -signal.SIGKILL
                 procs.append(subprocess.Popen(command))
-            elif client.hlen(PROCESSED) < messages and client.llen(QUEUE):
-                procs.append(subprocess.Popen(command))  # left early while work remained
+    client.set(STOP, 1)
     for proc in procs:
-        proc.kill()
-        proc.wait()
+        proc.wait(timeout=30)
     elapsed = time.monotonic() - started
     counts = [int(value) for value in client.hvals(PROCESSED)]
     cpu = float(client.get(CPU) or 0)
@@ -183,9 +187,10 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=3000)
     parser.add_argument("--kill-after-pop", type=float, default=0.01)
     parser.add_argument("--kill-before-ack", type=float, default=0.005)
+    parser.add_argument("--transports", default=",".join(TRANSPORTS))
     args = parser.parse_args()
     results = []
-    for transport in TRANSPORTS:
+    for transport in args.transports.split(","):
         faults = trial(
             args.url,
             transport,

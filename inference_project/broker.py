@@ -11,6 +11,9 @@ connection out of the pool and returns it.
 Only those short-lived clients are kept. The channel's own `client` (BRPOP) and `subclient`
 (fanout) pin a connection of their own and are built once by kombu already.
 
+It pops with the reliable-queue BLMOVE of inference_project/reliable_queue.py, which closes the
+window in which a consumer killed right after kombu's BRPOP lost the message.
+
 Selected with `CELERY_BROKER_TRANSPORT` (settings/base.py); the URL stays `redis://...`.
 """
 
@@ -18,9 +21,11 @@ from typing import Any
 
 from kombu.transport import redis as kombu_redis
 
+from inference_project.reliable_queue import ReliableChannel
+
 
 # kombu-stubs (celery-types) declare no `_create_client`, kombu's private hook: hence the ignores.
-class Channel(kombu_redis.Channel):
+class Channel(ReliableChannel):
     def _create_client(self, asynchronous: bool = False) -> Any:
         if asynchronous or self.pool.connection_kwargs.get("credential_provider") is not None:
             # A pinned connection (BRPOP) or credentials that may rotate: kombu's own way.

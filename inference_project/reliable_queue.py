@@ -99,6 +99,7 @@ class ReliableChannel(kombu_redis.Channel):
         self.processing_key = f"reliable.processing.{self.consumer_id}"
         self.heartbeat_key = f"reliable.alive.{self.consumer_id}"
         self._source: str | None = None
+        self._blmove_in_flight = False
         self._seen_in_processing: set[bytes] = set()
 
     def _reliable_source(self) -> str | None:
@@ -116,6 +117,7 @@ class ReliableChannel(kombu_redis.Channel):
             self._source = source
             self._heartbeat()
         self._in_poll = self.client.connection
+        self._blmove_in_flight = True
         self._brpop_sent_at = monotonic()
         if timeout is None:
             timeout = self.brpop_timeout
@@ -124,7 +126,7 @@ class ReliableChannel(kombu_redis.Channel):
         )
 
     def _brpop_read(self, **options: Any) -> bool:
-        if self._source is None or self._reliable_source() is None:
+        if not self._blmove_in_flight:
             return bool(super()._brpop_read(**options))  # type: ignore[misc]
         try:
             try:
@@ -142,6 +144,7 @@ class ReliableChannel(kombu_redis.Channel):
             return True
         finally:
             self._in_poll = None
+            self._blmove_in_flight = False
 
     def _heartbeat(self) -> None:
         with self.conn_or_acquire() as client:

@@ -141,6 +141,9 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = env.int("CELERY_WORKER_PREFETCH_MULTIPLIER", default=1)
 CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT_S", default=60)
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT_S", default=90)
+# A new child imports TensorFlow and loads its models before it reports up; Celery's 4 s default
+# killed replacement children in a loop on a busy host (seen after SIGKILLs in the fault tests).
+CELERY_WORKER_PROC_ALIVE_TIMEOUT = env.float("CELERY_WORKER_PROC_ALIVE_TIMEOUT_S", default=60.0)
 # Redelivery (docs/reliability.md). kombu records each message a worker took in an `unacked`
 # hash; every consumer sweeps it every second and puts back what was taken more than the
 # visibility timeout ago, so a lost worker host's messages run elsewhere within ~7 s. An inference
@@ -158,6 +161,9 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "unacked_key": _UNACKED,
     "unacked_index_key": f"{_UNACKED}_index",
     "unacked_mutex_key": f"{_UNACKED}_mutex",
+    # One Redis list per queue: the workers' reliable pop (inference_project/reliable_queue.py)
+    # takes from one list (BLMOVE); kombu's default steps make four per queue.
+    "priority_steps": [0],
     "socket_connect_timeout": 2,
     "socket_timeout": 5,
 }
