@@ -215,8 +215,8 @@ def test_killed_worker_is_replaced_and_serves_the_queue(faulty: Platform, heldou
     old = faulty.pids()["worker-digits"]
     os.killpg(old, signal.SIGKILL)
     # Queue the jobs once the dead worker is gone and its replacement is starting: they wait in
-    # Redis and the new worker serves them. (A message handed to a worker at the very instant it
-    # dies can be lost by kombu's Redis transport: see docs/reliability.md.)
+    # Redis and the new worker serves them. (A message handed to the worker at the instant it dies
+    # is not lost either: tests/integration/test_kill_window.py.)
     deadline = time.monotonic() + 10
     while faulty.pids()["worker-digits"] == old and time.monotonic() < deadline:
         time.sleep(0.1)
