@@ -25,11 +25,13 @@ system-deps:
 	  $(SUDO) apt-get update && $(SUDO) apt-get install -y redis-server; }
 
 # Debian's chromium drives the admin's browser tests (playwright uses it; it downloads nothing);
-# prometheus (with promtool) scrapes the platform and evaluates the alert rules in the tests.
+# prometheus (with promtool) scrapes the platform and evaluates the alert rules in the tests;
+# postgresql's server (deploy/bin/postgres runs it) holds the registry in the PostgreSQL tests.
 test-deps: system-deps
-	@command -v chromium >/dev/null && command -v wrk >/dev/null && command -v prometheus >/dev/null || { \
-	  echo "chromium, wrk or prometheus missing: installing them (apt-get install -y chromium wrk prometheus)"; \
-	  $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium wrk prometheus; }
+	@command -v chromium >/dev/null && command -v wrk >/dev/null && command -v prometheus >/dev/null && \
+	  ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { \
+	  echo "chromium, wrk, prometheus or postgresql missing: installing them (apt-get install -y chromium wrk prometheus postgresql)"; \
+	  $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium wrk prometheus postgresql; }
 
 run: venv system-deps
 	$(BIN)/python -m inference_project.local_platform
@@ -45,8 +47,11 @@ format: venv
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# The second pass runs the registry and lifecycle tests on a PostgreSQL the tests start (--postgres,
+# tests/conftest.py); the first runs everything on SQLite.
 test: venv test-deps lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --postgres tests/unit/apps/models_registry tests/integration/test_lifecycle.py
 
 # Benchmark against raw predict and the peers; writes docs/benchmarks.md and docs/benchmarks.png.
 # QUICK=1: under 3 minutes, checks the harness (make test runs it), writes bench/results/ only.

@@ -1,10 +1,17 @@
 """Fixtures shared by unit and integration tests."""
 
+import contextlib
 import logging
+import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeAlias
 
@@ -105,3 +112,143 @@ def registry_settings(settings: Settings, tmp_path: Path, redis_server: str) -> 
     settings.REDIS_URL = redis_server
     redis.Redis.from_url(redis_server).flushdb()
     return settings
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------
+# `pytest --postgres`: the Django test database of the selected tests lives on a throw-away
+# PostgreSQL (deploy/bin/postgres) instead of in-memory SQLite; `make test` runs the registry
+# and lifecycle tests a second time so.
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--postgres",
+        action="store_true",
+        help="run the Django test database (and the test platforms) on a PostgreSQL started by the tests",
+    )
+
+
+@dataclass
+class PostgresServer:
+    """A PostgreSQL run by deploy/bin/postgres on a free port, its data in a folder of its own."""
+
+    root: Path
+    port: int
+    user: str = "inference"
+    password: str = "inference-tests"
+    proc: subprocess.Popen[bytes] | None = None
+
+    def url(self, database: str = "inference") -> str:
+        return f"postgres://{self.user}:{self.password}@127.0.0.1:{self.port}/{database}"
+
+    def start(self, timeout: float = 60) -> None:
+        env = {
+            **os.environ,
+            "INFERENCE_VAR_DIR": str(self.root),
+            "POSTGRES_PORT": str(self.port),
+            "POSTGRES_USER": self.user,
+            "POSTGRES_PASSWORD": self.password,
+            # A throw-away cluster: no flush to disk per commit (a clean stop still writes all).
+            "POSTGRES_ARGS": "-c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+        }
+        with (self.root / "postgres.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                [str(ROOT / "deploy" / "bin" / "postgres")], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float) -> None:
+        """Until it accepts a login (an open port alone may still answer "starting up")."""
+        import psycopg
+
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"deploy/bin/postgres exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                psycopg.connect(self.url(), connect_timeout=2).close()
+                return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        """SIGTERM: deploy/bin/postgres makes it a fast shutdown (clients disconnected)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+    def database_create(self, name: str) -> str:
+        """A new, empty database owned by the test role; returns its URL."""
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.url(), autocommit=True) as connection:
+            connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        return self.url(name)
+
+    def log(self) -> str:
+        return (self.root / "postgres.log").read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def postgres_running() -> Iterator[PostgresServer]:
+    """A PostgreSQL of its own, stopped and removed afterwards. Its folder is not under pytest's
+    tmp_path: run by root, the server runs as the postgres user, which cannot enter pytest's
+    private (0700) folders."""
+    if not list(Path("/usr/lib/postgresql").glob("*/bin/postgres")):
+        pytest.fail("PostgreSQL is required (make test installs Debian's postgresql)")
+    root = Path(tempfile.mkdtemp(prefix="inference-postgres-"))
+    root.chmod(0o755)
+    server = PostgresServer(root=root, port=free_port())
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL for the session (started on first use)."""
+    with postgres_running() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(
+    request: pytest.FixtureRequest,
+    django_db_modify_db_settings_parallel_suffix: None,
+) -> None:
+    """pytest-django's hook "just before the databases are configured": with --postgres, the
+    default database is the session's PostgreSQL (pytest-django creates test_inference on it)."""
+    if not request.config.getoption("postgres"):
+        return
+    import environ
+    from django.conf import settings
+    from django.db import connections
+
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    # Changed in place, as pytest-django's own suffixes are (the connection handler holds this
+    # dict), and the SQLite wrapper made meanwhile dropped: the next use makes a PostgreSQL one.
+    settings.DATABASES["default"].update(environ.Env.db_url_config(server.url()), OPTIONS={})
+    connections["default"].close()
+    del connections["default"]
+
+
+@pytest.fixture(scope="session")
+def platform_database(request: pytest.FixtureRequest) -> Callable[[str], str | None]:
+    """For a test platform: `platform_database(name)` is the URL of a new database on the
+    session's PostgreSQL under --postgres, else None (the platform keeps its SQLite file)."""
+
+    def create(name: str) -> str | None:
+        if not request.config.getoption("postgres"):
+            return None
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        return server.database_create(name)
+
+    return create
