@@ -29,6 +29,7 @@ from apps.models_registry import selectors
 from apps.models_registry.services.deployments import deployment_set
 from apps.models_registry.services.registration import MODEL_CARD_FILENAME, model_card_register
 from apps.predictions.authentication import api_key_create
+from inference_project.redis_clients import redis_sync
 
 REDIS_WAIT_S = 30.0
 
@@ -54,9 +55,10 @@ def platform_processes() -> set[str]:
 
 
 def redis_wait(*, timeout_s: float = REDIS_WAIT_S) -> None:
-    """Until Redis answers at REDIS_URL: the platform's own (deploy/bin/redis) or, with
-    START_REDIS=false, an existing one."""
-    client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=0.5, socket_timeout=2)
+    """Until Redis answers: the platform's own at REDIS_URL (deploy/bin/redis) or, with
+    START_REDIS=false, an existing one there or, with REDIS_SENTINELS, the master the Sentinels
+    name (the same client the API uses, so a Sentinel that names no master yet keeps it waiting)."""
+    client = redis_sync()
     deadline = time.monotonic() + timeout_s
     while True:
         try:

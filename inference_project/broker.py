@@ -14,7 +14,10 @@ Only those short-lived clients are kept. The channel's own `client` (BRPOP) and 
 It pops with the reliable-queue BLMOVE of inference_project/reliable_queue.py, which closes the
 window in which a consumer killed right after kombu's BRPOP lost the message.
 
-Selected with `CELERY_BROKER_TRANSPORT` (settings/base.py); the URL stays `redis://...`.
+Selected with `CELERY_BROKER_TRANSPORT` (settings/base.py); the URL stays `redis://...`. With
+Redis Sentinel (`REDIS_SENTINELS`) the settings pick `SentinelTransport`: kombu's SentinelChannel
+(which asks the Sentinels for the master on every new connection, so a failover is followed by
+reconnecting) with the same client reuse and reliable pop; the URL is then `sentinel://...;...`.
 """
 
 from typing import Any
@@ -38,3 +41,11 @@ class Channel(ReliableChannel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+class SentinelChannel(kombu_redis.SentinelChannel, Channel):
+    """kombu's Sentinel pools (`_get_pool`) under our client reuse and reliable pop."""
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel

@@ -1,7 +1,8 @@
 """Run the whole platform on one machine, in the foreground: `make run`.
 
 Runs the processes listed once in deploy/circus.ini under circus, by priority: Redis (own data
-dir, AOF on; none with START_REDIS=false), then deploy/bin/bootstrap (migrations, admin, demo
+dir, AOF on; none with START_REDIS=false, the default with REDIS_SENTINELS: every process then
+follows the master the Sentinels name), then deploy/bin/bootstrap (migrations, admin, demo
 model, demo API key, Prometheus configuration: `manage.py platform_bootstrap`), then one Celery
 worker per served model queue and the platform worker, the API under uvicorn and Flower, and
 Prometheus with the node exporter when Debian's packages are installed. Every line a process
@@ -76,6 +77,9 @@ def environment_prepare() -> Path:
     environ.Env.read_env(ROOT / ".env", overwrite=False)
     for name, value in DEFAULTS.items():
         os.environ.setdefault(name, value)
+    if os.environ.get("REDIS_SENTINELS"):
+        # Every process uses the Sentinels' master then; a Redis of our own would serve nobody.
+        os.environ.setdefault("START_REDIS", "false")
     # Flower always sits behind basic auth: FLOWER_BASIC_AUTH=user:password, else generated and printed.
     os.environ.setdefault("FLOWER_BASIC_AUTH", f"admin:{secrets.token_urlsafe(12)}")
     var = Path(os.environ.setdefault("INFERENCE_VAR_DIR", str(ROOT / "var"))).resolve()
@@ -395,6 +399,9 @@ class Platform:
             else "not started (apt-get install -y prometheus to have it)"
         )
         token = self.summary.get("demo_key", "")
+        redis_note = env.get("REDIS_SENTINELS") and (
+            f"master {env.get('REDIS_SENTINEL_MASTER')!r} of the Sentinels {env['REDIS_SENTINELS']}"
+        )
         lines = [
             "",
             "The platform is ready.",
@@ -404,6 +411,7 @@ class Platform:
             f"  Flower     http://127.0.0.1:{env['FLOWER_PORT']}   (basic auth {env['FLOWER_BASIC_AUTH']})",
             f"  metrics    {api}/metrics   (workers: :{env['WORKER_METRICS_PORT']} and up)",
             f"  Prometheus {prometheus}",
+            *([f"  Redis      {redis_note}"] if redis_note else []),
             f"  demo key   {token}",
         ]
         if self.summary.get("admin_note"):

@@ -397,7 +397,9 @@ def deployments_listen(
     channel = deployments_channel(runtime.environment)
 
     def listen() -> None:
-        pubsub = redis.Redis.from_url(settings.REDIS_URL).pubsub(ignore_subscribe_messages=True)
+        # No read timeout: a subscription waits as long as nothing is published. With Sentinel the
+        # client reconnects to the promoted master when _forever calls this again after a failover.
+        pubsub = redis_sync(read_timeout_s=None).pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(channel)
         try:
             for message in pubsub.listen():

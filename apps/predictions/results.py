@@ -19,7 +19,6 @@ import uuid
 from typing import Any, cast
 
 import redis.asyncio as aioredis
-from django.conf import settings
 
 from inference_common.results import RESULT_PREFIX
 from inference_project.celery_app import app as celery_app
@@ -35,7 +34,10 @@ CHECK_CHUNK = 500  # result keys per MGET when the subscription comes back
 
 
 class ResultWaiter:
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, redis_url: str | None = None) -> None:
+        """`redis_url` None: the platform's Redis (`REDIS_URL`, or the master the Sentinels
+        name with `REDIS_SENTINELS`; the subscription then follows a failover when it
+        resubscribes, and the stored results are checked again as after any gap)."""
         self.token = uuid.uuid4().hex[:12]
         self.redis = redis_async(redis_url)
         self._futures: dict[str, asyncio.Future[bytes]] = {}
@@ -130,7 +132,7 @@ def result_waiter_get() -> ResultWaiter:
     loop_id = id(asyncio.get_running_loop())
     waiter = _waiters.get(loop_id)
     if waiter is None:
-        waiter = _waiters[loop_id] = ResultWaiter(settings.REDIS_URL)
+        waiter = _waiters[loop_id] = ResultWaiter()
     return waiter
 
 

@@ -189,7 +189,30 @@ async def prediction_enqueue(*, served: ServedModel, inputs: dict[str, np.ndarra
     except (RedisError, OSError) as exc:
         raise unavailable() from exc
     await _batcher(served).submit(request_id=task_id, inputs=inputs, expires_s=None, awaited=False)
+    if settings.INFERENCE_ASYNC_REPLICAS > 0:
+        await _job_replicated(task_id=task_id, job=job)
     return task_id
+
+
+async def _job_replicated(*, task_id: str, job: str) -> None:
+    """Return once INFERENCE_ASYNC_REPLICAS replicas hold the job's message; 503 otherwise.
+
+    WAIT counts the writes of its own connection, and kombu published the message on another.
+    Replication is one ordered stream, so a write on this connection after the publish (the job
+    record once more: a SET always reaches the replicas, an EXPIRE of a missing key would not) and
+    WAIT behind it in the same pipeline cover the publish too. After a 503 the job may still run
+    from the primary alone; a retry with the same Idempotency-Key is answered with its id.
+    """
+    replicas = settings.INFERENCE_ASYNC_REPLICAS
+    try:
+        async with result_waiter_get().redis.pipeline(transaction=False) as pipe:
+            pipe.set(JOB_PREFIX + task_id, job, ex=settings.CELERY_RESULT_EXPIRES)
+            pipe.wait(replicas, settings.INFERENCE_ASYNC_REPLICA_TIMEOUT_MS)
+            _, acknowledged = await pipe.execute()
+    except (RedisError, OSError) as exc:
+        raise unavailable() from exc
+    if acknowledged < replicas:
+        raise unavailable(f"the job reached {acknowledged} of {replicas} replicas in time; retry shortly")
 
 
 async def prediction_job_get(*, job_id: str, owner: str) -> tuple[dict[str, Any], dict[str, Any] | None]:

@@ -120,13 +120,65 @@ def _redis_url() -> str:
 
 REDIS_URL = env("REDIS_URL", default=_redis_url())
 
-CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL)
+
+def _sentinel_address(address: str) -> tuple[str, int]:
+    host, _, port = address.strip().rpartition(":")
+    return (host, int(port)) if host else (port, 26379)
+
+
+# Redis Sentinel: REDIS_SENTINELS=host:port,host:port,... and REDIS_SENTINEL_MASTER=<name> switch
+# every Redis client (broker, results, the API's and the workers' own clients, Flower) to the
+# master the Sentinels name, followed across failovers. REDIS_PASSWORD stays the data nodes'
+# password; REDIS_SENTINEL_PASSWORD is the Sentinels' own (`requirepass` in sentinel.conf).
+REDIS_SENTINELS = [_sentinel_address(a) for a in env.list("REDIS_SENTINELS", default=[])]
+REDIS_SENTINEL_MASTER = env("REDIS_SENTINEL_MASTER", default="")
+REDIS_SENTINEL_PASSWORD = env("REDIS_SENTINEL_PASSWORD", default="")
+if REDIS_SENTINELS and not REDIS_SENTINEL_MASTER:
+    raise environ.ImproperlyConfigured("REDIS_SENTINELS is set: REDIS_SENTINEL_MASTER must name the master")
+if REDIS_SENTINELS and REDIS_TLS:
+    # kombu, Celery and redis-py each take TLS for Sentinel differently; not wired up yet, and a
+    # silent fall-back to plain TCP would be worse than refusing to start.
+    raise environ.ImproperlyConfigured("REDIS_TLS with REDIS_SENTINELS is not supported")
+# Options of the connections to the Sentinels themselves (redis-py's `sentinel_kwargs`; kombu and
+# Celery pass the same dict through): their password, and timeouts as short as the data nodes'.
+REDIS_SENTINEL_KWARGS = {
+    "socket_connect_timeout": 0.5,
+    "socket_timeout": 0.5,
+    **({"password": REDIS_SENTINEL_PASSWORD} if REDIS_SENTINEL_PASSWORD else {}),
+}
+
+
+def _sentinel_url(path: str = "") -> str:
+    """kombu's and Celery's form: one `sentinel://` URL per Sentinel, joined by `;`; the data
+    nodes' password rides in each (both read it from there for the master)."""
+    auth = f":{quote(REDIS_PASSWORD, safe='')}@" if REDIS_PASSWORD else ""
+    return ";".join(f"sentinel://{auth}{host}:{port}{path}" for host, port in REDIS_SENTINELS)
+
+
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=_sentinel_url() if REDIS_SENTINELS else REDIS_URL)
 # kombu's Redis transport, keeping one client per connection pool instead of building one per
-# publish, ack and event (inference_project/broker.py). Empty: the URL's own transport.
-CELERY_BROKER_TRANSPORT = env("CELERY_BROKER_TRANSPORT", default="inference_project.broker:Transport") or None
+# publish, ack and event (inference_project/broker.py); its Sentinel twin with REDIS_SENTINELS.
+# Empty: the URL's own transport.
+CELERY_BROKER_TRANSPORT = (
+    env(
+        "CELERY_BROKER_TRANSPORT",
+        default="inference_project.broker:SentinelTransport"
+        if REDIS_SENTINELS
+        else "inference_project.broker:Transport",
+    )
+    or None
+)
 # Redis, through a backend class that skips Celery's per-send SUBSCRIBE (see celery_backend.py).
 CELERY_RESULT_BACKEND = env(
-    "CELERY_RESULT_BACKEND", default=f"inference_project.celery_backend.ProducerRedisBackend+{REDIS_URL}"
+    "CELERY_RESULT_BACKEND",
+    default=f"inference_project.celery_backend.ProducerSentinelBackend+{_sentinel_url('/0')}"
+    if REDIS_SENTINELS
+    else f"inference_project.celery_backend.ProducerRedisBackend+{REDIS_URL}",
+)
+CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = (
+    {"master_name": REDIS_SENTINEL_MASTER, "sentinel_kwargs": REDIS_SENTINEL_KWARGS}
+    if REDIS_SENTINELS
+    else {}
 )
 # Tensors travel as raw bytes inside msgpack, never as JSON float lists.
 CELERY_TASK_SERIALIZER = "msgpack"
@@ -167,6 +219,18 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "socket_connect_timeout": 2,
     "socket_timeout": 5,
 }
+if REDIS_SENTINELS:
+    # Read by kombu's SentinelChannel: which master to follow, and how to reach the Sentinels.
+    CELERY_BROKER_TRANSPORT_OPTIONS |= {
+        "master_name": REDIS_SENTINEL_MASTER,
+        "sentinel_kwargs": REDIS_SENTINEL_KWARGS,
+    }
+# An async job is answered 202 only once this many replicas hold its message: after the publish
+# the API writes once more and WAITs on that connection (apps/predictions/services.py); when no
+# replica acknowledges within the timeout it answers 503 with Retry-After, not a 202 that a
+# failover could lose. 0: no WAIT. The Sentinel layout (a primary and a replica) sets 1.
+INFERENCE_ASYNC_REPLICAS = env.int("INFERENCE_ASYNC_REPLICAS", default=0)
+INFERENCE_ASYNC_REPLICA_TIMEOUT_MS = env.int("INFERENCE_ASYNC_REPLICA_TIMEOUT_MS", default=500)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # The API must fail fast (503) when Redis is down rather than retrying for long.
 CELERY_TASK_PUBLISH_RETRY_POLICY = {
