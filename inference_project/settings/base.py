@@ -72,9 +72,20 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL;"}
     )
-# Keep connections for a minute; each use checks them first (the fast path has no request edges).
+elif DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    # A database host cut off must fail a query in seconds (libpq waits for the OS's TCP timeout,
+    # minutes): the API then answers from its caches, registry writes 503. The URL's
+    # ?connect_timeout= wins.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+        "connect_timeout", env.int("DATABASE_CONNECT_TIMEOUT_S", default=2)
+    )
+# Keep connections for a minute; each use checks them first (the fast path has no request edges),
+# so one broken by a database restart is replaced, not failed on.
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# How long the API trusts an API key it looked up; while the database is unreachable the last
+# answer keeps standing (apps/predictions/authentication.py).
+INFERENCE_API_KEY_CACHE_S = env.float("INFERENCE_API_KEY_CACHE_S", default=30.0)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 LANGUAGE_CODE = "en-us"
