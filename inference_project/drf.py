@@ -8,7 +8,12 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from inference_project.errors import error_body
+from inference_project.errors import (
+    DATABASE_RETRY_AFTER_S,
+    DATABASE_UNAVAILABLE,
+    DATABASE_UNAVAILABLE_MESSAGE,
+    error_body,
+)
 
 
 def _first_message(detail: Any) -> tuple[str | None, str]:
@@ -24,6 +29,14 @@ def _first_message(detail: Any) -> tuple[str | None, str]:
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, DATABASE_UNAVAILABLE):
+        # Registry writes (and reads) while the database restarts or is cut off: the client
+        # retries; the services write in one transaction, so nothing was recorded half-way.
+        return Response(
+            error_body("unavailable", DATABASE_UNAVAILABLE_MESSAGE),
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": DATABASE_RETRY_AFTER_S},
+        )
     if isinstance(exc, DjangoValidationError):
         exc = exceptions.ValidationError(detail=exc.messages)
     elif isinstance(exc, DjangoPermissionDenied):

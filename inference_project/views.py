@@ -1,11 +1,12 @@
 """Project-wide error pages: JSON for API clients, Django's HTML pages for the admin."""
 
+import sys
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 from django.views import defaults
 
-from inference_project.errors import error_response
+from inference_project.errors import DATABASE_UNAVAILABLE, database_unavailable_response, error_response
 
 ADMIN_PREFIX = "/admin/"
 
@@ -31,6 +32,9 @@ def permission_denied(request: HttpRequest, exception: Exception) -> HttpRespons
 
 
 def server_error(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    # Django calls this while it handles the exception, so it is still sys.exc_info()'s.
+    if isinstance(sys.exc_info()[1], DATABASE_UNAVAILABLE):
+        return database_unavailable_response()
     if request.path.startswith(ADMIN_PREFIX):
         return defaults.server_error(request)
     return error_response(500, "internal_error", "internal error; it has been logged")

@@ -4,9 +4,14 @@ The hot path must not query the database per request; a promotion becomes visibl
 within the cache period. Traffic then moves to the new version only once a worker has it loaded
 (its readiness mark is in Redis); until then, and if it never loads, the previous version keeps
 serving. That is the "load the new one, then switch" half of a hot swap that lives in the API.
+
+While the database is unreachable (PostgreSQL restarting, its host cut off), the last routes
+this process loaded keep serving and readiness uses the last list of deployments; the database
+is asked again every DATABASE_RETRY_S. Only a route this process never loaded answers 503.
 """
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -16,13 +21,18 @@ from django.conf import settings
 
 from apps.models_registry import selectors as registry
 from apps.models_registry.models import ModelVersion, queue_name
-from apps.predictions.errors import not_found
+from apps.predictions.errors import not_found, unavailable
 from apps.predictions.fastpath import db_fresh
 from apps.predictions.results import result_waiter_get
 from inference_common.readiness import serving_count
+from inference_project.errors import DATABASE_UNAVAILABLE, DATABASE_UNAVAILABLE_MESSAGE
+
+logger = logging.getLogger(__name__)
 
 # While traffic waits on the previous version, look again this often for the new one.
 SWITCH_RECHECK_S = 0.2
+# While the database is unreachable, ask it again this often per route.
+DATABASE_RETRY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -126,7 +136,15 @@ async def _route_reload(key: tuple[str, int | None]) -> tuple[float, Route | Non
 
 
 async def _route_fetch(key: tuple[str, int | None]) -> tuple[float, Route | None]:
-    route = await sync_to_async(_route_load)(*key)
+    try:
+        route = await sync_to_async(_route_load)(*key)
+    except DATABASE_UNAVAILABLE as exc:
+        stale = _cache.get(key)
+        if stale is None:
+            raise unavailable(DATABASE_UNAVAILABLE_MESSAGE) from exc
+        logger.warning("registry unreachable (%s); routing %s on its last route", exc, key[0])
+        cached = _cache[key] = (time.monotonic() + DATABASE_RETRY_S, stale[1])
+        return cached
     ttl = settings.INFERENCE_REGISTRY_CACHE_S
     if route is not None and route.previous is not None and not await served_model_ready(route.live):
         # The new version is not loaded anywhere yet: keep the previous one for a moment.
@@ -137,8 +155,14 @@ async def _route_fetch(key: tuple[str, int | None]) -> tuple[float, Route | None
     return cached
 
 
+# The last list routes_list loaded: what readiness and the gauges use while the database is out.
+_routes_last: list[Route] | None = None
+
+
 async def routes_list() -> list[Route]:
-    """Every model deployed in this environment (uncached: used by readiness, not per request)."""
+    """Every model deployed in this environment (read each time: used by readiness and the
+    gauges, not per request); the last list read while the database is unreachable."""
+    global _routes_last
 
     def load() -> list[Route]:
         db_fresh()
@@ -149,7 +173,15 @@ async def routes_list() -> list[Route]:
             for d in registry.deployment_list(environment=settings.INFERENCE_ENVIRONMENT)
         ]
 
-    return await sync_to_async(load)()
+    try:
+        routes = await sync_to_async(load)()
+    except DATABASE_UNAVAILABLE as exc:
+        if _routes_last is None:
+            raise unavailable(DATABASE_UNAVAILABLE_MESSAGE) from exc
+        logger.warning("registry unreachable (%s); readiness uses the last deployments read", exc)
+        return _routes_last
+    _routes_last = routes
+    return routes
 
 
 async def route_servable(route: Route) -> bool:
