@@ -252,3 +252,31 @@ def platform_database(request: pytest.FixtureRequest) -> Callable[[str], str | N
         return server.database_create(name)
 
     return create
+
+
+@contextlib.contextmanager
+def database_unreachable() -> Iterator[None]:
+    """In this thread, the default database is a PostgreSQL on a port nothing listens on: every
+    query fails as a real one does while the server restarts (connection refused). Django keeps
+    a connection per thread: enter it in the thread that will query (for sync_to_async code,
+    through sync_to_async)."""
+    from django.db import connections
+    from django.db.utils import load_backend
+
+    saved = connections["default"]
+    unreachable = {
+        **saved.settings_dict,
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": "registry",
+        "USER": "nobody",
+        "PASSWORD": "none",
+        "HOST": "127.0.0.1",
+        "PORT": str(free_port()),
+        "OPTIONS": {"connect_timeout": 2},
+    }
+    connections["default"] = load_backend(unreachable["ENGINE"]).DatabaseWrapper(unreachable, "default")
+    try:
+        yield
+    finally:
+        connections["default"].close()
+        connections["default"] = saved
