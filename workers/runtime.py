@@ -29,6 +29,7 @@ from inference_common.deployments import DeploymentChange, deployments_channel
 from inference_common.readiness import serving_mark, serving_unmark
 from inference_common.results import Answer, answer_encode, failure_encode
 from inference_common.wire import tensor_decode
+from inference_project.errors import DATABASE_UNAVAILABLE
 from inference_project.heap import heap_freeze, heap_thaw
 from inference_project.redis_clients import redis_sync
 from workers.metrics import BATCH_REQUESTS, BATCH_SIZE, LOAD_SECONDS, LOADED, PREDICT, REDELIVERIES
@@ -274,7 +275,10 @@ class ModelRuntime:
                 continue
             self._monitor_checked[key] = time.monotonic()
             close_old_connections()  # a long-lived thread: drop a connection the database closed
-            found = selectors.model_version_get(model_name=key[0], number=key[1])
+            try:
+                found = selectors.model_version_get(model_name=key[0], number=key[1])
+            except DATABASE_UNAVAILABLE:
+                continue  # the registry is down: looked up again in 10 s; serving goes on
             if found is not None and found.reference_stats:
                 self._monitors[key] = DriftMonitor(
                     model=key[0],

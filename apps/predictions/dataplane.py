@@ -38,13 +38,15 @@ from apps.predictions.services import (
     prediction_run,
 )
 from apps.predictions.types import Caller, InferenceRequest, InferenceResponse, RequestContext
+from inference_project.errors import DATABASE_UNAVAILABLE, DATABASE_UNAVAILABLE_MESSAGE
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 
 def _one_error_type(operation: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
-    """Redis (or the socket under it) failing anywhere in an operation is a 503, not a crash."""
+    """Redis (or the socket under it), or the registry database, failing anywhere in an operation
+    is a 503, not a crash."""
 
     @functools.wraps(operation)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -52,6 +54,8 @@ def _one_error_type(operation: Callable[P, Coroutine[Any, Any, T]]) -> Callable[
             return await operation(*args, **kwargs)
         except (RedisError, OSError) as exc:
             raise unavailable("Redis is unreachable; retry shortly") from exc
+        except DATABASE_UNAVAILABLE as exc:
+            raise unavailable(DATABASE_UNAVAILABLE_MESSAGE) from exc
 
     return wrapper
 

@@ -7,6 +7,7 @@ from django.conf import settings
 from prometheus_client.core import GaugeMetricFamily
 from redis.exceptions import RedisError
 
+from apps.predictions.errors import ApiError
 from apps.predictions.results import result_waiter_get
 from apps.predictions.selectors import route_servable, routes_list
 from inference_common.readiness import serving_count
@@ -22,7 +23,10 @@ async def platform_readiness() -> tuple[bool, dict[str, object]]:
     except (RedisError, OSError, TimeoutError) as exc:
         return False, {"redis": f"unreachable: {str(exc) or 'timeout'}"}
     environment = settings.INFERENCE_ENVIRONMENT
-    routes = await routes_list()
+    try:
+        routes = await routes_list()
+    except ApiError:  # the registry never read by this process, and unreachable now
+        return False, {"redis": "ok", "registry": "unreachable"}
     if not routes:
         return False, {"redis": "ok", "models": {}, "reason": f"no model deployed in {environment!r}"}
     models = {r.live.name: {"version": r.live.version, "ready": await route_servable(r)} for r in routes}
@@ -66,6 +70,8 @@ async def platform_gauges() -> list[GaugeMetricFamily]:
                 serving.add_metric([served.name, str(served.version), role], count)
     except (RedisError, OSError):
         redis_up.add_metric([], 0)
+        return [redis_up]
+    except ApiError:  # the deployments never read by this process, and the registry down
         return [redis_up]
     redis_up.add_metric([], 1)
     return [depth, serving, redis_up]

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,7 +176,14 @@ def admin_login(page: Any, platform: Platform) -> None:
 
 
 @pytest.fixture(scope="session")
-def platform(tmp_path_factory: pytest.TempPathFactory, demo_model_dir: Path) -> Iterator[Platform]:
+def platform(
+    tmp_path_factory: pytest.TempPathFactory,
+    demo_model_dir: Path,
+    platform_database: Callable[[str], str | None],
+) -> Iterator[Platform]:
+    """The shared platform; on the session's PostgreSQL under `pytest --postgres`."""
     root = tmp_path_factory.mktemp("platform")
-    with running_platform(root, platform_env(root, demo_model_dir), "platform") as running:
+    url = platform_database("platform")
+    overrides = {"DATABASE_URL": url} if url else {}
+    with running_platform(root, platform_env(root, demo_model_dir, **overrides), "platform") as running:
         yield running
