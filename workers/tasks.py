@@ -7,9 +7,11 @@ from typing import Any, cast
 from billiard.process import current_process
 from celery import Task, states
 from celery.backends.redis import RedisBackend
+from celery.exceptions import Reject
 from celery.signals import task_retry, worker_init, worker_process_init, worker_process_shutdown, worker_ready
 from django.conf import settings
 from prometheus_client import multiprocess
+from redis.exceptions import RedisError
 
 from inference_common.task_names import PREDICT_BATCH_TASK, PREDICT_TASK
 from inference_project.celery_app import app
@@ -44,8 +46,15 @@ def predict_batch(self: Task[Any, Any], batch: dict[str, Any]) -> dict[str, int]
     its request's id. A redelivered batch computes only the requests not yet answered. The batch's
     own return value (counts, shown by Flower) is not stored: nobody waits for the batch's id."""
     redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
-    # The result backend is always Redis (CELERY_RESULT_BACKEND: ProducerRedisBackend).
-    return batch_serve(cast("RedisBackend", self.backend), batch, redelivered=redelivered)
+    try:
+        # The result backend is always Redis (CELERY_RESULT_BACKEND: ProducerRedisBackend).
+        return batch_serve(cast("RedisBackend", self.backend), batch, redelivered=redelivered)
+    except RedisError as exc:
+        # Redis failed mid-batch (a primary failing over): its answers may not be stored. Acked as
+        # failed, the batch would be gone; back on the queue, it runs again on the new primary and
+        # computes only what is not yet answered. If the requeue cannot reach Redis either, the
+        # message stays unacknowledged and the visibility sweep puts it back.
+        raise Reject(f"Redis failed mid-batch ({exc}); back on the queue", requeue=True) from exc
 
 
 @worker_init.connect
