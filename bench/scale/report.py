@@ -1,0 +1,173 @@
+"""docs/scaling.md and docs/scaling.png from a run's figures (bench/scale/run.py --docs)."""
+
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from bench.scale.topology import ROOT
+
+DOCS = ROOT / "docs"
+
+
+def _cores(point: dict[str, Any]) -> str:
+    used = {k: v for k, v in point["cpu_cores"].items() if k != "machine busy"}
+    ranked = sorted(used.items(), key=lambda item: -item[1])
+    return ", ".join(f"{name} {value:.2f}" for name, value in ranked if value >= 0.01)
+
+
+def _fault_rows(results: dict[str, Any]) -> list[str]:
+    rows = []
+    one = results["fault_worker_host"]
+    five = results["fault_api_host"]
+    for fault, detail in (
+        (
+            one,
+            f"{one['stranded_requests']} requests taken by {one['host']} when it was cut; answered by "
+            f"{', '.join(f'{h} ({n})' for h, n in one['stranded_served_by'].items()) or 'nobody'}, "
+            f"redelivered {one['first_redelivered_after_s']}–{one['redelivered_after_s']} s after the cut",
+        ),
+        (
+            five,
+            f"{five['clients_saw']['requests_retried']} requests retried with their Idempotency-Key; "
+            f"errors {five['clients_saw']['errors_from_s']}–{five['clients_saw']['errors_until_s']} s "
+            f"after the cut",
+        ),
+    ):
+        saw = fault["clients_saw"]
+        attempts = ", ".join(f"{k}: {v}" for k, v in saw["attempts"].items())
+        rows.append(
+            f"| {fault['fault']} ({fault['host']}) | {fault['requests']} | {attempts} | "
+            f"{saw['slowest_answer_s']} s | {fault['lost']} | {fault['computed_twice']} | "
+            f"{fault['computed_for_nobody']} | {fault['wrong_answers']} | {detail} |"
+        )
+    return rows
+
+
+def _broker_line(noop: dict[str, Any]) -> str:
+    """The broker's own ceiling: Redis runs its commands on one thread, so at its CPU per answer
+    it saturates at rps / cores-used."""
+    redis_cores = float(noop["cpu_cores"].get("Redis", 0.0))
+    if redis_cores <= 0:
+        return "Redis's CPU was not measurable."
+    per_answer_us = redis_cores / noop["rps"] * 1e6
+    return (
+        f"Redis (broker and result store) used {redis_cores:.2f} of its one thread's core, "
+        f"{per_answer_us:.0f} µs per answer: on its own it would saturate at about "
+        f"{noop['rps'] / redis_cores:.0f} req/s."
+    )
+
+
+def report_markdown(results: dict[str, Any], *, command: str) -> str:
+    layout = results["layout"]
+    lines = [
+        "# Scaling past one machine: the multi-host harness",
+        "",
+        "Hosts are Linux network namespaces on one bridge (`bench/scale/netns.py`); each runs the",
+        "start script `deploy/` runs for its process type: Redis (`deploy/bin/redis`), PostgreSQL",
+        "(`deploy/bin/postgres`) for the registry, two API hosts (`deploy/bin/api`, migrated with",
+        "`deploy/bin/migrate`), HAProxy (`deploy/bin/haproxy`, health-checking `/readyz`) and 1 to 8",
+        "worker hosts (`deploy/bin/worker accel`, one child each). The model is the simulated",
+        f"accelerator (`workers/simulated.py`): {layout['batch_ms']} ms + {layout['row_ms']} ms per row",
+        f"asleep per batch, batches of at most {layout['max_batch_size']} rows, registered and",
+        "deployed with `manage.py register_model --deploy` like any version. Load: wrk, closed loop,",
+        "from the root namespace against HAProxy's address, "
+        f"8 connections per worker host, {results['seconds_per_point']} s a point.",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        f"Machine: {os.cpu_count()} cores, {platform.platform()}; registry on {results['database']};",
+        f"the platform started in {results['start_s']} s, the whole run took {results['total_s']} s.",
+        "",
+        "## Throughput across worker hosts",
+        "",
+        "Efficiency is T(k) / (k·T(1)). CPU is cores used during the point, per component (every",
+        "process of its hosts, found by network namespace), the kernel's interrupt time (packets",
+        "crossing the bridge) and `other`: the machine's busy time none of these accounts for",
+        "(other users of the machine, this harness's own Python).",
+        "",
+        "| worker hosts | clients | req/s | p50 ms | p99 ms | errors | efficiency | cores used (by component) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for p in results["points"]:
+        lines.append(
+            f"| {p['worker_hosts']} | {p['concurrency']} | {p['rps']:.0f} | {p['p50_ms']} | {p['p99_ms']} | "
+            f"{p['errors']} | {p['efficiency']:.2f} | {p['cpu_cores']['machine busy']:.2f} busy: {_cores(p)} |"
+        )
+    lines += ["", f"**Cap:** {results['cap']}.", ""]
+    noop = results.get("noop")
+    if noop:
+        lines += [
+            "## The serving path's own cap (no-op kernel)",
+            "",
+            f"The same hosts with a version whose kernel takes 0 ms: {noop['rps']:.0f} req/s at",
+            f"{noop['concurrency']} clients (p50 {noop['p50_ms']} ms, p99 {noop['p99_ms']} ms,",
+            f"{noop['errors']} errors). Cores: {_cores(noop)}. Cap: {noop['cap']}.",
+            _broker_line(noop),
+            "",
+        ]
+    lines += [
+        "## Faults",
+        "",
+        "Clients: closed-loop synchronous requests through HAProxy, each with its own",
+        "`Idempotency-Key` and input, retried with the same key after any error. Lost, computed",
+        "twice and computed for nobody are counted from the platform's records: every answer is",
+        "published on its `celery-task-meta-<id>` key and stored there (a subscriber counts",
+        "publications per id), and the lost host's requests are the ones kombu still held as",
+        "unacknowledged a second and two seconds after the cut.",
+        "",
+        "| fault | requests | attempts clients saw | slowest answer | lost | computed twice "
+        "| computed for nobody | wrong answers | detail |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *_fault_rows(results),
+        "",
+        "- Fault 1 (worker host cut off mid-batch, then SIGKILLed): the host's messages stay in kombu's",
+        "  unacked hash; the live workers' sweep (visibility timeout 6 s, every second:",
+        "  `CELERY_BROKER_TRANSPORT_OPTIONS`) puts them back, another host answers them, and the",
+        "  clients waiting on them get their answer late instead of an error.",
+        "- Fault 5 (API host lost): HAProxy's checks (500 ms, fall 2) take it out and shut its",
+        "  sessions (`on-marked-down shutdown-sessions`), so its clients see a closed connection about",
+        "  two seconds after the cut and retry with their key through the other API host, which",
+        "  answers the first attempt's id and answer when it had been accepted.",
+        "",
+        "Figures of the run: `test-artifacts/scale.json`; every process's output:",
+        "`test-artifacts/scale-logs/`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def report_plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = results["points"]
+    hosts = [p["worker_hosts"] for p in points]
+    figure, throughput = plt.subplots(figsize=(7, 4))
+    throughput.plot(hosts, [p["rps"] for p in points], "o-", color="tab:blue", label="throughput")
+    ideal = [points[0]["rps"] * k for k in hosts]
+    throughput.plot(hosts, ideal, ":", color="tab:blue", alpha=0.5, label="k · T(1)")
+    throughput.set_ylim(bottom=0)
+    throughput.set_xlabel("worker hosts")
+    throughput.set_ylabel("req/s")
+    throughput.set_xticks(hosts)
+    efficiency = throughput.twinx()
+    efficiency.plot(hosts, [p["efficiency"] for p in points], "s--", color="tab:orange", label="efficiency")
+    efficiency.axhline(0.9, color="tab:orange", alpha=0.3)
+    efficiency.set_ylabel("efficiency T(k) / (k·T(1))")
+    efficiency.set_ylim(0, 1.3)
+    handles = throughput.get_legend_handles_labels()[0] + efficiency.get_legend_handles_labels()[0]
+    figure.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.12, 0.88))
+    throughput.set_title("Simulated accelerator across worker hosts (network namespaces, one machine)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def report_write(results: dict[str, Any], *, command: str) -> None:
+    (DOCS / "scaling.md").write_text(report_markdown(results, command=command))
+    report_plot(results, DOCS / "scaling.png")
