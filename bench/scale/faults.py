@@ -33,7 +33,8 @@ import redis
 from kombu.serialization import loads as kombu_loads
 from kombu.serialization import prepare_accept_content
 
-from bench.scale.topology import Cluster, Host
+from bench.scale.netns import Host
+from bench.scale.topology import Cluster
 from inference_common.results import RESULT_PREFIX
 
 OUTPUTS = 10  # the simulated accelerator's scores per row (workers/training/simulated.py)
@@ -170,13 +171,13 @@ def _message_request_ids(raw: dict[str, Any]) -> list[str]:
     return [str(part["id"]) for part in args[0]["parts"]]
 
 
-def inflight_requests(client: "redis.Redis[bytes]") -> dict[str, list[str]]:
+def inflight_requests(client: redis.Redis) -> dict[str, list[str]]:
     """The batch messages taken by a worker and not yet acknowledged, by delivery tag: kombu's
     unacked hash, and the reliable pop's processing lists."""
     found: dict[str, list[str]] = {}
     for tag, value in client.hgetall("unacked").items():
         raw = json.loads(value)[0]
-        found[tag.decode()] = _message_request_ids(raw)
+        found[tag.decode() if isinstance(tag, bytes) else tag] = _message_request_ids(raw)
     for key in client.scan_iter("reliable.processing.*"):
         for value in client.lrange(key, 0, -1):
             raw = json.loads(value)

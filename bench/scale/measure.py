@@ -14,6 +14,7 @@ import os
 import resource
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import psutil
 
@@ -101,7 +102,7 @@ def cpu_cores(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:
     return cores
 
 
-def load_point(cluster: Cluster, *, clients: int, seconds: float, warmup_s: float = 2.0) -> dict[str, object]:
+def load_point(cluster: Cluster, *, clients: int, seconds: float, warmup_s: float = 2.0) -> dict[str, Any]:
     """One closed-loop point through HAProxy with the worker hosts the cluster has now."""
     url = f"{cluster.url}/api/v1/predictions"
     body = cluster.body(3.0)
@@ -119,17 +120,17 @@ def load_point(cluster: Cluster, *, clients: int, seconds: float, warmup_s: floa
     }
 
 
-def efficiency(points: list[dict[str, object]]) -> list[float]:
+def efficiency(points: list[dict[str, Any]]) -> list[float]:
     """T(k) / (k·T(1)) for each point, T(1) from the point with one worker host."""
-    one = next(float(p["rps"]) for p in points if p["worker_hosts"] == 1)  # type: ignore[arg-type]
-    return [round(float(p["rps"]) / (int(p["worker_hosts"]) * one), 3) for p in points]  # type: ignore[call-overload]
+    one = next(float(p["rps"]) for p in points if p["worker_hosts"] == 1)
+    return [round(float(p["rps"]) / (int(p["worker_hosts"]) * one), 3) for p in points]
 
 
-def cap_name(point: dict[str, object], *, cores: int | None = None) -> str:
+def cap_name(point: dict[str, Any], *, cores: int | None = None) -> str:
     """What caps a point, named with its CPU: the machine's cores when they are (nearly) all
     busy, with the largest user first; else the busiest component."""
     cores = cores or os.cpu_count() or 1
-    used: dict[str, float] = dict(point["cpu_cores"])  # type: ignore[call-overload]
+    used: dict[str, float] = dict(point["cpu_cores"])
     busy = used.pop("machine busy")
     ranked = sorted(used.items(), key=lambda item: -item[1])
     top = ", ".join(f"{name} {value:.2f}" for name, value in ranked[:3])

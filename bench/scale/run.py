@@ -69,7 +69,7 @@ def scale_run(
         results["database"] = "postgresql" if cluster.postgres else "sqlite"
         results["start_s"] = round(time.monotonic() - started, 1)
         log(f"ready in {results['start_s']} s: HAProxy at {cluster.url}")
-        points = []
+        points: list[dict[str, Any]] = []
         for count in counts:
             workers_grow(cluster, count)
             clients = clients_per_host * count

@@ -67,7 +67,7 @@ class Cluster:
     layout: Layout
     root: Path
     env: dict[str, str]
-    redis: Host
+    primary: Host
     postgres: Host | None
     apis: list[Host] = field(default_factory=list)
     lb: Host | None = None
@@ -86,9 +86,9 @@ class Cluster:
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
 
-    def redis_client(self) -> "redis.Redis[bytes]":
+    def redis_client(self) -> redis.Redis:
         """A client of the primary from the root namespace (the harness's own counting)."""
-        return redis.Redis(host=self.redis.address, port=REDIS_PORT, socket_timeout=5)
+        return redis.Redis(host=self.primary.address, port=REDIS_PORT, socket_timeout=5)
 
     def body(self, first: float = 1.0) -> bytes:
         """One request of one row; the simulated answer is `first + k` at output k."""
@@ -100,7 +100,7 @@ class Cluster:
         return {
             "api": self.apis,
             "haproxy": [self.lb] if self.lb else [],
-            "redis": [self.redis, *([self.replica] if self.replica else []), *self.sentinels],
+            "redis": [self.primary, *([self.replica] if self.replica else []), *self.sentinels],
             "postgres": [self.postgres] if self.postgres else [],
             "worker": self.workers,
         }
@@ -217,7 +217,7 @@ def cluster_start(net: Network, layout: Layout, *, root: Path | None = None) -> 
         else f"sqlite:///{root / 'db.sqlite3'}"
     )
     env = base_env(root=root, layout=layout, redis_host=redis_host.address, database_url=database_url)
-    cluster = Cluster(net=net, layout=layout, root=root, env=env, redis=redis_host, postgres=pg_host)
+    cluster = Cluster(net=net, layout=layout, root=root, env=env, primary=redis_host, postgres=pg_host)
 
     redis_proc = net.start(
         redis_host,
@@ -306,7 +306,7 @@ def sentinels_start(cluster: Cluster) -> None:
             root,
             replica,
             REDIS_BIND=replica.address,
-            REDIS_REPLICAOF=f"{cluster.redis.address} {REDIS_PORT}",
+            REDIS_REPLICAOF=f"{cluster.primary.address} {REDIS_PORT}",
         ),
         cwd=ROOT,
     )
@@ -324,7 +324,7 @@ def sentinels_start(cluster: Cluster) -> None:
                 sentinel,
                 SENTINEL_BIND=sentinel.address,
                 SENTINEL_PORT=str(SENTINEL_PORT),
-                SENTINEL_PRIMARY=f"{cluster.redis.address} {REDIS_PORT}",
+                SENTINEL_PRIMARY=f"{cluster.primary.address} {REDIS_PORT}",
                 REDIS_SENTINEL_MASTER=SENTINEL_MASTER,
             ),
             cwd=ROOT,
@@ -389,7 +389,7 @@ def serving_pids(cluster: Cluster) -> set[int]:
     """Pids of the worker children whose readiness mark for the deployed version is fresh."""
     key = f"inference:serving:{ENVIRONMENT}:{MODEL}:{cluster.version}"
     fresh = cluster.redis_client().zrangebyscore(key, time.time() - 3, "+inf")
-    return {int(member.decode().rsplit(":", 1)[1]) for member in fresh}
+    return {int(member.decode().rsplit(":", 1)[1]) for member in fresh if isinstance(member, bytes)}
 
 
 def workers_wait(cluster: Cluster, *, timeout_s: float = START_TIMEOUT_S) -> None:

@@ -1,10 +1,12 @@
 """Efficiency and the named cap of the multi-host measurement (bench/scale/measure.py), and the
 CPU accounting between two snapshots."""
 
+from typing import Any
+
 from bench.scale.measure import OTHER, CpuSnapshot, cap_name, cpu_cores, efficiency
 
 
-def point(hosts: int, rps: float, cores: dict[str, float]) -> dict[str, object]:
+def point(hosts: int, rps: float, cores: dict[str, float]) -> dict[str, Any]:
     return {"worker_hosts": hosts, "rps": rps, "cpu_cores": cores}
 
 
