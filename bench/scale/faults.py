@@ -26,6 +26,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -185,6 +186,31 @@ def inflight_requests(client: redis.Redis) -> dict[str, list[str]]:
     return found
 
 
+def kernel_wait(host: Host, *, timeout_s: float = 3.0) -> bool:
+    """Until a worker child of the host is inside the simulated kernel (its main thread asleep in
+    time.sleep, the kernel's `nanosleep` wait channel), so the cut lands mid-batch; False if none
+    was within the timeout."""
+    pids = set(host.pids())
+    children = [pid for pid in pids if _parent(pid) in pids]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for pid in children:
+            try:
+                if "nanosleep" in Path(f"/proc/{pid}/wchan").read_text():
+                    return True
+            except OSError:
+                continue
+        time.sleep(0.0005)
+    return False
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
 def _worker_hosts(cluster: Cluster) -> dict[int, str]:
     return {pid: host.name for host in cluster.workers if host.cut_at is None for pid in host.pids()}
 
@@ -240,6 +266,7 @@ def fault_worker_host_cut(
     watch = ResultWatch(cluster).start()
     loop = ClosedLoop(cluster, clients=clients).start()
     time.sleep(cut_after_s)
+    mid_batch = kernel_wait(victim)
     cut_at = cluster.net.cut(victim)
     # Live workers acknowledge within a batch (tens of ms); what is still taken a second later,
     # and was already a second after the cut, is the lost host's.
@@ -269,6 +296,7 @@ def fault_worker_host_cut(
         "worker_hosts_before": len(live),
         "clients": clients,
         "seconds": seconds,
+        "cut_inside_the_kernel": mid_batch,
         "stranded_requests": len(stranded),
         "stranded_answered": len(redelivered_after),
         "stranded_served_by": dict(served_by),

@@ -102,16 +102,30 @@ def cpu_cores(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:
     return cores
 
 
+def batches_popped(cluster: Cluster) -> int:
+    """Messages the workers have taken so far: each batch task is one BLMOVE of the reliable pop
+    (inference_project/reliable_queue.py); an idle consumer's BLMOVE that times out (1 s) counts
+    too, which under a saturating load is rare."""
+    stats = cluster.redis_client().info("commandstats")
+    return int(stats.get("cmdstat_blmove", {}).get("calls", 0))
+
+
 def load_point(cluster: Cluster, *, clients: int, seconds: float, warmup_s: float = 2.0) -> dict[str, Any]:
     """One closed-loop point through HAProxy with the worker hosts the cluster has now."""
     url = f"{cluster.url}/api/v1/predictions"
     body = cluster.body(3.0)
     headers = cluster.headers
     wrk(url, body, concurrency=clients, seconds=warmup_s, headers=headers)
+    pops_before = batches_popped(cluster)
     before = cpu_snapshot(cluster)
     result = wrk(url, body, concurrency=clients, seconds=seconds, headers=headers)
     after = cpu_snapshot(cluster)
+    batches = batches_popped(cluster) - pops_before
+    busy = after.machine_busy_s - before.machine_busy_s
     return {
+        "batches": batches,
+        "rows_per_batch": round(result.requests / batches, 2) if batches else None,
+        "cpu_us_per_answer": round(busy / result.requests * 1e6) if result.requests else None,
         "worker_hosts": sum(1 for h in cluster.workers if h.cut_at is None),
         "api_hosts": sum(1 for h in cluster.apis if h.cut_at is None),
         "version": cluster.version,

@@ -118,8 +118,10 @@ def test_quick_mode_scales_and_survives_a_lost_worker_host_and_a_lost_api_host()
     assert all(p["requests"] > 0 and p["errors"] == 0 for p in points)
     assert points[1]["rps"] > points[0]["rps"]  # a second worker host adds throughput
     assert all(p["cpu_cores"]["API hosts"] > 0 and p["cpu_cores"]["worker children"] > 0 for p in points)
+    assert all(p["rows_per_batch"] >= 1 for p in points)
 
     one = results["fault_worker_host"]
+    assert one["cut_inside_the_kernel"], "the cut host's child was not inside a batch"
     assert one["stranded_requests"] >= 1, "the cut host held no request: not cut mid-batch"
     assert one["stranded_answered"] == one["stranded_requests"]
     assert set(one["stranded_served_by"]) == {"w1"}  # the other host, never the lost one
