@@ -1,0 +1,159 @@
+"""deploy/redis/: the Sentinel layout's start scripts, run for real (redis-server, three Sentinels)."""
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+import redis
+from redis.sentinel import Sentinel
+
+from tests.conftest import ROOT, free_port
+
+SCRIPTS = ROOT / "deploy" / "redis"
+MASTER = "inference"
+HOST = "127.0.0.1"
+T = TypeVar("T")
+
+
+@dataclass
+class Layout:
+    """A primary and a replica (redis.sh) and three Sentinels (sentinel.sh) on loopback ports."""
+
+    root: Path
+    nodes: dict[str, int] = field(default_factory=lambda: {"a": free_port(), "b": free_port()})
+    sentinels: list[int] = field(default_factory=lambda: [free_port() for _ in range(3)])
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {
+            "PATH": os.environ["PATH"],
+            "REDIS_SENTINELS": ",".join(f"{HOST}:{port}" for port in self.sentinels),
+            "REDIS_SENTINEL_MASTER": MASTER,
+            "REDIS_SENTINEL_PASSWORD": "sentinel-secret",
+            "REDIS_PASSWORD": "node-secret",
+            "REDIS_PRIMARY": f"{HOST}:{self.nodes['a']}",
+            "REDIS_NODES": ",".join(f"{HOST}:{port}" for port in self.nodes.values()),
+            **extra,
+        }
+
+    def start(self, name: str) -> None:
+        folder = self.root / name
+        folder.mkdir(exist_ok=True)
+        if name in self.nodes:
+            script = "redis.sh"
+            env = self.env(REDIS_ANNOUNCE=HOST, REDIS_PORT=str(self.nodes[name]), REDIS_DIR=str(folder))
+        else:
+            script = "sentinel.sh"
+            port = self.sentinels[int(name.removeprefix("s"))]
+            env = self.env(SENTINEL_ANNOUNCE=HOST, SENTINEL_PORT=str(port), REDIS_DIR=str(folder))
+        with (self.root / f"{name}.log").open("ab") as log:
+            self.processes[name] = subprocess.Popen(
+                ["sh", str(SCRIPTS / script)], env=env, cwd=folder, stdout=log, stderr=subprocess.STDOUT
+            )
+
+    def kill(self, name: str) -> None:
+        process = self.processes.pop(name)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+    def node(self, name: str) -> "redis.Redis[str]":
+        return redis.Redis(
+            port=self.nodes[name], password="node-secret", decode_responses=True, socket_timeout=2
+        )
+
+    def master(self) -> tuple[str, int]:
+        """The master as a client finds it: redis-py's Sentinel, as the settings configure it."""
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            [(HOST, port) for port in self.sentinels],
+            sentinel_kwargs={"password": "sentinel-secret", "socket_timeout": 1},
+            socket_timeout=1,
+        )
+        address: tuple[str, int] = sentinel.discover_master(MASTER)  # type: ignore[no-untyped-call]
+        return address
+
+    def log(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()}" for p in sorted(self.root.glob("*.log")))
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> Iterator[Layout]:
+    running = Layout(tmp_path)
+    try:
+        yield running
+    finally:
+        for process in running.processes.values():
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+
+
+def until(probe: Callable[[], T], what: str, layout: Layout, timeout: float = 20) -> T:
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            value = probe()
+            if value:
+                return value
+            last = value
+        except (redis.RedisError, OSError) as error:
+            last = error
+        time.sleep(0.1)
+    raise AssertionError(f"{what}: last {last!r}\n{layout.log()}")
+
+
+def replica_of(layout: Layout, name: str, master: str) -> bool:
+    info = layout.node(name).info("replication")
+    return bool(
+        info["role"] == "slave"
+        and info["master_port"] == layout.nodes[master]
+        and info["master_link_status"] == "up"
+    )
+
+
+def test_sentinel_layout_starts_fails_over_and_restarts_onto_the_current_master(layout: Layout) -> None:
+    # First start: no Sentinel answers yet, so every script falls back to REDIS_PRIMARY (a).
+    layout.start("a")
+    until(lambda: layout.node("a").ping(), "a answers", layout)
+    layout.start("b")
+    until(lambda: replica_of(layout, "b", "a"), "b replicates a", layout)
+    for index in range(3):
+        layout.start(f"s{index}")
+    until(lambda: layout.master() == (HOST, layout.nodes["a"]), "the Sentinels name a", layout)
+    sentinel = redis.Redis(port=layout.sentinels[0], password="sentinel-secret", decode_responses=True)
+    until(
+        lambda: int(sentinel.sentinel_master(MASTER)["num-other-sentinels"]) == 2,
+        "the Sentinels found each other",
+        layout,
+    )
+    layout.node("a").set("before-failover", "kept")
+
+    # The primary killed: the Sentinels promote b within the down-after and failover timeouts.
+    killed = time.monotonic()
+    layout.kill("a")
+    until(lambda: layout.master() == (HOST, layout.nodes["b"]), "b promoted", layout)
+    promoted_after = time.monotonic() - killed
+    assert promoted_after < 10, promoted_after
+    assert layout.node("b").get("before-failover") == "kept"
+
+    # a comes back: it asks the Sentinels first, so it starts as b's replica, never as a primary.
+    layout.start("a")
+    until(lambda: replica_of(layout, "a", "b"), "a restarted as b's replica", layout)
+    assert "starts as a replica of" in (layout.root / "a.log").read_text()
+    assert layout.node("a").get("before-failover") == "kept"
+
+    # Every Sentinel restarted at once: no peer answers, so they take the master from the data
+    # nodes' ROLE (b), not REDIS_PRIMARY (a, now a replica).
+    for index in range(3):
+        layout.kill(f"s{index}")
+    for index in range(3):
+        layout.start(f"s{index}")
+    until(lambda: layout.master() == (HOST, layout.nodes["b"]), "the restarted Sentinels name b", layout)
+    starts = [line for line in (layout.root / "s0.log").read_text().splitlines() if " monitors " in line]
+    assert starts[-1].endswith(f"at {HOST}:{layout.nodes['b']}"), starts
+    assert replica_of(layout, "a", "b")
