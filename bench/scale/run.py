@@ -62,7 +62,13 @@ def scale_run(
     seconds = seconds or (4.0 if quick else 10.0)
     shutil.rmtree(log_dir, ignore_errors=True)
     started = time.monotonic()
-    results: dict[str, Any] = {"quick": quick, "layout": layout.__dict__, "seconds_per_point": seconds}
+    results: dict[str, Any] = {
+        "quick": quick,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "layout": layout.__dict__,
+        "seconds_per_point": seconds,
+        "clients_per_host": clients_per_host,
+    }
     with Network(log_dir=log_dir) as net:
         log("starting the platform across hosts")
         cluster = cluster_start(net, layout)
@@ -131,7 +137,7 @@ def main() -> None:
     if args.docs:
         from bench.scale.report import report_write
 
-        command = "python -m bench.scale.run" + (" --quick" if args.quick else "") + " --docs"
+        command = "sudo .venv/bin/python -m bench.scale.run" + (" --quick" if args.quick else "") + " --docs"
         report_write(results, command=command)
         log("wrote docs/scaling.md and docs/scaling.png")
 
