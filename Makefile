@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 
-.PHONY: run test soak bench lint format venv system-deps test-deps lambda-package clean
+.PHONY: run test scale soak bench lint format venv system-deps test-deps lambda-package clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
@@ -29,9 +29,9 @@ system-deps:
 # postgresql's server (deploy/bin/postgres runs it) holds the registry in the PostgreSQL tests.
 test-deps: system-deps
 	@command -v chromium >/dev/null && command -v wrk >/dev/null && command -v prometheus >/dev/null && \
-	  ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { \
-	  echo "chromium, wrk, prometheus or postgresql missing: installing them (apt-get install -y chromium wrk prometheus postgresql)"; \
-	  $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium wrk prometheus postgresql; }
+	  command -v haproxy >/dev/null && ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { \
+	  echo "chromium, wrk, prometheus, haproxy or postgresql missing: installing them (apt-get install -y chromium wrk prometheus haproxy postgresql)"; \
+	  $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium wrk prometheus haproxy postgresql; }
 
 run: venv system-deps
 	$(BIN)/python -m inference_project.local_platform
@@ -67,6 +67,11 @@ else
 	.venv-mechanisms/bin/python -m pip install --quiet celery-batches==0.11
 	.venv-mechanisms/bin/python -m bench.batching_mechanisms
 endif
+
+# The multi-host harness (root): hosts as network namespaces, 1-8 worker hosts on the simulated
+# accelerator, faults 1 and 5; writes docs/scaling.md and docs/scaling.png (quick mode: make test).
+scale: venv test-deps
+	$(BIN)/python -m bench.scale.run --docs
 
 # 20,000 mixed requests with random worker kills (SOAK_REQUESTS to change); about 6 minutes.
 soak: venv test-deps
