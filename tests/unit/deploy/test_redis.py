@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 import redis
@@ -62,7 +62,7 @@ class Layout:
         process.send_signal(signal.SIGKILL)
         process.wait()
 
-    def node(self, name: str) -> "redis.Redis[str]":
+    def node(self, name: str) -> redis.Redis:
         return redis.Redis(
             port=self.nodes[name], password="node-secret", decode_responses=True, socket_timeout=2
         )
@@ -127,7 +127,7 @@ def test_sentinel_layout_starts_fails_over_and_restarts_onto_the_current_master(
     until(lambda: layout.master() == (HOST, layout.nodes["a"]), "the Sentinels name a", layout)
     sentinel = redis.Redis(port=layout.sentinels[0], password="sentinel-secret", decode_responses=True)
     until(
-        lambda: int(sentinel.sentinel_master(MASTER)["num-other-sentinels"]) == 2,
+        lambda: int(_master_info(sentinel)["num-other-sentinels"]) == 2,
         "the Sentinels found each other",
         layout,
     )
@@ -157,3 +157,10 @@ def test_sentinel_layout_starts_fails_over_and_restarts_onto_the_current_master(
     starts = [line for line in (layout.root / "s0.log").read_text().splitlines() if " monitors " in line]
     assert starts[-1].endswith(f"at {HOST}:{layout.nodes['b']}"), starts
     assert replica_of(layout, "a", "b")
+
+
+def _master_info(sentinel: redis.Redis) -> dict[str, Any]:
+    """SENTINEL MASTER's fields (redis-py types the reply `dict | bool`)."""
+    info = sentinel.sentinel_master(MASTER)
+    assert isinstance(info, dict)
+    return info
