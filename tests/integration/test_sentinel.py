@@ -268,6 +268,7 @@ def _async_latency(platform: Platform, rows: list[list[float]], rounds: int = 50
     return round(statistics.median(took) * 1000, 2)
 
 
+@pytest.mark.failover
 def test_primary_killed_under_load_fails_over_within_seconds_and_loses_no_job(
     ha_platform: Platform, redis_group: RedisGroup, heldout: Heldout
 ) -> None:
