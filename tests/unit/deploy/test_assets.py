@@ -20,6 +20,7 @@ import yaml
 from lambda_trigger.handler import ReleaseEvent
 from tests.conftest import ROOT
 from tests.jenkins_server import FakeJenkins
+from tests.unit.deploy import compose
 
 DEPLOY = ROOT / "deploy"
 K8S_VERSION = "1.32.0"
@@ -32,15 +33,17 @@ def yaml_files() -> list[Path]:
 
 @pytest.mark.parametrize("path", yaml_files(), ids=lambda p: str(p.relative_to(DEPLOY)))
 def test_every_yaml_file_parses(path: Path) -> None:
-    assert [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+    # compose's loader: plain YAML plus the !reset and !override tags of override files.
+    assert [doc for doc in yaml.load_all(path.read_text(), compose.Loader) if doc is not None]
 
 
 @pytest.mark.parametrize(
-    "name", ["compose.yaml", "compose.dev.yaml", "compose.staging.yaml", "compose.prod.yaml"]
+    "name",
+    ["compose.yaml", "compose.dev.yaml", "compose.staging.yaml", "compose.prod.yaml", "compose.ha.yaml"],
 )
 def test_compose_files_follow_the_compose_specification(name: str) -> None:
     schema = json.loads(COMPOSE_SCHEMA.read_text())
-    jsonschema.validate(yaml.safe_load((DEPLOY / name).read_text()), schema)
+    jsonschema.validate(compose.load(DEPLOY / name), schema)
 
 
 def test_compose_runs_every_part_with_health_checks() -> None:
@@ -97,9 +100,33 @@ KEDA_SCALED_OBJECT = {
                     "items": {
                         "type": "object",
                         "required": ["type", "metadata"],
-                        "properties": {
-                            "type": {"const": "redis"},
-                            "metadata": {"type": "object", "required": ["address", "listName", "listLength"]},
+                        "properties": {"type": {"enum": ["redis", "redis-sentinel"]}},
+                        # The Redis address, or the Sentinels' and the master's name (each given
+                        # in the trigger or named as a variable of the scale target).
+                        "if": {"properties": {"type": {"const": "redis"}}},
+                        "then": {
+                            "properties": {
+                                "metadata": {
+                                    "type": "object",
+                                    "required": ["address", "listName", "listLength"],
+                                }
+                            }
+                        },
+                        "else": {
+                            "properties": {
+                                "metadata": {
+                                    "type": "object",
+                                    "required": ["listName", "listLength"],
+                                    "anyOf": [
+                                        {"required": ["addresses"]},
+                                        {"required": ["addressesFromEnv"]},
+                                    ],
+                                    "oneOf": [
+                                        {"required": ["sentinelMaster"]},
+                                        {"required": ["sentinelMasterFromEnv"]},
+                                    ],
+                                }
+                            }
                         },
                     },
                 },
