@@ -92,7 +92,7 @@ def layout(tmp_path: Path) -> Iterator[Layout]:
             process.wait()
 
 
-def until(probe: Callable[[], T], what: str, layout: Layout, timeout: float = 20) -> T:
+def until(probe: Callable[[], T], what: str, layout: "Layout | BinLayout", timeout: float = 20) -> T:
     deadline = time.monotonic() + timeout
     last: object = None
     while time.monotonic() < deadline:
@@ -107,7 +107,7 @@ def until(probe: Callable[[], T], what: str, layout: Layout, timeout: float = 20
     raise AssertionError(f"{what}: last {last!r}\n{layout.log()}")
 
 
-def replica_of(layout: Layout, name: str, master: str) -> bool:
+def replica_of(layout: "Layout | BinLayout", name: str, master: str) -> bool:
     info = layout.node(name).info("replication")
     return bool(
         info["role"] == "slave"
@@ -164,3 +164,110 @@ def _master_info(sentinel: redis.Redis) -> dict[str, Any]:
     info = sentinel.sentinel_master(MASTER)
     assert isinstance(info, dict)
     return info
+
+
+BIN = ROOT / "deploy" / "bin"
+
+
+@dataclass
+class BinLayout:
+    """The same layout from deploy/bin/redis and deploy/bin/sentinel (`make run` and the multi-host
+    harness): each data node and Sentinel with a var folder of its own, passwords on both."""
+
+    root: Path
+    nodes: dict[str, int] = field(default_factory=lambda: {"a": free_port(), "b": free_port()})
+    sentinels: list[int] = field(default_factory=lambda: [free_port() for _ in range(3)])
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def env(self, name: str) -> dict[str, str]:
+        env = {
+            "PATH": os.environ["PATH"],
+            "INFERENCE_VAR_DIR": str(self.root / name),
+            "REDIS_SENTINELS": ",".join(f"{HOST}:{port}" for port in self.sentinels),
+            "REDIS_SENTINEL_MASTER": MASTER,
+            "REDIS_SENTINEL_PASSWORD": "sentinel-secret",
+            "REDIS_PASSWORD": "node-secret",
+        }
+        if name not in self.nodes:
+            port = self.sentinels[int(name.removeprefix("s"))]
+            return env | {"SENTINEL_PORT": str(port), "SENTINEL_PRIMARY": f"{HOST} {self.nodes['a']}"}
+        env["REDIS_PORT"] = str(self.nodes[name])
+        if name == "b":  # the first start's replica; a is the first start's primary
+            env["REDIS_REPLICAOF"] = f"{HOST} {self.nodes['a']}"
+        return env
+
+    def start(self, name: str) -> None:
+        script = BIN / ("redis" if name in self.nodes else "sentinel")
+        with (self.root / f"{name}.log").open("ab") as log:
+            self.processes[name] = subprocess.Popen(
+                [str(script)], env=self.env(name), stdout=log, stderr=subprocess.STDOUT
+            )
+
+    def kill(self, name: str) -> None:
+        process = self.processes.pop(name)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+    def node(self, name: str) -> redis.Redis:
+        return redis.Redis(
+            port=self.nodes[name], password="node-secret", decode_responses=True, socket_timeout=2
+        )
+
+    def master(self) -> tuple[str, int]:
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            [(HOST, port) for port in self.sentinels],
+            sentinel_kwargs={"password": "sentinel-secret", "socket_timeout": 1},
+            socket_timeout=1,
+        )
+        address: tuple[str, int] = sentinel.discover_master(MASTER)  # type: ignore[no-untyped-call]
+        return address
+
+    def log(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()}" for p in sorted(self.root.glob("*.log")))
+
+
+@pytest.fixture
+def bin_layout(tmp_path: Path) -> Iterator[BinLayout]:
+    running = BinLayout(tmp_path)
+    try:
+        yield running
+    finally:
+        for process in running.processes.values():
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+
+
+def test_bin_scripts_fail_over_with_passwords_and_the_old_primary_restarts_as_a_replica(
+    bin_layout: BinLayout,
+) -> None:
+    layout = bin_layout
+    layout.start("a")
+    until(lambda: layout.node("a").ping(), "a answers", layout)
+    layout.start("b")
+    until(lambda: replica_of(layout, "b", "a"), "b replicates a", layout)
+    assert "the Sentinels name" not in (layout.root / "a.log").read_text()  # none answered: a first start
+    for index in range(3):
+        layout.start(f"s{index}")
+    sentinel = redis.Redis(port=layout.sentinels[0], password="sentinel-secret", decode_responses=True)
+    until(
+        lambda: (
+            int(_master_info(sentinel)["num-other-sentinels"]) == 2
+            and layout.master()[1] == layout.nodes["a"]
+        ),
+        "the Sentinels found each other and name a",
+        layout,
+    )
+    conf = (layout.root / "s0" / f"sentinel-{layout.sentinels[0]}" / "sentinel.conf").read_text()
+    assert "sentinel sentinel-pass sentinel-secret" in conf
+    layout.node("a").set("before-failover", "kept")
+
+    # Promotion needs two Sentinels to agree that a is down: they ask each other with sentinel-pass.
+    layout.kill("a")
+    until(lambda: layout.master() == (HOST, layout.nodes["b"]), "b promoted", layout)
+
+    # a restarted as a supervisor would, with its first start's environment: the Sentinels name b.
+    layout.start("a")
+    until(lambda: replica_of(layout, "a", "b"), "a restarted as b's replica", layout)
+    assert f"starts as a replica of {HOST} {layout.nodes['b']}" in (layout.root / "a.log").read_text()
+    assert layout.node("a").get("before-failover") == "kept"
+    assert layout.node("b").info("replication")["role"] == "master"
