@@ -20,6 +20,7 @@ from apps.predictions.admission import admission_check
 from apps.predictions.batching import Batcher, batcher_get
 from apps.predictions.errors import ApiError, unavailable
 from apps.predictions.observability import request_identified
+from apps.predictions.replication import Replication
 from apps.predictions.results import result_payload_decode, result_waiter_get
 from apps.predictions.selectors import ServedModel
 from apps.predictions.types import Caller, InferenceResponse
@@ -35,6 +36,7 @@ IDEMPOTENCY_PREFIX = "inference:idem:"
 # Publishing goes through kombu's blocking client; a small pool keeps it off the event loop, so a
 # slow or absent Redis delays only the requests that publish, never the whole process.
 _publisher = ThreadPoolExecutor(max_workers=4, thread_name_prefix="celery-publish")
+_replication = Replication()
 
 
 def _publish_batch(served: ServedModel, parts: list[dict[str, Any]], expires: float | None) -> None:
@@ -60,6 +62,9 @@ async def _publish_batch_async(
         await asyncio.get_running_loop().run_in_executor(
             _publisher, lambda: _publish_batch(served, parts, expires)
         )
+        # No deadline: an async job is in the batch (Batcher), and its 202 must survive a failover.
+        waiter = result_waiter_get()
+        await _replication.confirm(waiter.redis, mark=waiter.token, holds_async_job=expires is None)
     except (OperationalError, RedisError, OSError) as exc:
         raise unavailable() from exc
 
@@ -188,31 +193,9 @@ async def prediction_enqueue(*, served: ServedModel, inputs: dict[str, np.ndarra
         await result_waiter_get().redis.set(JOB_PREFIX + task_id, job, ex=settings.CELERY_RESULT_EXPIRES)
     except (RedisError, OSError) as exc:
         raise unavailable() from exc
+    # Returns once the batch is published (and, with INFERENCE_PUBLISH_REPLICAS, replicated).
     await _batcher(served).submit(request_id=task_id, inputs=inputs, expires_s=None, awaited=False)
-    if settings.INFERENCE_ASYNC_REPLICAS > 0:
-        await _job_replicated(task_id=task_id, job=job)
     return task_id
-
-
-async def _job_replicated(*, task_id: str, job: str) -> None:
-    """Return once INFERENCE_ASYNC_REPLICAS replicas hold the job's message; 503 otherwise.
-
-    WAIT counts the writes of its own connection, and kombu published the message on another.
-    Replication is one ordered stream, so a write on this connection after the publish (the job
-    record once more: a SET always reaches the replicas, an EXPIRE of a missing key would not) and
-    WAIT behind it in the same pipeline cover the publish too. After a 503 the job may still run
-    from the primary alone; a retry with the same Idempotency-Key is answered with its id.
-    """
-    replicas = settings.INFERENCE_ASYNC_REPLICAS
-    try:
-        async with result_waiter_get().redis.pipeline(transaction=False) as pipe:
-            pipe.set(JOB_PREFIX + task_id, job, ex=settings.CELERY_RESULT_EXPIRES)
-            pipe.wait(replicas, settings.INFERENCE_ASYNC_REPLICA_TIMEOUT_MS)
-            _, acknowledged = await pipe.execute()
-    except (RedisError, OSError) as exc:
-        raise unavailable() from exc
-    if acknowledged < replicas:
-        raise unavailable(f"the job reached {acknowledged} of {replicas} replicas in time; retry shortly")
 
 
 async def prediction_job_get(*, job_id: str, owner: str) -> tuple[dict[str, Any], dict[str, Any] | None]:

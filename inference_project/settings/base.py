@@ -236,12 +236,18 @@ if REDIS_SENTINELS:
         "master_name": REDIS_SENTINEL_MASTER,
         "sentinel_kwargs": REDIS_SENTINEL_KWARGS,
     }
-# An async job is answered 202 only once this many replicas hold its message: after the publish
-# the API writes once more and WAITs on that connection (apps/predictions/services.py); when no
-# replica acknowledges within the timeout it answers 503 with Retry-After, not a 202 that a
-# failover could lose. 0: no WAIT. The Sentinel layout (a primary and a replica) sets 1.
-INFERENCE_ASYNC_REPLICAS = env.int("INFERENCE_ASYNC_REPLICAS", default=0)
-INFERENCE_ASYNC_REPLICA_TIMEOUT_MS = env.int("INFERENCE_ASYNC_REPLICA_TIMEOUT_MS", default=500)
+# A request is accepted only once this many replicas hold its message: after each batch publish
+# the API writes once more and WAITs on that connection (apps/predictions/replication.py). When no
+# replica acknowledges within the timeout, a batch with an async job is answered 503 with
+# Retry-After (not a 202 that a failover could lose) and sync requests go ahead unprotected until
+# a replica is back. 0: no WAIT. The Sentinel layout (a primary and a replica) sets 1.
+# INFERENCE_ASYNC_REPLICAS* are the names these had when only async jobs waited.
+INFERENCE_PUBLISH_REPLICAS = env.int(
+    "INFERENCE_PUBLISH_REPLICAS", default=env.int("INFERENCE_ASYNC_REPLICAS", default=0)
+)
+INFERENCE_PUBLISH_REPLICA_TIMEOUT_MS = env.int(
+    "INFERENCE_PUBLISH_REPLICA_TIMEOUT_MS", default=env.int("INFERENCE_ASYNC_REPLICA_TIMEOUT_MS", default=500)
+)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # The API must fail fast (503) when Redis is down rather than retrying for long.
 CELERY_TASK_PUBLISH_RETRY_POLICY = {

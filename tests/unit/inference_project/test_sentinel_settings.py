@@ -36,7 +36,8 @@ PROBED = (
     "CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS",
     "REDIS_SENTINELS",
     "REDIS_SENTINEL_MASTER",
-    "INFERENCE_ASYNC_REPLICAS",
+    "INFERENCE_PUBLISH_REPLICAS",
+    "INFERENCE_PUBLISH_REPLICA_TIMEOUT_MS",
 )
 
 
@@ -49,7 +50,9 @@ def settings_probe(**env: str) -> subprocess.CompletedProcess[str]:
     clean = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("REDIS_", "CELERY_", "INFERENCE_ASYNC_", "INFERENCE_WORKER_ROLE"))
+        if not k.startswith(
+            ("REDIS_", "CELERY_", "INFERENCE_ASYNC_", "INFERENCE_PUBLISH_", "INFERENCE_WORKER_ROLE")
+        )
     }
     return subprocess.run(
         [sys.executable, "-c", probe],
@@ -116,7 +119,17 @@ def test_unset_nothing_changes() -> None:
     )
     assert values["CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS"] == {}
     assert "master_name" not in values["CELERY_BROKER_TRANSPORT_OPTIONS"]
-    assert values["INFERENCE_ASYNC_REPLICAS"] == 0
+    assert values["INFERENCE_PUBLISH_REPLICAS"] == 0
+
+
+def test_publish_replicas_are_also_read_under_their_earlier_async_names() -> None:
+    earlier = settings_read(INFERENCE_ASYNC_REPLICAS="1", INFERENCE_ASYNC_REPLICA_TIMEOUT_MS="250")
+    assert (earlier["INFERENCE_PUBLISH_REPLICAS"], earlier["INFERENCE_PUBLISH_REPLICA_TIMEOUT_MS"]) == (
+        1,
+        250,
+    )
+    both = settings_read(INFERENCE_ASYNC_REPLICAS="1", INFERENCE_PUBLISH_REPLICAS="2")
+    assert both["INFERENCE_PUBLISH_REPLICAS"] == 2  # the current name wins
 
 
 def test_sentinels_without_a_master_name_or_with_tls_refuse_to_start() -> None:
