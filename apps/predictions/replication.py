@@ -14,7 +14,8 @@ replica, or a replica lost), a batch holding an async job is refused with 503: i
 be told 202 and could lose the job. A sync-only batch goes ahead: its client is still waiting, and
 only a second failure before a replica is back could lose it. For SHORTFALL_HOLD_S after a
 shortfall no WAIT is sent, so sync requests do not each pay the WAIT's timeout and async ones are
-refused at once; the next WAIT after that tells whether the replicas are back.
+refused at once; the next WAIT after that tells whether the replicas are back. A refused async job
+may still run from the primary alone: a retry with the same Idempotency-Key gets its id.
 """
 
 import logging

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, Self, TypeVar, cast
 
 import pytest
 import redis
@@ -30,6 +30,13 @@ class Nodes:
     nodes: dict[str, int] = field(default_factory=lambda: {"a": free_port(), "b": free_port()})
     sentinels: list[int] = field(default_factory=lambda: [free_port() for _ in range(3)])
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name in list(self.processes):
+            self.kill(name)
 
     def kill(self, name: str) -> None:
         process = self.processes.pop(name)
@@ -89,13 +96,8 @@ class Layout(Nodes):
 
 @pytest.fixture
 def layout(tmp_path: Path) -> Iterator[Layout]:
-    running = Layout(tmp_path)
-    try:
+    with Layout(tmp_path) as running:
         yield running
-    finally:
-        for process in running.processes.values():
-            process.send_signal(signal.SIGKILL)
-            process.wait()
 
 
 def until(probe: Callable[[], T], what: str, layout: Nodes, timeout: float = 20) -> T:
@@ -221,13 +223,8 @@ class BinLayout(Nodes):
 
 @pytest.fixture
 def bin_layout(tmp_path: Path) -> Iterator[BinLayout]:
-    running = BinLayout(tmp_path)
-    try:
+    with BinLayout(tmp_path) as running:
         yield running
-    finally:
-        for process in running.processes.values():
-            process.send_signal(signal.SIGKILL)
-            process.wait()
 
 
 def test_bin_scripts_fail_over_with_passwords_and_the_old_primary_restarts_as_a_replica(
