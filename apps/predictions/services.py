@@ -16,6 +16,7 @@ from kombu.exceptions import OperationalError
 from redis import Redis
 from redis.exceptions import RedisError
 
+from apps.predictions import idempotency
 from apps.predictions.admission import admission_check
 from apps.predictions.batching import Batcher, batcher_get
 from apps.predictions.errors import ApiError, unavailable
@@ -31,7 +32,6 @@ from inference_project.celery_app import app as celery_app
 from inference_project.redis_clients import redis_sync
 
 JOB_PREFIX = "inference:job:"
-IDEMPOTENCY_PREFIX = "inference:idem:"
 
 # Publishing goes through kombu's blocking client; a small pool keeps it off the event loop, so a
 # slow or absent Redis delays only the requests that publish, never the whole process.
@@ -108,46 +108,40 @@ def request_fingerprint(served: ServedModel, inputs: dict[str, np.ndarray]) -> s
 
 async def _task_id_claim(
     *, caller: Caller, served: ServedModel, inputs: dict[str, np.ndarray]
-) -> tuple[str, bool]:
-    """A fresh task id, or the id already claimed by this caller's Idempotency-Key.
+) -> tuple[str, idempotency.Claim | None]:
+    """A fresh task id, or with an Idempotency-Key this caller's claim on it
+    (apps/predictions/idempotency.py), whose id may be a first attempt's.
 
-    Returns (task id, fresh). The same key with a different request body is refused (422). The
-    request is fingerprinted only when it carries a key: hashing tensors is not free.
+    The request is fingerprinted only when it carries a key: hashing tensors is not free.
     """
     waiter = result_waiter_get()
     task_id = waiter.new_task_id()
     if not caller.idempotency_key:
-        return task_id, True
-    fingerprint = request_fingerprint(served, inputs)
-    record = _idempotency_record(caller)
-    if await waiter.redis.set(record, f"{task_id} {fingerprint}", nx=True, ex=settings.CELERY_RESULT_EXPIRES):
-        return task_id, True
-    existing = await waiter.redis.get(record)
-    if existing is None:  # expired between the two calls
-        return await _task_id_claim(caller=caller, served=served, inputs=inputs)
-    # Replies are bytes: the client sets no decode_responses (redis-py types them bytes | str).
-    claimed_id, claimed_fingerprint = cast("bytes", existing).decode().split(" ")
-    if claimed_fingerprint != fingerprint:
-        raise ApiError(
-            422,
-            "idempotency_key_reused",
-            "this Idempotency-Key was used for a different request",
-            field="Idempotency-Key",
-        )
-    return claimed_id, False
-
-
-async def _idempotency_release(caller: Caller) -> None:
-    """After a timeout nothing was computed (the task expired): let a retry compute again."""
-    if caller.idempotency_key:
-        await result_waiter_get().redis.delete(_idempotency_record(caller))
-
-
-def _idempotency_record(caller: Caller) -> str:
-    """Where the task id claimed by this key's Idempotency-Key lives (keys are per API key)."""
-    return (
-        IDEMPOTENCY_PREFIX + hashlib.sha256(f"{caller.owner}\0{caller.idempotency_key}".encode()).hexdigest()
+        return task_id, None
+    claim = await idempotency.claim(
+        waiter.redis,
+        idempotency.record_key(caller.owner, caller.idempotency_key),
+        task_id=task_id,
+        fingerprint=request_fingerprint(served, inputs),
+        timeout_s=caller.deadline_s,
     )
+    return claim.task_id, claim
+
+
+async def _submit(
+    *,
+    served: ServedModel,
+    inputs: dict[str, np.ndarray],
+    task_id: str,
+    expires_s: float | None,
+    claim: idempotency.Claim | None,
+) -> None:
+    """Into the batch; once it is published, the Idempotency-Key claim is marked sent."""
+    await _batcher(served).submit(
+        request_id=task_id, inputs=inputs, expires_s=expires_s, awaited=expires_s is not None
+    )
+    if claim is not None:
+        await idempotency.mark_sent(result_waiter_get().redis, claim)
 
 
 async def prediction_run(
@@ -158,21 +152,26 @@ async def prediction_run(
     The task expires at the same deadline, so workers skip it once nobody waits for it. With an
     Idempotency-Key, a repeated request waits for (or returns) the first one's result.
     """
+    claim = None
     try:
         await admission_check(owner=caller.owner, rate=caller.rate, queue=served.queue)
-        task_id, fresh = await _task_id_claim(caller=caller, served=served, inputs=inputs)
+        task_id, claim = await _task_id_claim(caller=caller, served=served, inputs=inputs)
+        fresh = claim is None or claim.fresh
         request_identified(task_id)
         waiter = result_waiter_get()
         future = waiter.expect(task_id)
         try:
             if fresh:
-                await _batcher(served).submit(request_id=task_id, inputs=inputs, expires_s=caller.deadline_s)
+                await _submit(
+                    served=served, inputs=inputs, task_id=task_id, expires_s=caller.deadline_s, claim=claim
+                )
             payload = await waiter.wait(task_id, future, caller.deadline_s, check_first=not fresh)
         finally:
             waiter.forget(task_id)
             _batcher(served).answered(task_id)
     except TimeoutError:
-        await _idempotency_release(caller)
+        if claim is not None:
+            await idempotency.release(result_waiter_get().redis, claim)
         raise ApiError(504, "timeout", f"no result within {caller.deadline_s:g}s") from None
     except (RedisError, OSError) as exc:
         raise unavailable() from exc
@@ -183,9 +182,9 @@ async def prediction_enqueue(*, served: ServedModel, inputs: dict[str, np.ndarra
     """Enqueue without waiting; the job id is then polled with `prediction_job_get`."""
     try:
         await admission_check(owner=caller.owner, rate=caller.rate, queue=served.queue)
-        task_id, fresh = await _task_id_claim(caller=caller, served=served, inputs=inputs)
+        task_id, claim = await _task_id_claim(caller=caller, served=served, inputs=inputs)
         request_identified(task_id)
-        if not fresh:
+        if claim is not None and not claim.fresh:
             return task_id
         job = json.dumps(
             {"model": served.name, "version": served.version, "owner": caller.owner, "created": time.time()}
@@ -194,7 +193,7 @@ async def prediction_enqueue(*, served: ServedModel, inputs: dict[str, np.ndarra
     except (RedisError, OSError) as exc:
         raise unavailable() from exc
     # Returns once the batch is published (and, with INFERENCE_PUBLISH_REPLICAS, replicated).
-    await _batcher(served).submit(request_id=task_id, inputs=inputs, expires_s=None, awaited=False)
+    await _submit(served=served, inputs=inputs, task_id=task_id, expires_s=None, claim=claim)
     return task_id
 
 

@@ -273,6 +273,9 @@ INFERENCE_ENVIRONMENT = env("INFERENCE_ENVIRONMENT", default=INFERENCE_ENVIRONME
 ARTIFACTS_ROOT = env.path("ARTIFACTS_ROOT", default=str(VAR_DIR / "artifacts"))
 # How long a synchronous request waits for its result before answering 504.
 INFERENCE_SYNC_TIMEOUT_S = env.float("INFERENCE_SYNC_TIMEOUT_S", default=30.0)
+# An Idempotency-Key claimed by a request not yet published is held this long, then a retry may
+# claim it (the first attempt's API host lost): longer than a publish takes (apps/predictions/idempotency.py).
+INFERENCE_IDEMPOTENCY_PENDING_S = env.float("INFERENCE_IDEMPOTENCY_PENDING_S", default=5.0)
 # Prediction requests larger than this answer 413 (enforced once, in apps/predictions/fastpath.py);
 # more rows than this in one request answer 400.
 INFERENCE_MAX_BODY_BYTES = env.int("INFERENCE_MAX_BODY_BYTES", default=8 * 1024 * 1024)
