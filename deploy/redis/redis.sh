@@ -17,23 +17,17 @@ set -eu
 port="${REDIS_PORT:-6379}"
 self="${REDIS_ANNOUNCE:?name this node}:$port"
 
-# ask host:port password command...: the answer's lines as words, nothing if it cannot be reached
-ask() {
-  address=$1 password=$2
-  shift 2
-  if [ -n "$password" ]; then export REDISCLI_AUTH="$password"; else unset REDISCLI_AUTH; fi
-  timeout 2 redis-cli -h "${address%:*}" -p "${address##*:}" --raw "$@" 2>/dev/null | tr '\n' ' ' || true
-}
-
-master=""
-for sentinel in $(printf %s "${REDIS_SENTINELS:?}" | tr , ' '); do
-  # shellcheck disable=SC2046  # host and port: two words
-  set -- $(ask "$sentinel" "${REDIS_SENTINEL_PASSWORD:-}" SENTINEL get-master-addr-by-name "${REDIS_SENTINEL_MASTER:?}")
-  if [ $# -eq 2 ]; then
-    master="$1:$2"
-    break
-  fi
-done
+# "host port" as each Sentinel that answers names the master, one a line; the most named wins: a
+# Sentinel that has not yet heard of a failover still names the old primary, and starting on its
+# word made a restarted old primary a primary again (tests/unit/deploy/test_redis.py saw it).
+if [ -n "${REDIS_SENTINEL_PASSWORD:-}" ]; then export REDISCLI_AUTH="$REDIS_SENTINEL_PASSWORD"; fi
+master=$(
+  for sentinel in $(printf %s "${REDIS_SENTINELS:?}" | tr , ' '); do
+    timeout 2 redis-cli -h "${sentinel%:*}" -p "${sentinel##*:}" --raw \
+      SENTINEL get-master-addr-by-name "${REDIS_SENTINEL_MASTER:?}" 2>/dev/null | paste -sd ' ' || true
+  done | grep -E '^[^ ]+ [0-9]+$' | sort | uniq -c | sort -rn | head -n 1 | sed 's/^ *[0-9]* //; s/ /:/'
+)
+unset REDISCLI_AUTH
 master="${master:-${REDIS_PRIMARY:?}}"
 
 set -- --port "$port" --dir "${REDIS_DIR:-/data}" --appendonly yes --replica-announce-ip "$REDIS_ANNOUNCE"
