@@ -4,16 +4,19 @@ first attempt's id and answer instead of a second computation.
 A claim is written in two steps. The first attempt claims the key as *pending* for
 INFERENCE_IDEMPOTENCY_PENDING_S; once its batch is published it marks the claim *sent*, kept as
 long as results are (CELERY_RESULT_EXPIRES). A repeat that finds the claim sent waits for (or
-returns) that task's answer. One that finds it pending waits until it is sent, or until it expires
-and the repeat claims the key itself: an API host lost between claiming and publishing (a host cut
-off behind HAProxy, in bench/scale) then costs its client's retry seconds, not the whole deadline
-spent waiting for a task nobody published.
+returns) that task's answer. One that finds it pending waits until it is sent or answered (a
+host cut after publishing, before its mark got through), or until it expires and the repeat
+claims the key itself: an API host lost between claiming and publishing (a host cut off behind
+HAProxy, in bench/scale) then costs its client's retry seconds, not the whole deadline spent
+waiting for a task nobody published.
 
-A publish slower than the pending time can let a retry compute the request a second time under
-a new id; each client then gets an answer, and the claim names the retry's task.
+A first attempt published but neither marked nor answered within the pending time (a queue more
+than that long) lets a retry compute the request a second time under a new id; each client then
+gets an answer, and the claim names the retry's task.
 """
 
 import asyncio
+import contextlib
 import hashlib
 import time
 from dataclasses import dataclass
@@ -21,8 +24,10 @@ from typing import cast
 
 from django.conf import settings
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from apps.predictions.errors import ApiError
+from inference_common.results import result_key
 
 PREFIX = "inference:idem:"
 PENDING = "pending"
@@ -35,6 +40,14 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
     return redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
 end
 return false
+"""
+
+# Deletes a claim only while it is still this attempt's pending one.
+_ABANDON = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
 """
 
 
@@ -75,7 +88,8 @@ async def claim(redis: Redis, record: str, *, task_id: str, fingerprint: str, ti
                     "this Idempotency-Key was used for a different request",
                     field="Idempotency-Key",
                 )
-            if state != [PENDING]:
+            # Answered already: published, its mark lost (the host cut between the two).
+            if state != [PENDING] or await redis.exists(result_key(claimed_id)):
                 return Claim(record, claimed_id, fingerprint, fresh=False)
             if time.monotonic() >= deadline:
                 raise TimeoutError
@@ -94,6 +108,15 @@ async def mark_sent(redis: Redis, claim: Claim) -> bool:
         str(settings.CELERY_RESULT_EXPIRES),
     )
     return marked is not None
+
+
+async def abandon(redis: Redis, claim: Claim) -> None:
+    """The publish failed or was refused (503): a retry may claim the key at once instead of
+    waiting out the pending time. Best effort: with Redis down the claim expires by itself. A
+    refused publish may still run (apps/predictions/replication.py); a retry then computes the
+    request again under its own id."""
+    with contextlib.suppress(RedisError, OSError):
+        await redis.eval(_ABANDON, 1, claim.record, f"{claim.task_id} {claim.fingerprint} {PENDING}")
 
 
 async def release(redis: Redis, claim: Claim) -> None:

@@ -136,10 +136,16 @@ async def _submit(
     expires_s: float | None,
     claim: idempotency.Claim | None,
 ) -> None:
-    """Into the batch; once it is published, the Idempotency-Key claim is marked sent."""
-    await _batcher(served).submit(
-        request_id=task_id, inputs=inputs, expires_s=expires_s, awaited=expires_s is not None
-    )
+    """Into the batch; once it is published, the Idempotency-Key claim is marked sent (and given
+    up when the publish fails)."""
+    try:
+        await _batcher(served).submit(
+            request_id=task_id, inputs=inputs, expires_s=expires_s, awaited=expires_s is not None
+        )
+    except Exception:
+        if claim is not None:
+            await idempotency.abandon(result_waiter_get().redis, claim)
+        raise
     if claim is not None:
         await idempotency.mark_sent(result_waiter_get().redis, claim)
 

@@ -12,6 +12,7 @@ from pytest_django import Settings
 
 from apps.predictions import idempotency
 from apps.predictions.errors import ApiError
+from inference_common.results import result_key
 
 
 @pytest.fixture
@@ -72,6 +73,35 @@ def test_a_claim_never_sent_expires_and_the_repeat_computes_itself(record: str, 
     assert 0.2 < waited < 2.0
     assert not late, "a lost claim was marked sent over the retry's"
     assert (third.task_id, third.fresh) == ("t2", False)  # the claim names the retry's task
+
+
+def test_a_pending_claim_already_answered_is_the_repeats_answer(record: str, redis_server: str) -> None:
+    """The first attempt's host was cut after publishing, before its claim was marked sent: the
+    worker's stored answer tells the repeat that the task ran."""
+
+    async def scenario(client: aioredis.Redis) -> Any:
+        await idempotency.claim(client, record, task_id="t1", fingerprint="f", timeout_s=5)
+        await client.set(result_key("t1"), b"stored answer")
+        return await idempotency.claim(client, record, task_id="t2", fingerprint="f", timeout_s=0.2)
+
+    repeat = run(scenario, redis_server)
+    assert (repeat.task_id, repeat.fresh) == ("t1", False)
+
+
+def test_an_abandoned_claim_frees_the_key_at_once_and_only_its_own(record: str, redis_server: str) -> None:
+    async def scenario(client: aioredis.Redis) -> tuple[Any, ...]:
+        first = await idempotency.claim(client, record, task_id="t1", fingerprint="f", timeout_s=5)
+        await idempotency.abandon(client, first)  # its publish failed
+        started = time.monotonic()
+        second = await idempotency.claim(client, record, task_id="t2", fingerprint="f", timeout_s=5)
+        waited = time.monotonic() - started
+        await idempotency.abandon(client, first)  # late: the key is the retry's now
+        kept = await client.get(record)
+        return second, waited, kept
+
+    second, waited, kept = run(scenario, redis_server)
+    assert (second.task_id, second.fresh) == ("t2", True) and waited < 0.2
+    assert kept == b"t2 f pending"
 
 
 def test_a_different_request_under_the_key_is_refused_and_a_long_pending_claim_times_out(
