@@ -30,7 +30,10 @@ master=$(
 unset REDISCLI_AUTH
 master="${master:-${REDIS_PRIMARY:?}}"
 
-set -- --port "$port" --dir "${REDIS_DIR:-/data}" --appendonly yes --replica-announce-ip "$REDIS_ANNOUNCE"
+# A replica that (re)connects is synced at once, not after the 5 s default wait for others to
+# share a diskless sync: async jobs are refused until a replica is back (deploy/bin/redis).
+set -- --port "$port" --dir "${REDIS_DIR:-/data}" --appendonly yes --replica-announce-ip "$REDIS_ANNOUNCE" \
+  --repl-diskless-sync-delay 0
 if [ "$master" = "$self" ]; then
   echo "redis.sh: $self starts as the primary" >&2
 else

@@ -52,7 +52,17 @@ class RedisGroup:
         folder = self.root / f"redis-{port}"
         folder.mkdir(exist_ok=True)
         args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder)]
-        args += ["--appendonly", "yes", "--save", "", "--loglevel", "warning"]
+        # As deploy/bin/redis: a replica that (re)connects is synced at once.
+        args += [
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--loglevel",
+            "warning",
+            "--repl-diskless-sync-delay",
+            "0",
+        ]
         # masterauth on both: the old primary comes back as a replica of the promoted one.
         args += ["--requirepass", DATA_PASSWORD, "--masterauth", DATA_PASSWORD]
         if replica_of is not None:
@@ -189,6 +199,7 @@ class Answer:
     retry_after: str | None
     job_id: str | None
     request_id: str | None = None  # X-Request-ID: to find a failed request in the logs
+    reason: str | None = None  # an error's code and message
 
 
 def _client_loop(
@@ -207,7 +218,13 @@ def _client_loop(
             except httpx.HTTPError:
                 answers.append(Answer(kind, started, time.monotonic(), 0, None, None))
                 continue
-            job_id = response.json().get("id") if response.status_code == 202 else None
+            try:
+                answer = response.json()
+            except ValueError:
+                answer = {}
+            job_id = answer.get("id") if response.status_code == 202 else None
+            error = answer.get("error") if response.status_code >= 400 else None
+            reason = f"{error.get('code')}: {error.get('message')}" if isinstance(error, dict) else None
             answers.append(
                 Answer(
                     kind,
@@ -217,6 +234,7 @@ def _client_loop(
                     response.headers.get("Retry-After"),
                     job_id,
                     response.headers.get("X-Request-ID"),
+                    reason,
                 )
             )
             if response.status_code == 503:
@@ -338,6 +356,15 @@ def test_primary_killed_under_load_fails_over_within_seconds_and_loses_no_job(
     figures["worker_connected_lines"] = log.count(
         '"celery.worker.consumer.connection","message":"Connected to'
     )
+    # Why requests were refused, and from when to when (seconds after the kill).
+    reasons: dict[str, list[float]] = {}
+    for a in after:
+        if a.reason:
+            reasons.setdefault(f"{a.kind} {a.status} {a.reason}", []).append(a.ended - killed)
+    figures["refusals"] = {
+        reason: {"count": len(at), "from_s": round(min(at), 2), "until_s": round(max(at), 2)}
+        for reason, at in sorted(reasons.items())
+    }
     figures["unexpected"] = [
         (a.kind, a.status, a.request_id, round(a.started - killed, 2))
         for a in answers
