@@ -17,11 +17,41 @@ def _cores(point: dict[str, Any]) -> str:
     return ", ".join(f"{name} {value:.2f}" for name, value in ranked if value >= 0.01)
 
 
+def _attempts(saw: dict[str, Any]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in saw["attempts"].items())
+
+
+def _postgres_detail(four: dict[str, Any]) -> str:
+    return (
+        f"PostgreSQL down {four['outage_s']} s (registry and API key caches {four['registry_cache_s']:g} s, "
+        f"shorter than the outage); {four['served_during_outage']} predictions answered meanwhile; "
+        f"registry writes (a staff upload through HAProxy) answered "
+        f"{', '.join(f'{k}: {v}' for k, v in four['writes_refused_statuses'].items())} "
+        f"({four['writes_refused_without_retry_after']} without Retry-After) for "
+        f"{four['writes_refused_for_s']} s, then {four['write_status']} "
+        f"{four['write_after_restart_s']} s after PostgreSQL accepted logins again"
+    )
+
+
+def _redis_detail(three: dict[str, Any]) -> str:
+    sync, jobs = three["clients_saw"], three["async_clients_saw"]
+    gaps = ", ".join(f"{g} s" for g in three["watch_gaps_s"]) or "none"
+    return (
+        f"{three['promoted']} promoted {three['promoted_after_s']} s after the kill; served again "
+        f"{sync['served_again_s']} s (sync) and {jobs['served_again_s']} s (async) after it; async "
+        f"({three['async_clients']} clients): {_attempts(jobs)}, {three['async_done']} of "
+        f"{three['async_accepted']} jobs answered 202 done; {three['host']} restarted "
+        f"{three['replica_back_after_s']} s after the kill as a {three['restarted_as']} of "
+        f"{three['promoted']}; the harness's result subscription was away {gaps}, so computed "
+        f"twice is a lower bound here"
+    )
+
+
 def _fault_rows(results: dict[str, Any]) -> list[str]:
     rows = []
     one = results["fault_worker_host"]
     five = results["fault_api_host"]
-    for fault, detail in (
+    faults: list[tuple[dict[str, Any], str]] = [
         (
             one,
             f"requests {one['host']} held when it was cut: {one['stranded_requests']}; answered by "
@@ -34,9 +64,14 @@ def _fault_rows(results: dict[str, Any]) -> list[str]:
             f"errors {five['clients_saw']['errors_from_s']}–{five['clients_saw']['errors_until_s']} s "
             f"after the cut",
         ),
-    ):
+    ]
+    if "fault_postgres" in results:
+        faults.append((results["fault_postgres"], _postgres_detail(results["fault_postgres"])))
+    if "fault_redis_primary" in results:
+        faults.append((results["fault_redis_primary"], _redis_detail(results["fault_redis_primary"])))
+    for fault, detail in faults:
         saw = fault["clients_saw"]
-        attempts = ", ".join(f"{k}: {v}" for k, v in saw["attempts"].items())
+        attempts = _attempts(saw)
         rows.append(
             f"| {fault['fault']} ({fault['host']}) | {fault['requests']} | {attempts} | "
             f"{saw['slowest_answer_s']} s | {fault['lost']} | {fault['computed_twice']} | "
@@ -112,9 +147,11 @@ def report_markdown(results: dict[str, Any], *, command: str) -> str:
         "# Scaling past one machine: the multi-host harness",
         "",
         "Hosts are Linux network namespaces on one bridge (`bench/scale/netns.py`); each runs the",
-        "start script `deploy/` runs for its process type: Redis (`deploy/bin/redis`), PostgreSQL",
+        "start script `deploy/` runs for its process type: Redis (`deploy/bin/redis`: a primary and",
+        "its replica, and three Sentinels, `deploy/bin/sentinel`, quorum 2; every client, the",
+        "harness's own too, finds the primary through `REDIS_SENTINELS`), PostgreSQL",
         "(`deploy/bin/postgres`) for the registry, two API hosts (`deploy/bin/api`, migrated with",
-        "`deploy/bin/migrate`), HAProxy (`deploy/bin/haproxy`, health-checking `/readyz`) and 1 to 8",
+        "`deploy/bin/migrate`), HAProxy (`deploy/bin/haproxy`, health-checking `/healthz`) and 1 to 8",
         "worker hosts (`deploy/bin/worker accel`, one child each). The model is the simulated",
         f"accelerator (`workers/simulated.py`): {layout['batch_ms']} ms + {layout['row_ms']} ms per row",
         f"asleep per batch, batches of at most {layout['max_batch_size']} rows, registered and",
@@ -164,8 +201,11 @@ def report_markdown(results: dict[str, Any], *, command: str) -> str:
     lines += [
         "## Faults",
         "",
-        "Clients: closed-loop synchronous requests through HAProxy, each with its own",
-        "`Idempotency-Key` and input, retried with the same key after any error. Lost, computed",
+        "One cluster serves every fault, in this order (the Redis primary last: it changes which",
+        "host is the primary). Clients: closed-loop synchronous requests through HAProxy, each with its own",
+        "`Idempotency-Key` and input, retried with the same key after any error (for the Redis fault",
+        'also asynchronous ones, `"async": true`, whose jobs are polled afterwards); the table\'s',
+        "attempts are the synchronous clients'. Lost, computed",
         "twice and computed for nobody are counted from the platform's records: every answer is",
         "published on its `celery-task-meta-<id>` key and stored there (a subscriber counts",
         "publications per id), and the lost host's requests are the ones kombu still held as",
@@ -184,6 +224,21 @@ def report_markdown(results: dict[str, Any], *, command: str) -> str:
         "  sessions (`on-marked-down shutdown-sessions`), so its clients see a closed connection about",
         "  two seconds after the cut and retry with their key through the other API host, which",
         "  answers the first attempt's id and answer when it had been accepted.",
+        "- Fault 4 (PostgreSQL stopped with SIGTERM, a fast shutdown, and started again on its host):",
+        "  predictions are answered from the APIs' last registry state (routes, readiness list, API",
+        "  keys); the harness sets the registry and API key caches to 1 s (`INFERENCE_REGISTRY_CACHE_S`,",
+        "  `INFERENCE_API_KEY_CACHE_S`) so that the outage outlasts them and what serves is that",
+        "  fallback; registry writes answer 503 with `Retry-After` until PostgreSQL is back.",
+        "- Fault 3 (the primary's `redis-server` SIGKILLed, its host kept): the Sentinels (down after",
+        "  1 s, quorum 2) promote the replica; clients get 503 with `Retry-After` meanwhile and",
+        "  retry with their key. The old primary's host then starts `deploy/bin/redis` again with its",
+        "  first start's environment, as a supervisor would: the script asks the Sentinels and comes",
+        "  back as the promoted node's replica, never as a primary (which would take writes that its",
+        "  conversion into a replica then wipes). Requests are accepted once the replica holds their",
+        "  message (`INFERENCE_PUBLISH_REPLICAS=1`), so an async job answered 202 survives the kill.",
+        "  The harness's subscriber follows the Sentinels too and subscribes again after the",
+        "  failover; answers published while it was away are not counted, so computed twice is a",
+        "  lower bound for this fault.",
         "",
         "Figures of the run: `test-artifacts/scale.json`; every process's output:",
         "`test-artifacts/scale-logs/`.",

@@ -3,10 +3,12 @@
 Builds the hosts (bench/scale/netns.py), starts the platform across them (topology.py), measures
 closed-loop throughput through HAProxy with 1, 2, 4 and 8 worker hosts on the simulated
 accelerator and the CPU of every component meanwhile (measure.py), the serving path's own cap
-with a no-op kernel, then the faults (faults.py): a worker host cut off mid-batch, an API host
-lost. Everything it built is removed at the end, also on Ctrl-C.
+with a no-op kernel, then the faults (faults.py) on the same cluster: a worker host cut off
+mid-batch (1), an API host lost (5), PostgreSQL restarted (4) and the Redis primary SIGKILLed (3),
+last because it changes which host is the primary. Everything it built is removed at the end,
+also on Ctrl-C.
 
---quick: 1 and 2 worker hosts, short points, no no-op point, both faults (the test's run).
+--quick: 1 and 2 worker hosts, short points, no no-op point, every fault (the test's run).
 --docs: write docs/scaling.md and docs/scaling.png from this run.
 Figures: test-artifacts/scale.json; every process's output: test-artifacts/scale-logs/.
 """
@@ -18,7 +20,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.scale.faults import fault_api_host_cut, fault_worker_host_cut
+from bench.scale.faults import (
+    fault_api_host_cut,
+    fault_postgres_restart,
+    fault_redis_primary_kill,
+    fault_worker_host_cut,
+)
 from bench.scale.measure import cap_name, efficiency, load_point
 from bench.scale.netns import Network
 from bench.scale.topology import (
@@ -107,15 +114,33 @@ def scale_run(
             model_deploy(cluster, batch_ms=layout.batch_ms, row_ms=layout.row_ms)
             workers_wait(cluster)
             time.sleep(1.0)
-        log("fault 1: a worker host cut off mid-batch")
-        results["fault_worker_host"] = fault_worker_host_cut(cluster, clients=16 if quick else 32)
-        log(json.dumps(results["fault_worker_host"]))
-        log("fault 5: an API host lost behind HAProxy")
-        results["fault_api_host"] = fault_api_host_cut(cluster, clients=16 if quick else 32)
-        log(json.dumps(results["fault_api_host"]))
+        results |= faults_run(cluster, quick=quick)
     results["total_s"] = round(time.monotonic() - started, 1)
     ARTIFACTS.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2))
+    return results
+
+
+def faults_run(cluster: Cluster, *, quick: bool) -> dict[str, Any]:
+    """The faults in order on one cluster: 1 and 5 (hosts lost), 4 (PostgreSQL restarted), then 3
+    (the Redis primary killed), last: it changes which host is the primary."""
+    results: dict[str, Any] = {}
+    log("fault 1: a worker host cut off mid-batch")
+    results["fault_worker_host"] = fault_worker_host_cut(cluster, clients=16 if quick else 32)
+    log(json.dumps(results["fault_worker_host"]))
+    log("fault 5: an API host lost behind HAProxy")
+    results["fault_api_host"] = fault_api_host_cut(cluster, clients=16 if quick else 32)
+    log(json.dumps(results["fault_api_host"]))
+    if cluster.postgres is not None:
+        log("fault 4: PostgreSQL restarted")
+        results["fault_postgres"] = fault_postgres_restart(cluster, clients=16 if quick else 32)
+        log(json.dumps(results["fault_postgres"]))
+    if cluster.sentinels:
+        log("fault 3: the Redis primary SIGKILLed")
+        results["fault_redis_primary"] = fault_redis_primary_kill(
+            cluster, clients=16 if quick else 32, async_clients=4 if quick else 8
+        )
+        log(json.dumps(results["fault_redis_primary"]))
     return results
 
 

@@ -1,14 +1,16 @@
 """The platform spread over hosts (bench/scale/netns.py), each process started with the start
 script deploy/ runs for its type, exactly as compose and Kubernetes do:
 
-    redis      deploy/bin/redis (REDIS_BIND = the host's address)
+    redis      deploy/bin/redis (REDIS_BIND = the host's address): the first start's primary
     postgres   deploy/bin/postgres (the registry; SQLite on the shared folder if it is missing)
     api1, api2 deploy/bin/api; api1 runs deploy/bin/migrate and the registration first, as the
                migrate Job and an operator would
-    lb         deploy/bin/haproxy, health-checking each API's /readyz
+    lb         deploy/bin/haproxy, health-checking each API's /healthz
     w1 .. w8   deploy/bin/worker accel (one Celery node per host: accel-w<n>@<hostname>)
-    with `sentinel`: redis2 (deploy/bin/redis with REDIS_REPLICAOF) and s1..s3 (deploy/bin/sentinel);
-               every client then finds the primary through REDIS_SENTINELS
+    redis2     deploy/bin/redis with REDIS_REPLICAOF: the first start's replica
+    s1 .. s3   deploy/bin/sentinel (quorum 2): every client, the harness's own included, finds the
+               primary through REDIS_SENTINELS, and so does deploy/bin/redis when it starts again
+               (Layout.sentinel=False: one Redis host, no replica, no Sentinel)
 
 The model is the simulated accelerator (workers/simulated.py), registered and deployed like any
 version with `manage.py register_model --deploy`; it sleeps per batch and holds no CPU, so what
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
+import redis.sentinel
 
 from bench.scale.netns import Host, HostProcess, Network
 from workers.training.simulated import simulated_write
@@ -53,7 +56,7 @@ class Layout:
 
     workers: int = 1
     apis: int = 2
-    sentinel: bool = False
+    sentinel: bool = True
     worker_concurrency: int = 1
     batch_ms: float = 20.0
     row_ms: float = 0.05
@@ -87,20 +90,57 @@ class Cluster:
         return {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
 
     def redis_client(self) -> redis.Redis:
-        """A client of the primary from the root namespace (the harness's own counting)."""
-        return redis.Redis(host=self.primary.address, port=REDIS_PORT, socket_timeout=5)
+        """A client of the primary from the root namespace (the harness's own counting). With
+        Sentinels, of the master they name: every new connection asks them, so it follows a
+        failover as the platform's clients do."""
+        if not self.sentinels:
+            return redis.Redis(host=self.primary.address, port=REDIS_PORT, socket_timeout=5)
+        # redis-py leaves its sync Sentinel unannotated.
+        sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            [(s.address, SENTINEL_PORT) for s in self.sentinels],
+            sentinel_kwargs={"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
+        )
+        client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+            SENTINEL_MASTER, socket_timeout=5, socket_connect_timeout=1
+        )
+        return client
 
-    def body(self, first: float = 1.0) -> bytes:
-        """One request of one row; the simulated answer is `first + k` at output k."""
+    def redis_hosts(self) -> list[Host]:
+        return [self.primary, *([self.replica] if self.replica else [])]
+
+    def sentinel_master(self) -> Host | None:
+        """The data host most Sentinels name the master (None until two of them agree)."""
+        named: list[str] = []
+        for sentinel in self.sentinels:
+            try:
+                client = redis.Redis(
+                    host=sentinel.address, port=SENTINEL_PORT, socket_timeout=0.5, decode_responses=True
+                )
+                address = client.sentinel_get_master_addr_by_name(SENTINEL_MASTER)
+            except redis.RedisError:
+                continue
+            if isinstance(address, tuple | list):
+                named.append(str(address[0]))
+        best = max(set(named), key=named.count) if named else None
+        if best is None or named.count(best) < 2:
+            return None
+        return next((h for h in self.redis_hosts() if h.address == best), None)
+
+    def body(self, first: float = 1.0, *, asynchronous: bool = False) -> bytes:
+        """One request of one row; the simulated answer is `first + k` at output k. Asynchronous:
+        answered 202 with a job id to poll."""
         row = [first] + [0.0] * (self.layout.input_width - 1)
-        return json.dumps({"model": MODEL, "inputs": [row]}).encode()
+        body: dict[str, object] = {"model": MODEL, "inputs": [row]}
+        if asynchronous:
+            body["async"] = True
+        return json.dumps(body).encode()
 
     def components(self) -> dict[str, list[Host]]:
         """Hosts by component, for the CPU accounting."""
         return {
             "api": self.apis,
             "haproxy": [self.lb] if self.lb else [],
-            "redis": [self.primary, *([self.replica] if self.replica else []), *self.sentinels],
+            "redis": [*self.redis_hosts(), *self.sentinels],
             "postgres": [self.postgres] if self.postgres else [],
             "worker": self.workers,
         }
@@ -158,6 +198,11 @@ def base_env(*, root: Path, layout: Layout, redis_host: str, database_url: str) 
         "CELERY_WORKER_SEND_TASK_EVENTS": "false",
         "WORKER_CONCURRENCY": str(layout.worker_concurrency),
         "REGISTRY_PROFILE_ON_REGISTER": "false",
+        # The registry and API key caches expire well within fault 4's PostgreSQL outage (5 s),
+        # so what serves meanwhile is their fallback (the last answer), not a fresh cache; one
+        # lookup per second per API process at most, invisible in the points.
+        "INFERENCE_REGISTRY_CACHE_S": "1",
+        "INFERENCE_API_KEY_CACHE_S": "1",
     }
 
 
@@ -218,37 +263,14 @@ def cluster_start(net: Network, layout: Layout, *, root: Path | None = None) -> 
     )
     env = base_env(root=root, layout=layout, redis_host=redis_host.address, database_url=database_url)
     cluster = Cluster(net=net, layout=layout, root=root, env=env, primary=redis_host, postgres=pg_host)
-
-    redis_proc = net.start(
-        redis_host,
-        "redis",
-        [str(BIN / "redis")],
-        env=host_env(env, root, redis_host, REDIS_BIND=redis_host.address),
-        cwd=ROOT,
-    )
+    if layout.sentinel:
+        sentinels_add(cluster)
+    redis_proc = redis_start(cluster, redis_host)
+    if pg_host is not None:
+        postgres_start(cluster)
+    port_wait(redis_host.address, REDIS_PORT, redis_proc)
     if layout.sentinel:
         sentinels_start(cluster)
-    if pg_host is not None:
-        pg_proc = net.start(
-            pg_host,
-            "postgres",
-            [str(BIN / "postgres")],
-            env=host_env(
-                env,
-                root,
-                pg_host,
-                POSTGRES_LISTEN=pg_host.address,
-                POSTGRES_PORT=str(POSTGRES_PORT),
-                POSTGRES_USER="inference",
-                POSTGRES_PASSWORD="scale-harness",
-                POSTGRES_DB="inference",
-                # A throw-away cluster: no flush to disk per commit.
-                POSTGRES_ARGS="-c fsync=off -c synchronous_commit=off -c full_page_writes=off",
-            ),
-            cwd=ROOT,
-        )
-        postgres_wait(database_url, pg_proc)
-    port_wait(redis_host.address, REDIS_PORT, redis_proc)
 
     cluster.apis = [net.host_add(f"api{i + 1}") for i in range(layout.apis)]
     first = cluster.apis[0]
@@ -289,54 +311,111 @@ def cluster_start(net: Network, layout: Layout, *, root: Path | None = None) -> 
         port_wait(api.address, API_PORT, api.processes[-1])
     workers_wait(cluster)
     ready_wait(cluster)
+    if layout.sentinel:
+        sentinels_wait(cluster)
     return cluster
 
 
-def sentinels_start(cluster: Cluster) -> None:
-    """A replica of the primary and three Sentinels (quorum 2), each on a host of its own; every
-    client then follows the primary the Sentinels name (REDIS_SENTINELS)."""
-    net, root = cluster.net, cluster.root
-    replica = net.host_add("redis2")
-    process = net.start(
-        replica,
-        "redis",
-        [str(BIN / "redis")],
+def redis_start(cluster: Cluster, host: Host, *, name: str = "redis") -> HostProcess:
+    """deploy/bin/redis on its host, with the environment of every start (a supervisor's): the
+    first start's replica has REDIS_REPLICAOF, and with Sentinels the script asks them first, so
+    a host started again after a failover follows the master they name."""
+    extra = {"REDIS_BIND": host.address}
+    if host is cluster.replica:
+        extra["REDIS_REPLICAOF"] = f"{cluster.primary.address} {REDIS_PORT}"
+    return cluster.net.start(
+        host, name, [str(BIN / "redis")], env=host_env(cluster.env, cluster.root, host, **extra), cwd=ROOT
+    )
+
+
+def postgres_start(cluster: Cluster, *, name: str = "postgres") -> HostProcess:
+    """deploy/bin/postgres on the registry's host (its data folder kept across starts); returns
+    once it accepts a login."""
+    assert cluster.postgres is not None
+    host = cluster.postgres
+    process = cluster.net.start(
+        host,
+        name,
+        [str(BIN / "postgres")],
         env=host_env(
             cluster.env,
-            root,
-            replica,
-            REDIS_BIND=replica.address,
-            REDIS_REPLICAOF=f"{cluster.primary.address} {REDIS_PORT}",
+            cluster.root,
+            host,
+            POSTGRES_LISTEN=host.address,
+            POSTGRES_PORT=str(POSTGRES_PORT),
+            POSTGRES_USER="inference",
+            POSTGRES_PASSWORD="scale-harness",
+            POSTGRES_DB="inference",
+            # A throw-away cluster: no flush to disk per commit.
+            POSTGRES_ARGS="-c fsync=off -c synchronous_commit=off -c full_page_writes=off",
         ),
         cwd=ROOT,
     )
-    port_wait(replica.address, REDIS_PORT, process)
-    cluster.replica = replica
-    for index in range(3):
-        sentinel = net.host_add(f"s{index + 1}")
-        process = net.start(
+    postgres_wait(cluster.env["DATABASE_URL"], process)
+    return process
+
+
+def sentinels_add(cluster: Cluster) -> None:
+    """The hosts of a replica and three Sentinels, and every client's REDIS_SENTINELS, before any
+    Redis starts: deploy/bin/redis asks the Sentinels first (refused at once on a first start,
+    where no Sentinel listens yet on their hosts' addresses)."""
+    cluster.replica = cluster.net.host_add("redis2")
+    cluster.sentinels = [cluster.net.host_add(f"s{index + 1}") for index in range(3)]
+    cluster.env |= {
+        "REDIS_SENTINELS": ",".join(f"{s.address}:{SENTINEL_PORT}" for s in cluster.sentinels),
+        "REDIS_SENTINEL_MASTER": SENTINEL_MASTER,
+        # A request is accepted once the replica holds its message (settings/base.py): the new
+        # name, and the old one until every reader has the new.
+        "INFERENCE_PUBLISH_REPLICAS": "1",
+        "INFERENCE_ASYNC_REPLICAS": "1",
+    }
+
+
+def sentinels_start(cluster: Cluster) -> None:
+    """The replica of the primary and three Sentinels (quorum 2, down after 1 s, failover timeout
+    3 s: deploy/bin/sentinel's defaults), each on its host; every client then follows the primary
+    the Sentinels name."""
+    assert cluster.replica is not None
+    process = redis_start(cluster, cluster.replica)
+    port_wait(cluster.replica.address, REDIS_PORT, process)
+    for sentinel in cluster.sentinels:
+        process = cluster.net.start(
             sentinel,
             "sentinel",
             [str(BIN / "sentinel")],
             env=host_env(
                 cluster.env,
-                root,
+                cluster.root,
                 sentinel,
                 SENTINEL_BIND=sentinel.address,
                 SENTINEL_PORT=str(SENTINEL_PORT),
                 SENTINEL_PRIMARY=f"{cluster.primary.address} {REDIS_PORT}",
-                REDIS_SENTINEL_MASTER=SENTINEL_MASTER,
             ),
             cwd=ROOT,
         )
         port_wait(sentinel.address, SENTINEL_PORT, process)
-        cluster.sentinels.append(sentinel)
-    cluster.env |= {
-        "REDIS_SENTINELS": ",".join(f"{s.address}:{SENTINEL_PORT}" for s in cluster.sentinels),
-        "REDIS_SENTINEL_MASTER": SENTINEL_MASTER,
-        # An async job is answered 202 once the replica holds its message (settings/base.py).
-        "INFERENCE_ASYNC_REPLICAS": "1",
-    }
+
+
+def sentinels_wait(cluster: Cluster, *, timeout_s: float = 30) -> None:
+    """Until every Sentinel knows the two others and the replica (their hello messages, a couple
+    of seconds): before that a failover could not reach its quorum or find a replica."""
+    deadline = time.monotonic() + timeout_s
+    states: list[object] = []
+    while time.monotonic() < deadline:
+        states = []
+        for sentinel in cluster.sentinels:
+            try:
+                client = redis.Redis(host=sentinel.address, port=SENTINEL_PORT, socket_timeout=0.5)
+                states.append(client.sentinel_master(SENTINEL_MASTER))
+            except redis.RedisError as error:
+                states.append(repr(error))
+        if all(
+            isinstance(s, dict) and s.get("num-other-sentinels") == 2 and s.get("num-slaves") == 1
+            for s in states
+        ):
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"the Sentinels did not find each other and the replica: {states}")
 
 
 def model_deploy(cluster: Cluster, *, batch_ms: float, row_ms: float) -> int:

@@ -1,8 +1,10 @@
 """The multi-host harness (bench/scale), quick mode: hosts as network namespaces, the platform
-across them with deploy/'s start scripts, throughput with 1 and 2 worker hosts, and faults 1 (a
-worker host cut off mid-batch) and 5 (an API host lost behind HAProxy) counted from the
-platform's records. Needs root and Debian's haproxy, redis-server, postgresql and wrk; a missing
-one fails the test, naming it."""
+across them with deploy/'s start scripts (Redis with a replica and three Sentinels), throughput
+with 1 and 2 worker hosts, and one fault of each kind on the same cluster, counted from the
+platform's records: 1 (a worker host cut off mid-batch), 5 (an API host lost behind HAProxy), 4
+(PostgreSQL restarted) and 3 (the Redis primary SIGKILLed, the Sentinels failing over). Needs
+root and Debian's haproxy, redis-server, postgresql and wrk; a missing one fails the test, naming
+it."""
 
 import os
 import shutil
@@ -105,7 +107,7 @@ def _cmdline(proc: Path) -> str:
         return ""
 
 
-def test_quick_mode_scales_and_survives_a_lost_worker_host_and_a_lost_api_host() -> None:
+def test_quick_mode_scales_and_survives_each_kind_of_fault() -> None:
     prerequisites()
     started = time.monotonic()
     results: dict[str, Any] = scale_run(quick=True)
@@ -136,3 +138,25 @@ def test_quick_mode_scales_and_survives_a_lost_worker_host_and_a_lost_api_host()
     assert five["computed_twice"] == 0 and five["computed_for_nobody"] == 0
     assert five["clients_saw"]["requests_retried"] >= 1, "no request was in flight on the lost API host"
     assert five["clients_saw"]["errors_for_s"] < 10
+
+    four = results["fault_postgres"]
+    assert four["failed_attempts"] == 0, four["clients_saw"]  # predictions answered all along
+    assert four["lost"] == 0 and four["answered"] == four["requests"] > 0 and four["wrong_answers"] == 0
+    assert four["served_during_outage"] > 0, four
+    assert four["writes_refused"] >= 1 and set(four["writes_refused_statuses"]) == {"503"}, four
+    assert four["writes_refused_without_retry_after"] == 0 and four["writes_refused_codes"] == ["unavailable"]
+    assert four["write_status"] == 201, four
+
+    three = results["fault_redis_primary"]
+    assert three["promoted"] == "redis2" and three["restarted_as"] == "slave", three
+    sync, jobs = three["clients_saw"], three["async_clients_saw"]
+    assert set(sync["attempts"]) <= {"200", "503"}, three["requests_with_other_outcomes"]
+    assert set(jobs["attempts"]) <= {"202", "503"}, three["requests_with_other_outcomes"]
+    assert sync["503_without_retry_after"] == 0 and jobs["503_without_retry_after"] == 0
+    for saw in (sync, jobs):
+        assert saw["served_again_s"] is not None and saw["served_again_s"] <= 10, three
+    assert three["async_accepted"] > 0 and three["async_done"] == three["async_accepted"], three[
+        "async_statuses"
+    ]
+    assert three["lost"] == 0 and three["answered"] == three["requests"] > 0
+    assert three["wrong_answers"] == 0 and three["ids_given_twice"] == 0
