@@ -193,7 +193,7 @@ class Bench:
         self.work = out / "work"
         self.work.mkdir(parents=True, exist_ok=True)
         self.procs = Processes(self.out)
-        self.seconds = 3.0 if quick else 10.0
+        self.seconds = 2.0 if quick else 10.0
         self.levels = [1, 64] if quick else [1, 8, 64, 256]
         self.peer_levels = [64] if quick else [1, 8, 64, 256]
         self.heavy_size, self.heavy_alpha = (96, 0.35) if quick else (224, 1.0)

@@ -109,7 +109,7 @@ def raw_layout(model_path: Path, shape: list[int], seconds: float, processes: in
 def raw_measure(bench: Bench) -> None:
     """results["raw"]: every model in one process; results["raw_layout"]: each heavy model in the
     heavy worker's layout (HEAVY_CHILDREN processes at once)."""
-    raw_seconds = 1.0 if bench.quick else 5.0
+    raw_seconds = 0.5 if bench.quick else 5.0
     log("raw in-process predict_on_batch")
     heavy_shape = [bench.heavy_size, bench.heavy_size, 3]
     bench.results["raw"] = {"digits": raw_one_process(bench.digits_dir / "model.keras", [64], raw_seconds)}
