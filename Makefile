@@ -47,15 +47,11 @@ format: venv
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-# The second pass runs the registry's tests, and the lifecycle's that write it (promotions refused,
-# and promote and roll back in the admin), on a PostgreSQL the tests start (--postgres,
-# tests/conftest.py); the first runs everything on SQLite. The multi-host harness's test runs its
-# whole platform on PostgreSQL (test_scale.py).
-PG_LIFECYCLE = tests/integration/test_lifecycle.py::test_refused_promotions_keep_the_old_version_serving \
-	tests/integration/test_lifecycle.py::test_admin_promote_and_roll_back_in_a_browser
+# The second pass runs the registry and lifecycle tests on a PostgreSQL the tests start (--postgres,
+# tests/conftest.py); the first runs everything on SQLite.
 test: venv test-deps lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
-	$(BIN)/python -m pytest --postgres tests/unit/apps/models_registry $(PG_LIFECYCLE)
+	$(BIN)/python -m pytest --postgres tests/unit/apps/models_registry tests/integration/test_lifecycle.py
 
 # Benchmark against raw predict and the peers; writes docs/benchmarks.md and docs/benchmarks.png.
 # QUICK=1: under 3 minutes, checks the harness (make test runs it), writes bench/results/ only.

@@ -65,10 +65,17 @@ async def _fire(
 
         async def send(index: int, body: dict[str, Any]) -> httpx.Response:
             # A well-behaved client: one Idempotency-Key per request, so retries are safe, and
-            # retries after Retry-After on 429/503.
+            # retries after Retry-After on 429/503, and at once when the connection fails (a
+            # kept-alive connection the server closed as it was reused: seen once in make test).
             headers = {"Idempotency-Key": f"{key_prefix}-{index}"} if retry else {}
             for _ in range(60):
-                response = await client.post("/api/v1/predictions", json=body, headers=headers)
+                try:
+                    response = await client.post("/api/v1/predictions", json=body, headers=headers)
+                except httpx.TransportError:
+                    if not retry:
+                        raise
+                    await asyncio.sleep(0.1)
+                    continue
                 if not retry or response.status_code not in (429, 503):
                     break
                 await asyncio.sleep(float(response.headers["Retry-After"]))
