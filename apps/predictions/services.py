@@ -159,19 +159,22 @@ async def prediction_run(
     Idempotency-Key, a repeated request waits for (or returns) the first one's result.
     """
     claim = None
+    started = time.monotonic()
     try:
         await admission_check(owner=caller.owner, rate=caller.rate, queue=served.queue)
         task_id, claim = await _task_id_claim(caller=caller, served=served, inputs=inputs)
         fresh = claim is None or claim.fresh
         request_identified(task_id)
+        # What is left of the deadline after the claim (a repeat may have waited on a pending one).
+        remaining = caller.deadline_s - (time.monotonic() - started)
         waiter = result_waiter_get()
         future = waiter.expect(task_id)
         try:
             if fresh:
                 await _submit(
-                    served=served, inputs=inputs, task_id=task_id, expires_s=caller.deadline_s, claim=claim
+                    served=served, inputs=inputs, task_id=task_id, expires_s=max(0.1, remaining), claim=claim
                 )
-            payload = await waiter.wait(task_id, future, caller.deadline_s, check_first=not fresh)
+            payload = await waiter.wait(task_id, future, remaining, check_first=not fresh)
         finally:
             waiter.forget(task_id)
             _batcher(served).answered(task_id)
