@@ -42,9 +42,11 @@ end
 return false
 """
 
-# Deletes a claim only while it is still this attempt's pending one.
-_ABANDON = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+# Deletes a claim only while it still names this task (ARGV[1] "<task id> "), pending or sent:
+# an attempt whose pending claim expired and was taken by a retry must not free the retry's.
+_DELETE_OWN = """
+local value = redis.call('GET', KEYS[1])
+if value and string.sub(value, 1, string.len(ARGV[1])) == ARGV[1] then
     return redis.call('DEL', KEYS[1])
 end
 return 0
@@ -116,9 +118,10 @@ async def abandon(redis: Redis, claim: Claim) -> None:
     refused publish may still run (apps/predictions/replication.py); a retry then computes the
     request again under its own id."""
     with contextlib.suppress(RedisError, OSError):
-        await redis.eval(_ABANDON, 1, claim.record, f"{claim.task_id} {claim.fingerprint} {PENDING}")
+        await release(redis, claim)
 
 
 async def release(redis: Redis, claim: Claim) -> None:
-    """After a timeout nothing was computed (the task expired): let a retry compute again."""
-    await redis.delete(claim.record)
+    """After a timeout nothing was computed (the task expired): let a retry compute again. Only
+    while the claim still names this attempt's task."""
+    await redis.eval(_DELETE_OWN, 1, claim.record, f"{claim.task_id} ")

@@ -96,12 +96,15 @@ def test_an_abandoned_claim_frees_the_key_at_once_and_only_its_own(record: str, 
         second = await idempotency.claim(client, record, task_id="t2", fingerprint="f", timeout_s=5)
         waited = time.monotonic() - started
         await idempotency.abandon(client, first)  # late: the key is the retry's now
+        await idempotency.release(client, first)  # its deadline passed: still not its key to free
         kept = await client.get(record)
-        return second, waited, kept
+        await idempotency.release(client, second)  # its own: freed
+        return second, waited, kept, await client.exists(record)
 
-    second, waited, kept = run(scenario, redis_server)
+    second, waited, kept, left = run(scenario, redis_server)
     assert (second.task_id, second.fresh) == ("t2", True) and waited < 0.2
     assert kept == b"t2 f pending"
+    assert not left
 
 
 def test_a_different_request_under_the_key_is_refused_and_a_long_pending_claim_times_out(
