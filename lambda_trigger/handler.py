@@ -8,7 +8,8 @@ Event contract (the SNS message body, JSON, published by apps/models_registry/re
       "model": "<slug>", "version": <int >= 1>, "previous_version": <int or null>,
       "environment": "<name>",              picks the Jenkins job (JENKINS_JOB_PATTERN)
       "artifacts": [{"filename", "kind", "uri", "sha256": <64 hex>, "size": <int>}, ...],
-      "actor": "<who>", "occurred_at": "<ISO 8601>"
+      "actor": "<who>", "occurred_at": "<ISO 8601>",
+      "signer": "<trusted key's name>" | null   who signed the version (optional)
     }
 
 Configuration (environment variables): JENKINS_URL, JENKINS_USER, JENKINS_API_TOKEN,
@@ -57,6 +58,7 @@ class ReleaseEvent:
     environment: str
     artifacts: list[dict[str, Any]]
     actor: str
+    signer: str = ""
 
     def jenkins_parameters(self) -> dict[str, str]:
         """The build parameters; deploy/Jenkinsfile declares exactly these."""
@@ -72,6 +74,7 @@ class ReleaseEvent:
                 sort_keys=True,
             ),
             "ACTOR": self.actor,
+            "SIGNER": self.signer,
         }
 
 
@@ -131,6 +134,7 @@ def event_parse(record: object) -> ReleaseEvent:
         environment=body["environment"],
         artifacts=artifacts,
         actor=str(body.get("actor", "")),
+        signer=str(body.get("signer") or ""),
     )
 
 

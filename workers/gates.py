@@ -18,21 +18,16 @@ from typing import Any
 import numpy as np
 
 from apps.models_registry.drift import reference_stats
+from inference_common.safe_artifacts import LoadPolicy, table_read
 
 BATCH = 256
 
 
-def validation_read(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Feature columns and the last column as labels, from a .csv (with header) or .xlsx."""
-    if path.suffix.lower() == ".xlsx":
-        from openpyxl import load_workbook
-
-        sheet = load_workbook(path, read_only=True, data_only=True).worksheets[0]
-        rows = [list(r) for r in sheet.iter_rows(min_row=2, values_only=True) if r and r[0] is not None]
-        table = np.array(rows, dtype=np.float64)
-    else:
-        table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
-    return table[:, :-1], table[:, -1].astype(np.int64)
+def validation_read(path: Path, *, policy: LoadPolicy | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Feature columns and the last column as labels, from a .csv (with header) or .xlsx:
+    numbers only, within the policy's row and size limits (formulas refused)."""
+    policy = policy or LoadPolicy()
+    return table_read(path, max_rows=policy.table_max_rows, max_bytes=policy.table_max_bytes)
 
 
 def accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -43,22 +38,25 @@ METRICS = {"accuracy": accuracy}
 
 
 def evaluate(job: dict[str, Any]) -> dict[str, Any]:
-    """`job`: {"model", "preprocessing"?, "validation", "signature", "framework"?}: verified
-    local paths, the signature and the runtime to load them with (default keras)."""
+    """`job`: {"model", "preprocessing"?, "validation", "signature", "framework"?, "policy"?}:
+    verified local paths, the signature, the runtime to load them with (default keras) and the
+    load policy (inference_common/safe_artifacts.py; default: the built-in allow lists)."""
     from workers.predictor import ModelFiles
     from workers.runtimes import predictor_for
 
     signature = job["signature"]
+    policy = LoadPolicy.from_dict(job["policy"]) if job.get("policy") else LoadPolicy()
     files = ModelFiles(
         model=Path(job["model"]),
         preprocessing=Path(job["preprocessing"]) if job.get("preprocessing") else None,
         signature=signature,
+        policy=policy,
     )
+    features, labels = validation_read(Path(job["validation"]), policy=policy)  # refused before any load
     started = time.perf_counter()
     predictor = predictor_for(job.get("framework", "keras"), files)
     predictor.load()
     load_seconds = time.perf_counter() - started
-    features, labels = validation_read(Path(job["validation"]))
     spec = signature["inputs"][0]
     output = signature["outputs"][0]["name"]
     shape = [-1, *spec["shape"][1:]]

@@ -5,21 +5,23 @@ Plain Python: no Celery here, so it is tested directly and reused by the benchma
 """
 
 import abc
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from inference_common.safe_artifacts import ArtifactRefused, LoadPolicy, keras_check, pickle_load
+
 
 @dataclass(frozen=True)
 class ModelFiles:
-    """Local, checksum-verified files of one model version."""
+    """Local, checksum-verified files of one model version, and what loading them may accept."""
 
     model: Path
     preprocessing: Path | None = None
     signature: dict[str, Any] = field(default_factory=dict)
+    policy: LoadPolicy = field(default_factory=LoadPolicy)
 
 
 class Predictor(abc.ABC):
@@ -50,8 +52,9 @@ class KerasPredictor(Predictor):
     """A Keras 3 model (`.keras` or `.h5`), with an optional preprocessing pickle.
 
     The pickle is a dict that may hold `scaler` (anything with `.transform`) applied to the
-    single input before the model. It is only ever loaded after the registry checksum matched:
-    unpickling runs code, so only bytes the registry vouches for are unpickled.
+    single input before the model. Nothing either file carries runs: the pickle's globals must be
+    on the allow list, the model may hold no Lambda layer (unless a superuser trusted this
+    version) and Keras' safe mode stays on (inference_common/safe_artifacts.py).
     """
 
     def __init__(self, files: ModelFiles) -> None:
@@ -62,10 +65,20 @@ class KerasPredictor(Predictor):
     def load(self) -> None:
         import keras  # imported here so that only worker children ever load TensorFlow
 
-        self._model = keras.saving.load_model(self.files.model, compile=False)
+        policy = self.files.policy
+        companion: Any = {}
         if self.files.preprocessing is not None:
-            with self.files.preprocessing.open("rb") as handle:
-                self._scaler = pickle.load(handle).get("scaler")  # noqa: S301 - checksum verified
+            companion = pickle_load(self.files.preprocessing, allowed=policy.pickle_allowed)
+            if not isinstance(companion, dict):
+                raise ArtifactRefused(
+                    self.files.preprocessing.name, "it must hold a dict, e.g. {'scaler': ...}"
+                )
+        if not policy.unsafe_trusted:
+            keras_check(self.files.model, allowed_objects=policy.keras_allowed)
+        self._model = keras.saving.load_model(
+            self.files.model, compile=False, safe_mode=not policy.unsafe_trusted
+        )
+        self._scaler = companion.get("scaler")
         self._warm_up()
 
     def _warm_up(self) -> None:

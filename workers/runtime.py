@@ -24,10 +24,18 @@ from django.db import close_old_connections
 from apps.models_registry import selectors
 from apps.models_registry.models import Artifact, ModelVersion, RegistryEvent
 from apps.models_registry.services.events import registry_event_record
+from apps.models_registry.services.trust import (
+    signature_refusal,
+    signature_required,
+    version_load_policy,
+    version_signature_check,
+)
 from apps.models_registry.storage import ChecksumMismatch, artifact_fetch_verified
 from inference_common.deployments import DeploymentChange, deployments_channel
 from inference_common.readiness import serving_mark, serving_unmark
 from inference_common.results import Answer, answer_encode, failure_encode
+from inference_common.safe_artifacts import ArtifactRefused
+from inference_common.signing import SIGNATURE_FILENAME
 from inference_common.wire import tensor_decode
 from inference_project.errors import DATABASE_UNAVAILABLE
 from inference_project.heap import heap_freeze, heap_thaw
@@ -48,8 +56,10 @@ class ModelUnavailable(Exception):
         self.code = code
 
 
-def model_files_get(version: ModelVersion) -> ModelFiles:
-    """Local copies of a version's model and preprocessing files, checksums verified."""
+def model_files_get(version: ModelVersion, *, environment: str) -> ModelFiles:
+    """Local copies of a version's model and preprocessing files, checksums verified; where
+    `environment` requires a signature, it is verified again over every file (a file replaced
+    in storage since the gate is caught here) or the version is refused."""
     artifacts = {a.kind: a for a in version.artifacts.all()}
 
     def fetch(kind: str) -> Any:
@@ -58,10 +68,16 @@ def model_files_get(version: ModelVersion) -> ModelFiles:
             return None
         return artifact_fetch_verified(uri=artifact.uri, sha256=artifact.sha256, filename=artifact.filename)
 
+    if signature_required(environment=environment):
+        check = version_signature_check(version=version, environment=environment)
+        refusal = signature_refusal(check=check, environment=environment)
+        if refusal:
+            raise ArtifactRefused(SIGNATURE_FILENAME, refusal)
     return ModelFiles(
         model=fetch(Artifact.Kind.MODEL),
         preprocessing=fetch(Artifact.Kind.PREPROCESSING),
         signature=version.signature,
+        policy=version_load_policy(version=version),
     )
 
 
@@ -76,7 +92,8 @@ def predictor_build(*, model_name: str, version_number: int, worker_id: str) -> 
         raise ModelUnavailable("not_found", f"model {model_name!r} has no version {version_number}")
     started = time.perf_counter()
     try:
-        predictor = predictor_for(version.framework, model_files_get(version))
+        files = model_files_get(version, environment=settings.INFERENCE_ENVIRONMENT)
+        predictor = predictor_for(version.framework, files)
         predictor.load()
     except Exception as exc:
         logger.exception("could not load %s v%s", model_name, version_number)
@@ -86,7 +103,14 @@ def predictor_build(*, model_name: str, version_number: int, worker_id: str) -> 
             version=version,
             environment=settings.INFERENCE_ENVIRONMENT,
             actor=worker_id,
-            details={"error": f"{type(exc).__name__}: {exc}"},
+            details={
+                "error": f"{type(exc).__name__}: {exc}",
+                **(
+                    {"artifact": exc.filename, "reason": exc.reason}
+                    if isinstance(exc, ArtifactRefused)
+                    else {}
+                ),
+            },
         )
         code = "model_unavailable" if isinstance(exc, ChecksumMismatch | OSError) else "load_failed"
         raise ModelUnavailable(code, f"{model_name} v{version_number} could not be loaded: {exc}") from exc

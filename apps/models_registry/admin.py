@@ -23,6 +23,7 @@ from apps.models_registry.models import (
     OutboxEvent,
     RegisteredModel,
     RegistryEvent,
+    SignatureStatus,
 )
 from apps.models_registry.services.deployments import (
     PromotionRefused,
@@ -158,15 +159,37 @@ def _drift_features(report: selectors.DriftReport, top: int = 8) -> list[dict[st
     ]
 
 
+def _signature_gate_line(*, version: ModelVersion, environment: str) -> str:
+    """The signature gate as the promote page states it for `environment`."""
+    status = version.get_signature_status_display() + (f" by {version.signer}" if version.signer else "")
+    if environment not in settings.INFERENCE_REQUIRE_SIGNED_ENVIRONMENTS:
+        return f"signature: not required in {environment} (this version: {status})"
+    keys = ", ".join(settings.INFERENCE_TRUSTED_KEYS.get(environment, {})) or "none configured"
+    return (
+        f"signature: required in {environment}, by one of its trusted keys ({keys}); this version: {status}"
+    )
+
+
 @admin.register(ModelVersion)
 class ModelVersionAdmin(ReadOnlyAdmin[ModelVersion]):
-    list_display = ("__str__", "accuracy", "environments", "drift_link", "created_at", "created_by")
-    list_filter = ("model",)
+    list_display = (
+        "__str__",
+        "accuracy",
+        "environments",
+        "signed",
+        "drift_link",
+        "created_at",
+        "created_by",
+    )
+    list_filter = ("model", "signature_status")
     readonly_fields = (
         "model",
         "number",
         "signature",
         "metrics",
+        "signed",
+        "signature_detail",
+        "unsafe_trusted_reason",
         "drift_link",
         "notes",
         "created_at",
@@ -192,6 +215,15 @@ class ModelVersionAdmin(ReadOnlyAdmin[ModelVersion]):
     @admin.display(description="live in")
     def environments(self, version: ModelVersion) -> str:
         return ", ".join(sorted(version.deployments.values_list("environment", flat=True))) or "-"
+
+    @admin.display(description="signed by")
+    def signed(self, version: ModelVersion) -> str:
+        """Who signed it and whether that verified, as checked at upload against every trusted key."""
+        if version.signature_status == SignatureStatus.VERIFIED:
+            return f"✔ {version.signer}"
+        if version.signature_status == SignatureStatus.UNSIGNED:
+            return "unsigned"
+        return f"✘ {version.get_signature_status_display()}"
 
     @admin.display(description="drift")
     def drift_link(self, version: ModelVersion) -> str:
@@ -250,6 +282,7 @@ class ModelVersionAdmin(ReadOnlyAdmin[ModelVersion]):
                     "metrics": _metric_rows(version, live.version if live else None),
                     "gates": [
                         "checksum: every artifact matches its recorded sha256",
+                        _signature_gate_line(version=version, environment=target),
                         "smoke: loads in a separate process and answers its validation set",
                         f"metric: {version.model.gate_metric} ≥ {version.model.gate_minimum}",
                     ],

@@ -49,7 +49,17 @@ class VersionOutputSerializer(serializers.ModelSerializer[ModelVersion]):
 
     class Meta:
         model = ModelVersion
-        fields = ["number", "signature", "metrics", "notes", "created_at", "artifacts", "environments"]
+        fields = [
+            "number",
+            "signature",
+            "metrics",
+            "notes",
+            "created_at",
+            "artifacts",
+            "environments",
+            "signature_status",
+            "signer",
+        ]
 
     def get_artifacts(self, version: ModelVersion) -> list[dict[str, Any]]:
         return [
@@ -119,8 +129,9 @@ class ModelDetailApi(APIView):
 
 
 class ModelVersionListCreateApi(APIView):
-    """GET the versions; POST a new one as multipart: `files` (repeated, `model_card.json` among
-    them) and optionally `signature` / `metrics` fields (JSON) that win over the card's."""
+    """GET the versions; POST a new one as multipart: `files` (repeated, `model_card.json` and
+    an optional `model.sig` among them) and optionally `signature` / `metrics` fields (JSON)
+    that win over the card's."""
 
     permission_classes = [IsAdminUser]
     parser_classes = [MultiPartParser]
@@ -130,6 +141,8 @@ class ModelVersionListCreateApi(APIView):
         signature = serializers.JSONField(required=False)
         metrics = serializers.JSONField(required=False)
         notes = serializers.CharField(required=False, allow_blank=True, default="")
+        # A superuser's reason to let this version need Keras' unsafe deserialization.
+        trust_unsafe_reason = serializers.CharField(required=False, allow_blank=True, default="")
 
     def get(self, request: Request, name: str) -> Response:
         model = _model_or_404(name)
@@ -165,6 +178,7 @@ class ModelVersionListCreateApi(APIView):
                     signature=data.get("signature"),
                     metrics=data.get("metrics"),
                     notes=data["notes"],
+                    trust_unsafe_reason=data["trust_unsafe_reason"],
                     user=request.user,
                 )
             except ValidationError as exc:

@@ -36,6 +36,13 @@ class RegisteredModel(models.Model):
         return queue_name(self.name)
 
 
+class SignatureStatus(models.TextChoices):
+    UNSIGNED = "unsigned", "Unsigned"
+    VERIFIED = "verified", "Verified"
+    UNKNOWN_KEY = "unknown_key", "Signed by an untrusted key"
+    INVALID = "invalid", "Invalid (files changed after signing)"
+
+
 class ModelVersion(models.Model):
     """One trained version: its tensor signature (what the API validates against) and metrics."""
 
@@ -49,6 +56,16 @@ class ModelVersion(models.Model):
     reference_stats = models.JSONField(null=True, blank=True, editable=False)
     framework = models.CharField(max_length=64, default="keras")
     notes = models.TextField(blank=True)
+    # The signature over its files (docs/registry.md, "Model of trust"), as checked at upload
+    # against every trusted key; gates and workers check again for their environment.
+    signature_status = models.CharField(
+        max_length=16, choices=SignatureStatus.choices, default=SignatureStatus.UNSIGNED
+    )
+    signer = models.CharField(max_length=150, blank=True, help_text="the trusted key that verified it")
+    signature_detail = models.TextField(blank=True)
+    # Set by a superuser, with a reason, for a model that needs Keras' unsafe deserialization
+    # (a Lambda layer): only then is it loaded with safe mode off.
+    unsafe_trusted_reason = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
 
@@ -67,6 +84,7 @@ class Artifact(models.Model):
         MODEL = "model", "Model (.keras / .h5)"
         PREPROCESSING = "preprocessing", "Preprocessing (.pickle)"
         VALIDATION = "validation", "Validation set (.csv / .xlsx)"
+        SIGNATURE = "signature", "Signature (model.sig)"
         OTHER = "other", "Other"
 
     version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="artifacts")
@@ -124,6 +142,8 @@ class RegistryEvent(models.Model):
         ROLLBACK = "rollback", "Rolled back"
         GATE_FAILED = "gate_failed", "Gate failed"
         LOAD_FAILED = "load_failed", "Worker load failed"
+        REFUSED = "refused", "Artifact refused"
+        TRUSTED = "trusted", "Trusted for unsafe loading"
         PRUNE = "prune", "Artifacts pruned"
         ROLLED_OUT = "rolled_out", "Rolled out by the release pipeline"
 

@@ -6,6 +6,8 @@ from urllib.parse import quote, urlencode
 import django_stubs_ext
 import environ
 
+from inference_common.safe_artifacts import PICKLE_ALLOWED_DEFAULT
+
 # The annotations name Django's generic classes (`admin.ModelAdmin[ApiKey]`): make them
 # subscriptable at run time, as django-stubs expects.
 django_stubs_ext.monkeypatch()
@@ -386,3 +388,29 @@ PROMOTION_GATE_RUNNER = env("PROMOTION_GATE_RUNNER", default="local")
 # After registration, compute the version's reference statistics on its validation set (drift
 # detection compares live traffic with them), with the same runner as the gates.
 REGISTRY_PROFILE_ON_REGISTER = env.bool("REGISTRY_PROFILE_ON_REGISTER", default=True)
+
+# --- Artifacts that cannot run code, and signed versions (docs/registry.md, "Model of trust") ----
+# Every global a preprocessing pickle names must be on this list (exact module.name); the default
+# is numpy arrays and dtypes, scikit-learn's preprocessing transformers and plain containers.
+# INFERENCE_PICKLE_ALLOWED_EXTRA adds names, e.g. a transformer of your own package.
+INFERENCE_PICKLE_ALLOWED_GLOBALS = [
+    *PICKLE_ALLOWED_DEFAULT,
+    *env.list("INFERENCE_PICKLE_ALLOWED_EXTRA", default=[]),
+]
+# Keras objects from outside Keras a model may hold, by registered name ("package>Name"); the
+# workers must be able to import them. Lambda layers are never allowed: a superuser may trust one
+# version with a written reason instead.
+INFERENCE_KERAS_ALLOWED_OBJECTS = env.list("INFERENCE_KERAS_ALLOWED_OBJECTS", default=[])
+# Validation sets (.csv, .xlsx): numbers only, at most this many rows and bytes (an .xlsx unpacked).
+INFERENCE_TABLE_MAX_ROWS = env.int("INFERENCE_TABLE_MAX_ROWS", default=1_000_000)
+INFERENCE_TABLE_MAX_BYTES = env.int("INFERENCE_TABLE_MAX_BYTES", default=256 * 1024 * 1024)
+# Public keys whose signatures an environment trusts: INFERENCE_TRUSTED_KEYS_<ENV>=name=path,...
+# (e.g. INFERENCE_TRUSTED_KEYS_PROD=release=/etc/inference/keys/release.pub). The name is the
+# signer the admin and the release events show.
+INFERENCE_TRUSTED_KEYS = {
+    environment: dict(env.dict(f"INFERENCE_TRUSTED_KEYS_{environment.upper()}", default={}))
+    for environment in INFERENCE_ENVIRONMENTS
+}
+# In these environments a valid signature from one of their trusted keys is a gate, and workers
+# verify it again before every load.
+INFERENCE_REQUIRE_SIGNED_ENVIRONMENTS = env.list("INFERENCE_REQUIRE_SIGNED_ENVIRONMENTS", default=[])

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import Heldout, _wait_port, free_port
+from tests.hostile import keras_without_weights
 from tests.integration.conftest import Platform, platform_env, running_platform
 from tests.integration.load import (
     assert_keeps_serving,
@@ -286,7 +287,7 @@ def test_a_version_that_fails_to_load_leaves_the_previous_one_serving(
     wait_ready(faulty)
     broken = tmp_path / "broken"
     shutil.copytree(demo_model_dir, broken)
-    (broken / "model.keras").write_bytes(b"not a keras archive: the worker cannot load this")
+    keras_without_weights(demo_model_dir / "model.keras", broken / "model.keras")  # checks pass, load fails
     # --deploy skips the gates (which would refuse it), as a bad manual change might.
     registered = faulty.manage("register_model", str(broken), "--deploy").stdout
     number = registered_number(registered)

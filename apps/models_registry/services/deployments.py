@@ -43,7 +43,12 @@ from inference_project.redis_clients import redis_sync
 logger = logging.getLogger(__name__)
 
 # Small files every worker of a live version reads: kept in Redis by sha256 (storage.py).
-COMPANION_KINDS = {Artifact.Kind.PREPROCESSING, Artifact.Kind.VALIDATION, Artifact.Kind.OTHER}
+COMPANION_KINDS = {
+    Artifact.Kind.PREPROCESSING,
+    Artifact.Kind.VALIDATION,
+    Artifact.Kind.SIGNATURE,
+    Artifact.Kind.OTHER,
+}
 
 
 class PromotionRefused(Exception):
@@ -97,7 +102,7 @@ def model_version_promote(
                 f"skipping {', '.join(skipped)} to reach {target} requires a written reason"
             )
 
-    report = gates_run(version=version)
+    report = gates_run(version=version, environment=target)
     if not report.passed:
         registry_event_record(
             model=version.model,

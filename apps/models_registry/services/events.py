@@ -63,6 +63,9 @@ def release_event_payload(
             for a in version.artifacts.all()
         ],
         "actor": actor,
+        # Who signed the version (the trusted key that verified it at upload), null if nobody.
+        "signer": version.signer or None,
+        "signature_status": version.signature_status,
         "occurred_at": timezone.now().isoformat(),
     }
 

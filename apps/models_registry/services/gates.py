@@ -1,7 +1,8 @@
 """The gates a version passes before it may serve an environment.
 
 In order, stopping at the first failure: checksum (every artifact fetched and matched against
-its sha256), smoke (`python -m workers.gates` loads the version in a separate process and
+its sha256), signature (where the environment requires one: made by one of its trusted keys over
+every file), smoke (`python -m workers.gates` loads the version in a separate process and
 predicts its validation set; the API never imports TensorFlow) and metric (the metric computed
 on that set is at least the model's minimum).
 """
@@ -17,6 +18,12 @@ from typing import Any
 from django.conf import settings
 
 from apps.models_registry.models import Artifact, ModelVersion
+from apps.models_registry.services.trust import (
+    files_signature_check,
+    signature_refusal,
+    signature_required,
+    version_load_policy,
+)
 from apps.models_registry.storage import ChecksumMismatch, artifact_fetch_verified
 from inference_common.task_names import EVALUATE_GATE_TASK, PLATFORM_QUEUE
 from inference_project.celery_app import app as celery_app
@@ -48,15 +55,35 @@ class GateReport:
 
 def gate_checksums(*, version: ModelVersion) -> tuple[GateResult, dict[str, Path]]:
     """Fetch every artifact and check its sha256; returns verified local paths by kind."""
+    result, by_name = _checksums(version=version)
+    kinds = {a.filename: a.kind for a in version.artifacts.all()}
+    return result, {kinds[name]: path for name, path in by_name.items()}
+
+
+def _checksums(*, version: ModelVersion) -> tuple[GateResult, dict[str, Path]]:
     paths: dict[str, Path] = {}
     try:
         for artifact in version.artifacts.all():
             if artifact.pruned_at:
                 return GateResult("checksum", False, f"{artifact.filename} was pruned by retention"), {}
-            paths[artifact.kind] = artifact_fetch_verified(uri=artifact.uri, sha256=artifact.sha256)
+            paths[artifact.filename] = artifact_fetch_verified(
+                uri=artifact.uri, sha256=artifact.sha256, filename=artifact.filename
+            )
     except (ChecksumMismatch, OSError) as exc:
         return GateResult("checksum", False, str(exc)), {}
     return GateResult("checksum", True, f"{len(paths)} artifacts match their sha256"), paths
+
+
+def gate_signature(*, files: dict[str, Path], environment: str) -> GateResult:
+    """Where `environment` requires it, a valid signature by one of its trusted keys."""
+    check = files_signature_check(files=files, environment=environment)
+    refusal = signature_refusal(check=check, environment=environment)
+    if refusal:
+        return GateResult("signature", False, refusal)
+    if check.verified:
+        return GateResult("signature", True, f"signed by {check.signer}")
+    required = "required" if signature_required(environment=environment) else "not required"
+    return GateResult("signature", True, f"{required} in {environment} ({check.status}: {check.detail})")
 
 
 def gate_job(*, version: ModelVersion, paths: dict[str, Path]) -> dict[str, Any]:
@@ -69,6 +96,7 @@ def gate_job(*, version: ModelVersion, paths: dict[str, Path]) -> dict[str, Any]
         "validation": str(paths[Artifact.Kind.VALIDATION]),
         "signature": version.signature,
         "framework": version.framework,
+        "policy": version_load_policy(version=version).as_dict(),
     }
 
 
@@ -142,13 +170,19 @@ def gate_evaluate(*, version: ModelVersion, paths: dict[str, Path]) -> tuple[Gat
     return GateResult("smoke", True, detail), metrics
 
 
-def gates_run(*, version: ModelVersion) -> GateReport:
-    """Checksums, then load + smoke batch in a separate process, then the metric minimum."""
+def gates_run(*, version: ModelVersion, environment: str) -> GateReport:
+    """Checksums, the signature `environment` requires, then load + smoke batch in a separate
+    process, then the metric minimum."""
     report = GateReport()
-    checksum, paths = gate_checksums(version=version)
+    checksum, by_name = _checksums(version=version)
     report.results.append(checksum)
     if not report.passed:
         return report
+    report.results.append(gate_signature(files=by_name, environment=environment))
+    if not report.passed:
+        return report
+    kinds = {a.filename: a.kind for a in version.artifacts.all()}
+    paths = {kinds[name]: path for name, path in by_name.items()}
     smoke, metrics = gate_evaluate(version=version, paths=paths)
     report.results.append(smoke)
     report.metrics = metrics

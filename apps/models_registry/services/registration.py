@@ -26,8 +26,10 @@ from apps.models_registry.services.actors import (
 from apps.models_registry.services.deployments import deployment_set
 from apps.models_registry.services.events import registry_event_record
 from apps.models_registry.services.profiling import version_profile_request
+from apps.models_registry.services.trust import files_signature_check, load_policy
 from apps.models_registry.storage import Progress, sha256_file, storage_get
 from inference_common.frameworks import FRAMEWORKS
+from inference_common.safe_artifacts import ArtifactRefused, artifact_check
 
 ARTIFACT_KINDS = {
     ".keras": Artifact.Kind.MODEL,
@@ -39,6 +41,8 @@ ARTIFACT_KINDS = {
     ".csv": Artifact.Kind.VALIDATION,
     ".xlsx": Artifact.Kind.VALIDATION,
     ".json": Artifact.Kind.OTHER,
+    # The OpenSSF model-signing signature over the other files (inference_common/signing.py).
+    ".sig": Artifact.Kind.SIGNATURE,
 }
 MODEL_CARD_FILENAME = "model_card.json"
 DEFAULT_FRAMEWORK = "keras"
@@ -90,10 +94,16 @@ def model_version_register(
     batching: dict[str, Any] | None = None,
     framework: str = DEFAULT_FRAMEWORK,
     notes: str = "",
+    trust_unsafe_reason: str = "",
     user: User = None,
     progress: Progress | None = None,
 ) -> ModelVersion:
     """Store a new version's artifacts (checksummed) and record it as the model's next version.
+
+    Every artifact is checked first (`artifacts_refuse`): one whose loading could run code is
+    refused, naming it. `trust_unsafe_reason` (a superuser's) lets the model file need Keras'
+    unsafe deserialization. A signature among the files is verified against every trusted key
+    and its result kept on the version (gates decide per environment).
 
     `framework` picks the runtime that loads it in the workers (workers/predictor.py).
 
@@ -110,6 +120,12 @@ def model_version_register(
         raise ValidationError(f"a version needs exactly one model file ({', '.join(model_suffixes)})")
     if len({p.name for p in paths}) != len(paths):
         raise ValidationError("artifact file names must be unique")
+    if list(kinds.values()).count(Artifact.Kind.SIGNATURE) > 1:
+        raise ValidationError({"files": ["send one signature (.sig) per version"]})
+    if trust_unsafe_reason:
+        actor_superuser_require(user=user, what="trusting unsafe deserialization")
+    artifacts_refuse(name=name, paths=paths, unsafe_trusted=bool(trust_unsafe_reason.strip()), user=user)
+    signed = files_signature_check(files={p.name: p for p in paths}, environment=None)
     checksums = {path: sha256_file(path) for path in paths}
 
     with transaction.atomic():
@@ -131,6 +147,10 @@ def model_version_register(
             framework=framework,
             notes=notes,
             created_by=actor_account(user=user),
+            signature_status=signed.status,
+            signer=signed.signer,
+            signature_detail=signed.detail,
+            unsafe_trusted_reason=trust_unsafe_reason.strip(),
         )
         storage = storage_get()
         for path, kind in kinds.items():
@@ -148,9 +168,41 @@ def model_version_register(
             action=RegistryEvent.Action.REGISTER,
             version=version,
             user=user,
-            details={"artifacts": {p.name: checksums[p] for p in paths}, "metrics": metrics or {}},
+            details={
+                "artifacts": {p.name: checksums[p] for p in paths},
+                "metrics": metrics or {},
+                "signature": {"status": signed.status, "signer": signed.signer, "detail": signed.detail},
+            },
         )
+        if trust_unsafe_reason.strip():
+            registry_event_record(
+                model=model,
+                action=RegistryEvent.Action.TRUSTED,
+                version=version,
+                user=user,
+                reason=trust_unsafe_reason.strip(),
+            )
     return version
+
+
+def artifacts_refuse(*, name: str, paths: list[Path], unsafe_trusted: bool, user: User) -> None:
+    """Refuse (ValidationError naming the file) an upload holding an artifact whose loading
+    could run code, or that is not the data its name says; an existing model's history records
+    the refusal."""
+    policy = load_policy(unsafe_trusted=unsafe_trusted)
+    for path in paths:
+        try:
+            artifact_check(path, policy=policy)
+        except ArtifactRefused as exc:
+            model = RegisteredModel.objects.filter(name=name).first()
+            if model is not None:
+                registry_event_record(
+                    model=model,
+                    action=RegistryEvent.Action.REFUSED,
+                    user=user,
+                    details={"artifact": exc.filename, "reason": exc.reason, "stage": "registration"},
+                )
+            raise ValidationError({"files": [str(exc)]}) from exc
 
 
 # --- the model card ------------------------------------------------------------------------------
@@ -241,6 +293,7 @@ def model_card_register(
     metrics: dict[str, Any] | None = None,
     notes: str = "",
     deploy: str | None = None,
+    trust_unsafe_reason: str = "",
     user: User = None,
     progress: Progress | None = None,
 ) -> ModelVersion:
@@ -272,7 +325,7 @@ def model_card_register(
         raise ValidationError({"metrics": ["metrics must be an object"]})
     version = model_version_register(
         name=name,
-        files=[p for p in paths if p.name != MODEL_CARD_FILENAME],
+        files=paths,  # the card is kept with the version: a signature covers it too
         signature=signature,
         metrics=metrics or card.metrics,
         description=card.description,
@@ -280,6 +333,7 @@ def model_card_register(
         batching=card.batching,
         framework=card.framework,
         notes=notes,
+        trust_unsafe_reason=trust_unsafe_reason,
         user=user,
         progress=progress,
     )

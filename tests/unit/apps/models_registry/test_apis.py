@@ -39,7 +39,8 @@ def test_upload_promote_rollback_history(demo_model_dir: Path) -> None:
     body = first.json()
     assert body["number"] == 1
     assert body["notes"] == "from CI"
-    assert {a["kind"] for a in body["artifacts"]} == {"model", "preprocessing", "validation"}
+    assert {a["kind"] for a in body["artifacts"]} == {"model", "preprocessing", "validation", "other"}
+    assert body["signature_status"] == "unsigned" and body["signer"] == ""
     assert upload(client, demo_model_dir).json()["number"] == 2
 
     promoted = client.post("/api/v1/models/digits/promote", {"version": 1}, content_type="application/json")
@@ -73,7 +74,7 @@ def test_failed_gate_answers_422_with_the_report(demo_model_dir: Path) -> None:
     assert refused.status_code == 422
     body = refused.json()
     assert body["error"]["code"] == "promotion_refused"
-    assert [g["passed"] for g in body["gates"]["gates"]] == [True, True, False]
+    assert [g["passed"] for g in body["gates"]["gates"]] == [True, True, True, False]
     assert client.get("/api/v1/models/digits").json()["deployments"] == {}
 
 

@@ -35,7 +35,7 @@ def test_register_promote_rollback_fetch(demo_model_dir: Path, tmp_path: Path) -
     with pytest.raises(CommandError, match="no version 9"):
         run("promote", "digits", "9")
     out = run("fetch_version", "digits", "2", "--to", str(tmp_path / "copy"))
-    assert "3 artifacts of digits v2 verified" in out
+    assert "4 artifacts of digits v2 verified" in out
     assert (tmp_path / "copy" / "model.keras").read_bytes() == (demo_model_dir / "model.keras").read_bytes()
 
 

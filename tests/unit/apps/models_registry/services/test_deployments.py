@@ -33,7 +33,7 @@ def test_versions_move_through_environments_in_order(demo_model_dir: Path) -> No
     assert environment_next(version=version) == "staging"
     event = RegistryEvent.objects.filter(action=RegistryEvent.Action.PROMOTE).get()
     assert event.details["passed"] is True
-    assert [g["name"] for g in event.details["gates"]] == ["checksum", "smoke", "metric"]
+    assert [g["name"] for g in event.details["gates"]] == ["checksum", "signature", "smoke", "metric"]
     assert event.details["metrics"]["accuracy"] >= 0.95
 
 

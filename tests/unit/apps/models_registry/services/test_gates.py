@@ -10,6 +10,7 @@ from pytest_django import Settings
 from apps.models_registry import selectors
 from apps.models_registry.models import Artifact, Deployment, OutboxEvent, RegistryEvent
 from apps.models_registry.services.deployments import PromotionRefused, deployment_set, model_version_promote
+from tests.hostile import keras_without_weights
 from tests.unit.apps.models_registry.helpers import register
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("registry_settings")]
@@ -24,7 +25,7 @@ def test_below_minimum_metric_is_refused_and_recorded(demo_model_dir: Path) -> N
     with pytest.raises(PromotionRefused, match="metric") as refused:
         model_version_promote(version=candidate)
     assert refused.value.report is not None
-    assert [g.passed for g in refused.value.report.results] == [True, True, False]
+    assert [g.passed for g in refused.value.report.results] == [True, True, True, False]
     active = selectors.deployment_get_active(model_name="digits", environment="dev")
     assert active is not None and active.version == live
     failed = RegistryEvent.objects.get(action=RegistryEvent.Action.GATE_FAILED)
@@ -50,9 +51,9 @@ def test_tampered_artifact_is_refused_before_loading(demo_model_dir: Path, setti
 def test_a_model_that_cannot_load_fails_the_smoke_gate(demo_model_dir: Path, tmp_path: Path) -> None:
     broken = tmp_path / "broken"
     shutil.copytree(demo_model_dir, broken)
-    (broken / "model.keras").write_bytes(b"this is not a keras archive")
+    keras_without_weights(demo_model_dir / "model.keras", broken / "model.keras")  # checks pass, load fails
     version = register(broken)
     with pytest.raises(PromotionRefused, match="failed to load") as refused:
         model_version_promote(version=version)
     assert refused.value.report is not None
-    assert [g.name for g in refused.value.report.results] == ["checksum", "smoke"]
+    assert [g.name for g in refused.value.report.results] == ["checksum", "signature", "smoke"]

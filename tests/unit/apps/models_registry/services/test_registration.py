@@ -123,9 +123,10 @@ def test_model_card_register_takes_everything_from_the_card(demo_model_dir: Path
     assert model.description.startswith("Keras CNN")
     assert version.metrics["accuracy"] >= 0.9
     assert version.signature["outputs"][0]["name"] == "scores"
-    # The card describes the version; it is not one of its artifacts.
+    # The card is kept with the version's artifacts: a signature covers it like the others.
     assert sorted(version.artifacts.values_list("filename", flat=True)) == [
         "model.keras",
+        "model_card.json",
         "preprocessing.pickle",
         "validation.csv",
     ]
