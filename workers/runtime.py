@@ -22,7 +22,8 @@ from django.conf import settings
 from django.db import close_old_connections
 
 from apps.models_registry import selectors
-from apps.models_registry.models import Artifact, ModelVersion, RegistryEvent
+from apps.models_registry.models import Artifact, Deployment, ModelVersion, RegistryEvent
+from apps.models_registry.services.deployments import deployment_served_record
 from apps.models_registry.services.events import registry_event_record
 from apps.models_registry.services.trust import (
     signature_refusal,
@@ -115,6 +116,7 @@ def predictor_build(*, model_name: str, version_number: int, worker_id: str) -> 
         code = "model_unavailable" if isinstance(exc, ChecksumMismatch | OSError) else "load_failed"
         raise ModelUnavailable(code, f"{model_name} v{version_number} could not be loaded: {exc}") from exc
     seconds = time.perf_counter() - started
+    _served_record(model_name, version_number)
     LOAD_SECONDS.labels(model_name, str(version_number)).observe(seconds)
     REDELIVERIES.labels(model_name)  # exported from 0 on, so rate() and alerts see it
     logger.info(
@@ -125,6 +127,22 @@ def predictor_build(*, model_name: str, version_number: int, worker_id: str) -> 
         extra={"model": model_name, "version": version_number, "load_seconds": round(seconds, 3)},
     )
     return predictor
+
+
+def _served_record(model_name: str, version_number: int) -> None:
+    """A live version loaded: the registry keeps it as the deployment's last good version."""
+    try:
+        if deployment_served_record(
+            model_name=model_name, environment=settings.INFERENCE_ENVIRONMENT, version=version_number
+        ):
+            logger.info(
+                "%s v%s is the last good version in %s",
+                model_name,
+                version_number,
+                settings.INFERENCE_ENVIRONMENT,
+            )
+    except DATABASE_UNAVAILABLE:
+        logger.warning("could not record %s v%s as the last good version", model_name, version_number)
 
 
 class ModelRuntime:
@@ -189,6 +207,19 @@ class ModelRuntime:
                 self.predictor_get(model_name=deployment.model.name, version=deployment.version.number)
             except ModelUnavailable:
                 logger.exception("could not preload %s", deployment)
+                self._preload_last_good(deployment)
+
+    def _preload_last_good(self, deployment: Deployment) -> None:
+        """The live version cannot load: load the last one that served, so it keeps serving."""
+        good = deployment.last_good_version
+        if good is None or good.pk == deployment.version_id:
+            return
+        try:
+            self.predictor_get(model_name=deployment.model.name, version=good.number)
+        except ModelUnavailable:
+            logger.exception("could not preload the last good version %s either", good)
+        else:
+            logger.warning("%s cannot load; its last good version v%s serves", deployment, good.number)
 
     def swap(self, *, model_name: str, version: int, grace_s: float, load_timeout_s: float) -> None:
         """A new live version: load it beside the old one, then retire the old ones once idle.

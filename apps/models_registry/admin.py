@@ -61,7 +61,14 @@ class DeploymentInline(admin.TabularInline[Deployment, RegisteredModel]):
     model = Deployment
     fk_name = "model"
     extra = 0
-    fields = readonly_fields = ("environment", "version", "previous_version", "deployed_at", "deployed_by")
+    fields = readonly_fields = (
+        "environment",
+        "version",
+        "previous_version",
+        "last_good_version",
+        "deployed_at",
+        "deployed_by",
+    )
     can_delete = False
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:

@@ -114,6 +114,11 @@ class Deployment(models.Model):
     previous_version = models.ForeignKey(
         ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # The last version a worker loaded while it was live here: it keeps serving while a newer
+    # live version cannot load anywhere, across restarts (workers load it when the live one fails).
+    last_good_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     deployed_at = models.DateTimeField(auto_now=True)
     deployed_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL

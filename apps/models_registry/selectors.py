@@ -17,7 +17,7 @@ def model_version_get(*, model_name: str, number: int) -> ModelVersion | None:
 
 def deployment_get_active(*, model_name: str, environment: str) -> Deployment | None:
     return (
-        Deployment.objects.select_related("model", "version", "previous_version")
+        Deployment.objects.select_related("model", "version", "previous_version", "last_good_version")
         .filter(model__name=model_name, environment=environment)
         .first()
     )
@@ -25,7 +25,7 @@ def deployment_get_active(*, model_name: str, environment: str) -> Deployment | 
 
 def deployment_list(*, environment: str) -> list[Deployment]:
     return list(
-        Deployment.objects.select_related("model", "version", "previous_version").filter(
+        Deployment.objects.select_related("model", "version", "previous_version", "last_good_version").filter(
             environment=environment
         )
     )

@@ -60,6 +60,8 @@ async def platform_gauges() -> list[GaugeMetricFamily]:
             live = route.live
             depth.add_metric([live.name, live.queue], await redis.llen(live.queue))
             roles = [("live", live)] + ([("previous", route.previous)] if route.previous else [])
+            if route.last_good is not None and route.last_good not in (live, route.previous):
+                roles.append(("last_good", route.last_good))
             for role, served in roles:
                 count = await serving_count(
                     redis,

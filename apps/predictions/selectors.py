@@ -20,7 +20,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from apps.models_registry import selectors as registry
-from apps.models_registry.models import ModelVersion, queue_name
+from apps.models_registry.models import Deployment, ModelVersion, queue_name
 from apps.predictions.errors import not_found, unavailable
 from apps.predictions.fastpath import db_fresh
 from apps.predictions.results import result_waiter_get
@@ -73,8 +73,28 @@ class ServedModel:
 
 @dataclass(frozen=True)
 class Route:
+    """Where a model's unpinned requests go: the live version, or while no worker has it loaded,
+    the previous one (a swap under way) or the last good one (the live version cannot load)."""
+
     live: ServedModel
     previous: ServedModel | None = None
+    last_good: ServedModel | None = None
+
+    @property
+    def fallbacks(self) -> list[ServedModel]:
+        found = [
+            m for m in (self.previous, self.last_good) if m is not None and m.version != self.live.version
+        ]
+        return [m for i, m in enumerate(found) if m not in found[:i]]
+
+    @classmethod
+    def of(cls, deployment: Deployment) -> "Route":
+        previous, good = deployment.previous_version, deployment.last_good_version
+        return cls(
+            ServedModel.of(deployment.version),
+            ServedModel.of(previous) if previous else None,
+            ServedModel.of(good) if good else None,
+        )
 
 
 _cache: dict[tuple[str, int | None], tuple[float, Route | None]] = {}
@@ -91,8 +111,7 @@ def _route_load(name: str, version: int | None) -> Route | None:
         )
         if deployment is None:
             return None
-        previous = deployment.previous_version
-        return Route(ServedModel.of(deployment.version), ServedModel.of(previous) if previous else None)
+        return Route.of(deployment)
     found = registry.model_version_get(model_name=name, number=version)
     if found is None or not registry.version_is_deployed_anywhere(model_name=name, number=version):
         return None
@@ -146,10 +165,13 @@ async def _route_fetch(key: tuple[str, int | None]) -> tuple[float, Route | None
         cached = _cache[key] = (time.monotonic() + DATABASE_RETRY_S, stale[1])
         return cached
     ttl = settings.INFERENCE_REGISTRY_CACHE_S
-    if route is not None and route.previous is not None and not await served_model_ready(route.live):
-        # The new version is not loaded anywhere yet: keep the previous one for a moment.
-        if await served_model_ready(route.previous):
-            route = Route(route.previous, route.previous)
+    if route is not None and route.fallbacks and not await served_model_ready(route.live):
+        # The live version is not loaded anywhere (yet): the previous one while a swap is under
+        # way, else the last good one; looked at again soon.
+        for fallback in route.fallbacks:
+            if await served_model_ready(fallback):
+                route = Route(fallback, fallback)
+                break
         ttl = min(ttl, SWITCH_RECHECK_S)
     cached = _cache[key] = (time.monotonic() + ttl, route)
     return cached
@@ -166,12 +188,7 @@ async def routes_list() -> list[Route]:
 
     def load() -> list[Route]:
         db_fresh()
-        return [
-            Route(
-                ServedModel.of(d.version), ServedModel.of(d.previous_version) if d.previous_version else None
-            )
-            for d in registry.deployment_list(environment=settings.INFERENCE_ENVIRONMENT)
-        ]
+        return [Route.of(d) for d in registry.deployment_list(environment=settings.INFERENCE_ENVIRONMENT)]
 
     try:
         routes = await sync_to_async(load)()
@@ -185,7 +202,9 @@ async def routes_list() -> list[Route]:
 
 
 async def route_servable(route: Route) -> bool:
-    """A worker has the live version loaded, or, during a swap, still the previous one."""
-    return await served_model_ready(route.live) or (
-        route.previous is not None and await served_model_ready(route.previous)
-    )
+    """A worker has the live version loaded, or one of its fallbacks (the previous version during
+    a swap, the last good one while the live one cannot load)."""
+    for served in (route.live, *route.fallbacks):
+        if await served_model_ready(served):
+            return True
+    return False

@@ -14,7 +14,7 @@ from typing import Any
 import redis
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import models, transaction
 
 from apps.models_registry import selectors
 from apps.models_registry.models import Artifact, Deployment, ModelVersion, RegisteredModel, RegistryEvent
@@ -196,6 +196,17 @@ def deployment_rollout_record(
         user=user,
         details=details or {},
     )
+
+
+def deployment_served_record(*, model_name: str, environment: str, version: int) -> bool:
+    """A worker loaded `version` while it is live in `environment`: it is now the deployment's
+    last good version (what serves while a later live version cannot load). True if it changed."""
+    updated = (
+        Deployment.objects.filter(model__name=model_name, environment=environment, version__number=version)
+        .exclude(last_good_version__number=version)
+        .update(last_good_version=models.F("version"))
+    )
+    return updated > 0
 
 
 def _deployment_switch(

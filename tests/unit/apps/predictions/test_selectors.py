@@ -70,3 +70,26 @@ def test_routes_outlive_an_unreachable_database(monkeypatch: pytest.MonkeyPatch,
     with pytest.raises(ApiError) as gone:
         asyncio.run(served_model_get(name="outage"))
     assert gone.value.status == 404
+
+
+def test_unpinned_requests_fall_back_to_the_last_good_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Live v7 loads nowhere and its previous (v6) is broken too: v5, the last version that
+    served here, takes the requests until v7 is served; looked at again soon."""
+    live, previous, good = (ServedModel(name="fallback", version=v, signature={}) for v in (7, 6, 5))
+    route = Route(live, previous, good)
+    ready = {5}
+    monkeypatch.setattr(selectors, "_route_load", lambda name, version: route)
+
+    async def served_ready(served: ServedModel) -> bool:
+        return served.version in ready
+
+    monkeypatch.setattr(selectors, "served_model_ready", served_ready)
+    monkeypatch.setattr(selectors, "SWITCH_RECHECK_S", 0.0)
+    selectors._cache.pop(("fallback", None), None)
+
+    assert route.fallbacks == [previous, good]
+    assert asyncio.run(served_model_get(name="fallback")).version == 5
+    assert asyncio.run(selectors.route_servable(route))
+    ready.add(7)
+    assert asyncio.run(served_model_get(name="fallback")).version == 7
+    assert Route(live, live, live).fallbacks == []

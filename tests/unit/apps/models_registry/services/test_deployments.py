@@ -127,3 +127,20 @@ def test_companions_are_cached_in_redis_and_removed_when_replaced(
     # The validation set is the same file in both versions: its key is shared and stays.
     validation = second.artifacts.get(kind=Artifact.Kind.VALIDATION)
     assert client.exists(redis_cache_key(validation.sha256))
+
+
+def test_the_last_good_version_is_what_a_worker_loaded_while_it_was_live(demo_model_dir: Path) -> None:
+    from apps.models_registry.services.deployments import deployment_served_record
+
+    first, second = register(demo_model_dir), register(demo_model_dir)
+    deployment_set(version=first, environment="dev")
+    assert not deployment_served_record(model_name="digits", environment="dev", version=2)  # not live
+    assert deployment_served_record(model_name="digits", environment="dev", version=1)
+    assert not deployment_served_record(model_name="digits", environment="dev", version=1)  # already
+    deployment_set(version=second, environment="dev")  # v2 never loads anywhere
+    deployment = Deployment.objects.get(environment="dev")
+    assert (deployment.version, deployment.previous_version, deployment.last_good_version) == (
+        second,
+        first,
+        first,
+    )
