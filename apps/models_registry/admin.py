@@ -31,6 +31,7 @@ from apps.models_registry.services.deployments import (
     environment_next,
     model_version_promote,
 )
+from apps.models_registry.services.trust import version_trust_unsafe
 from inference_project.redis_clients import redis_sync
 
 _M = TypeVar("_M", bound=Model)
@@ -203,10 +204,13 @@ class ModelVersionAdmin(ReadOnlyAdmin[ModelVersion]):
         "created_by",
     )
     inlines = [ArtifactInline]
-    actions = ["promote_next"]
+    actions = ["promote_next", "trust_unsafe"]
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    def has_trust_permission(self, request: HttpRequest) -> bool:
+        return request.user.is_superuser
 
     def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return request.user.is_staff
@@ -305,6 +309,37 @@ class ModelVersionAdmin(ReadOnlyAdmin[ModelVersion]):
             "environments": settings.INFERENCE_ENVIRONMENTS,
         }
         return TemplateResponse(request, "admin/models_registry/promote_confirm.html", context)
+
+    @admin.action(
+        description="Trust unsafe deserialization (superuser, with a reason)", permissions=["trust"]
+    )
+    def trust_unsafe(self, request: HttpRequest, queryset: QuerySet[ModelVersion]) -> HttpResponse | None:
+        versions = list(queryset.select_related("model"))
+        if request.POST.get("confirm") == "yes":
+            reason = request.POST.get("reason", "")
+            for version in versions:
+                try:
+                    version_trust_unsafe(version=version, user=request.user, reason=reason)
+                except (PermissionDenied, ValidationError) as exc:
+                    self.message_user(
+                        request,
+                        f"{version}: {'; '.join(getattr(exc, 'messages', [str(exc)]))}",
+                        messages.ERROR,
+                    )
+                else:
+                    self.message_user(
+                        request, f"{version} may load with Keras' safe mode off.", messages.WARNING
+                    )
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Trust unsafe deserialization",
+            "versions": versions,
+            "queryset": queryset,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/models_registry/trust_confirm.html", context)
 
     def _promote(self, request: HttpRequest, version: ModelVersion) -> None:
         try:

@@ -57,3 +57,34 @@ def test_the_runtime_is_chosen_by_the_versions_framework(tmp_path: Path) -> None
     assert isinstance(predictor_for("keras", files), KerasPredictor)
     with pytest.raises(ValueError, match="no runtime for framework 'onnx'"):
         predictor_for("onnx", files)
+
+
+def test_a_lambda_layer_is_refused_twice_and_loads_only_when_trusted(
+    demo_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Our config check refuses it; without that check, Keras' safe mode still does; a version a
+    superuser trusted (with a reason) loads with safe mode off, and its lambda then runs."""
+    from inference_common.safe_artifacts import ArtifactRefused, LoadPolicy
+    from tests.hostile import keras_lambda_write
+    from workers import predictor as predictor_module
+
+    marker = tmp_path / "ran"
+    model = keras_lambda_write(tmp_path / "model.keras", marker=marker)
+    marker.unlink(missing_ok=True)
+    card = json.loads((demo_model_dir / "model_card.json").read_text())
+
+    def files(policy: LoadPolicy) -> ModelFiles:
+        return ModelFiles(model=model, signature=card["signature"], policy=policy)
+
+    with pytest.raises(ArtifactRefused, match="Lambda layer"):
+        KerasPredictor(files(LoadPolicy())).load()
+    with monkeypatch.context() as unchecked:
+        unchecked.setattr(predictor_module, "keras_check", lambda path, allowed_objects=(): None)
+        with pytest.raises(ValueError, match="safe_mode"):
+            KerasPredictor(files(LoadPolicy())).load()
+    assert not marker.exists()
+
+    trusted = KerasPredictor(files(LoadPolicy(unsafe_trusted=True)))
+    trusted.load()
+    assert marker.exists()  # trusted means its code runs: why trusting takes a superuser and a reason
+    trusted.unload()

@@ -178,3 +178,27 @@ def test_an_artifact_swapped_in_storage_after_promotion_fails_the_next_gate(
     keras_without_weights(demo_model_dir / "model.keras", stored)  # a valid archive, other bytes
     with pytest.raises(PromotionRefused, match="checksum"):
         model_version_promote(version=signed, environment="prod")
+
+
+def test_the_admin_trusts_a_version_only_for_a_superuser_with_a_reason(demo_model_dir: Path) -> None:
+    from django.test import Client
+
+    version = register(demo_model_dir)
+    url = "/admin/models_registry/modelversion/"
+    action = {"action": "trust_unsafe", "_selected_action": [version.pk]}
+    operator = Client()
+    operator.force_login(staff("view_modelversion", "promote_deployment"))
+    assert "trust_unsafe" not in operator.get(url).content.decode()  # not offered
+
+    root = Client()
+    root.force_login(staff(superuser=True))
+    page = root.post(url, action)
+    assert page.status_code == 200 and "turns Keras' safe mode off" in page.content.decode()
+    root.post(url, {**action, "confirm": "yes", "reason": "  "})
+    version.refresh_from_db()
+    assert version.unsafe_trusted_reason == ""
+    root.post(url, {**action, "confirm": "yes", "reason": "custom layer reviewed in PR 12"})
+    version.refresh_from_db()
+    assert version.unsafe_trusted_reason == "custom layer reviewed in PR 12"
+    event = RegistryEvent.objects.get(action=RegistryEvent.Action.TRUSTED)
+    assert (event.actor, event.reason) == ("root", "custom layer reviewed in PR 12")
