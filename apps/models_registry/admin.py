@@ -29,7 +29,9 @@ from apps.models_registry.services.deployments import (
     PromotionRefused,
     deployment_rollback,
     environment_next,
+    environments_skipped,
     model_version_promote,
+    rollback_target,
 )
 from apps.models_registry.services.trust import version_trust_unsafe
 from inference_project.redis_clients import redis_sync
@@ -273,40 +275,32 @@ class ModelVersionAdmin(ReadOnlyAdmin[ModelVersion]):
     @admin.action(description="Promote to next environment", permissions=["promote"])
     def promote_next(self, request: HttpRequest, queryset: QuerySet[ModelVersion]) -> HttpResponse | None:
         versions = list(queryset.select_related("model"))
+        doubles = _versions_of_one_model(versions)
+        if doubles:
+            self.message_user(
+                request,
+                f"One version per model in one promotion: {doubles}. Nothing was promoted; select one.",
+                messages.ERROR,
+            )
+            return None
+        chosen = request.POST.get("environment") or ""
+        reason = request.POST.get("reason", "")
         if request.POST.get("confirm") == "yes":
             for version in versions:
-                self._promote(request, version)
+                self._promote(request, version, environment=chosen or None, reason=reason)
             return None
-        plans = []
-        for version in versions:
-            try:
-                target = environment_next(version=version)
-            except PromotionRefused as exc:
-                plans.append({"version": version, "error": str(exc)})
-                continue
-            live = selectors.deployment_get_active(model_name=version.model.name, environment=target)
-            plans.append(
-                {
-                    "version": version,
-                    "target": target,
-                    "live": live.version if live else None,
-                    "metrics": _metric_rows(version, live.version if live else None),
-                    "gates": [
-                        "checksum: every artifact matches its recorded sha256",
-                        _signature_gate_line(version=version, environment=target),
-                        "smoke: loads in a separate process and answers its validation set",
-                        f"metric: {version.model.gate_metric} ≥ {version.model.gate_minimum}",
-                    ],
-                }
-            )
+        plans = [_promotion_plan(version, environment=chosen or None) for version in versions]
         context = {
             **self.admin_site.each_context(request),
-            "title": "Promote to the next environment",
+            "title": "Promote",
             "plans": plans,
             "queryset": queryset,
             "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
             "opts": self.model._meta,
             "environments": settings.INFERENCE_ENVIRONMENTS,
+            "chosen": chosen,
+            "reason": reason,
+            "can_skip": request.user.is_superuser,
         }
         return TemplateResponse(request, "admin/models_registry/promote_confirm.html", context)
 
@@ -321,11 +315,7 @@ class ModelVersionAdmin(ReadOnlyAdmin[ModelVersion]):
                 try:
                     version_trust_unsafe(version=version, user=request.user, reason=reason)
                 except (PermissionDenied, ValidationError) as exc:
-                    self.message_user(
-                        request,
-                        f"{version}: {'; '.join(getattr(exc, 'messages', [str(exc)]))}",
-                        messages.ERROR,
-                    )
+                    self.message_user(request, f"{version}: {'; '.join(_messages(exc))}", messages.ERROR)
                 else:
                     self.message_user(
                         request, f"{version} may load with Keras' safe mode off.", messages.WARNING
@@ -341,17 +331,63 @@ class ModelVersionAdmin(ReadOnlyAdmin[ModelVersion]):
         }
         return TemplateResponse(request, "admin/models_registry/trust_confirm.html", context)
 
-    def _promote(self, request: HttpRequest, version: ModelVersion) -> None:
+    def _promote(
+        self, request: HttpRequest, version: ModelVersion, *, environment: str | None, reason: str
+    ) -> None:
         try:
-            deployment = model_version_promote(version=version, user=request.user)
+            deployment = model_version_promote(
+                version=version, environment=environment, user=request.user, reason=reason
+            )
         except PromotionRefused as exc:
             self.message_user(request, f"Gate failed, nothing changed. {exc}", messages.ERROR)
         except (PermissionDenied, ValidationError) as exc:
-            self.message_user(request, f"{version}: {exc}", messages.ERROR)
+            self.message_user(request, f"{version}: {'; '.join(_messages(exc))}", messages.ERROR)
         else:
             self.message_user(
                 request, f"{version} is now live in {deployment.environment}.", messages.SUCCESS
             )
+
+
+def _messages(exc: Exception) -> list[str]:
+    return list(getattr(exc, "messages", None) or [str(exc)])
+
+
+def _versions_of_one_model(versions: list[ModelVersion]) -> str:
+    """ "digits v1, v2" for every model with more than one of `versions`; "" when none has."""
+    by_model: dict[str, list[int]] = {}
+    for version in versions:
+        by_model.setdefault(version.model.name, []).append(version.number)
+    return "; ".join(
+        f"{name} " + ", ".join(f"v{n}" for n in sorted(numbers))
+        for name, numbers in sorted(by_model.items())
+        if len(numbers) > 1
+    )
+
+
+def _promotion_plan(version: ModelVersion, *, environment: str | None) -> dict[str, Any]:
+    """What the promote page shows for one version: target, skips, live version, gates, metrics."""
+    try:
+        target = environment or environment_next(version=version)
+    except PromotionRefused as exc:
+        return {"version": version, "error": str(exc)}
+    if target not in settings.INFERENCE_ENVIRONMENTS:
+        return {"version": version, "error": f"unknown environment {target!r}"}
+    live = selectors.deployment_get_active(model_name=version.model.name, environment=target)
+    if live is not None and live.version == version:
+        return {"version": version, "error": f"{version} is already live in {target}"}
+    return {
+        "version": version,
+        "target": target,
+        "skipped": environments_skipped(version=version, environment=target),
+        "live": live.version if live else None,
+        "metrics": _metric_rows(version, live.version if live else None),
+        "gates": [
+            "checksum: every artifact matches its recorded sha256",
+            _signature_gate_line(version=version, environment=target),
+            "smoke: loads in a separate process and answers its validation set",
+            f"metric: {version.model.gate_metric} ≥ {version.model.gate_minimum}",
+        ],
+    }
 
 
 @admin.register(Deployment)
@@ -363,17 +399,44 @@ class DeploymentAdmin(ReadOnlyAdmin[Deployment]):
     def has_rollback_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("models_registry.rollback_deployment")
 
-    @admin.action(description="Roll back to the previous version", permissions=["rollback"])
-    def roll_back(self, request: HttpRequest, queryset: QuerySet[Deployment]) -> None:
-        for deployment in queryset.select_related("model"):
-            try:
-                result = deployment_rollback(
-                    model=deployment.model, environment=deployment.environment, user=request.user
-                )
-            except PromotionRefused as exc:
-                self.message_user(request, str(exc), messages.ERROR)
-            else:
-                self.message_user(request, f"Rolled back: {result}", messages.SUCCESS)
+    @admin.action(description="Roll back to the last good version", permissions=["rollback"])
+    def roll_back(self, request: HttpRequest, queryset: QuerySet[Deployment]) -> HttpResponse | None:
+        deployments = list(queryset.select_related("model", "version", "last_good_version"))
+        if request.POST.get("confirm") == "yes":
+            reason = request.POST.get("reason", "")
+            for deployment in deployments:
+                try:
+                    result = deployment_rollback(
+                        model=deployment.model,
+                        environment=deployment.environment,
+                        user=request.user,
+                        reason=reason,
+                    )
+                except (PromotionRefused, PermissionDenied) as exc:
+                    self.message_user(request, str(exc), messages.ERROR)
+                else:
+                    self.message_user(
+                        request,
+                        f"Rolled back in {result.environment}: {deployment.version} → {result.version}",
+                        messages.SUCCESS,
+                    )
+            return None
+        plans = [
+            {
+                "deployment": deployment,
+                "target": rollback_target(model=deployment.model, environment=deployment.environment),
+            }
+            for deployment in deployments
+        ]
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Roll back",
+            "plans": plans,
+            "queryset": queryset,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/models_registry/rollback_confirm.html", context)
 
 
 @admin.register(RegistryEvent)

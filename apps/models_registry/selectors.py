@@ -2,7 +2,7 @@
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis
@@ -43,6 +43,34 @@ def model_version_environments(*, version: ModelVersion) -> set[str]:
     return set(events.values_list("environment", flat=True)) | set(
         version.deployments.values_list("environment", flat=True)
     )
+
+
+@dataclass(frozen=True)
+class Tenure:
+    """One stretch of a version being live in an environment, and how it ended: `ended_by` is
+    the switch that replaced it ("promote" or "rollback", None while it is live) and
+    `successor` the version that switch made live."""
+
+    version: int
+    ended_by: str | None = None
+    successor: int | None = None
+
+
+def environment_tenures(*, model: RegisteredModel, environment: str) -> list[Tenure]:
+    """The versions live in `environment` one after the other, oldest first, from the history of
+    switches (promotions, including bootstrap deployments, and rollbacks)."""
+    switches = RegistryEvent.objects.filter(
+        model=model,
+        environment=environment,
+        action__in=[RegistryEvent.Action.PROMOTE, RegistryEvent.Action.ROLLBACK],
+        to_version__isnull=False,
+    ).order_by("created_at", "id")
+    tenures: list[Tenure] = []
+    for switch in switches:
+        if tenures:
+            tenures[-1] = Tenure(tenures[-1].version, switch.action, switch.to_version)
+        tenures.append(Tenure(int(cast("int", switch.to_version))))
+    return tenures
 
 
 def model_get(*, name: str) -> RegisteredModel | None:

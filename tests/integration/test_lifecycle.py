@@ -203,8 +203,14 @@ def test_admin_promote_and_roll_back_in_a_browser(
         page.locator("tr", has_text="digits").first.locator("input.action-select").check()
         page.select_option("select[name=action]", "roll_back")
         page.click("button[name=index]")
+        page.wait_for_selector("#confirm-rollback")  # nothing changes before the confirmation
+        assert f"Rolls back: digits v{candidate} → digits v1" in page.content()
+        page.fill("#id_reason", "checked in a browser")
+        page.screenshot(path=str(ARTIFACTS_DIR / "admin-rollback-confirm.png"), full_page=True)
+        page.click("#confirm-rollback")
         page.wait_for_selector(".messagelist")
-        assert "rolled back: digits v1 @ dev" in page.locator(".messagelist").inner_text().lower()
+        message = page.locator(".messagelist").inner_text().lower()
+        assert f"rolled back in dev: digits v{candidate} → digits v1" in message
     assert wait_for_version(platform, 1) <= SWITCH_TARGET_S
     live = staff.get("/api/v1/models/digits").json()["deployments"]["dev"]
     assert (live["version"], live["previous_version"]) == (1, candidate)

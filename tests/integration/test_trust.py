@@ -67,6 +67,9 @@ def prod(
         INFERENCE_REQUIRE_SIGNED_ENVIRONMENTS="prod",
         INFERENCE_TRUSTED_KEYS_PROD=f"release={keys['release.pub']}",
         INFERENCE_SWAP_GRACE_S="0.5",
+        # The gates below run the same gate process on the platform worker; profiling each
+        # registration there too would only queue them behind it.
+        REGISTRY_PROFILE_ON_REGISTER="false",
     )
     with running_platform(root, env, "trust") as platform:
         wait_ready(platform)

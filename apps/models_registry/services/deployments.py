@@ -59,20 +59,56 @@ class PromotionRefused(Exception):
         self.report = report
 
 
-def _environments_reached(*, version: ModelVersion) -> int:
-    """The index of the furthest environment `version` has been promoted to (-1: none)."""
+def environment_passed(*, version: ModelVersion, environment: str) -> bool:
+    """Whether `version` went through `environment`: it is live there now, or it was and a
+    promotion of a newer version replaced it. Not if it was rolled back out (for cause), nor if
+    an older version was promoted over it."""
+    for tenure in selectors.environment_tenures(model=version.model, environment=environment):
+        if tenure.version != version.number:
+            continue
+        if tenure.ended_by is None:
+            return True
+        if tenure.ended_by == RegistryEvent.Action.PROMOTE and (tenure.successor or 0) > version.number:
+            return True
+    return False
+
+
+def _environments_passed(*, version: ModelVersion) -> int:
+    """The index of the furthest environment `version` went through (-1: none)."""
     environments: list[str] = settings.INFERENCE_ENVIRONMENTS
-    reached = selectors.model_version_environments(version=version)
-    return max((environments.index(e) for e in reached if e in environments), default=-1)
+    passed = [i for i, e in enumerate(environments) if environment_passed(version=version, environment=e)]
+    return max(passed, default=-1)
 
 
 def environment_next(*, version: ModelVersion) -> str:
-    """The environment after the furthest one this version has been promoted to."""
+    """The environment after the furthest one this version went through (docs/registry.md)."""
     environments: list[str] = settings.INFERENCE_ENVIRONMENTS
-    furthest = _environments_reached(version=version)
+    furthest = _environments_passed(version=version)
     if furthest + 1 >= len(environments):
         raise PromotionRefused(f"{version} is already in {environments[-1]}, the last environment")
     return environments[furthest + 1]
+
+
+def environments_skipped(*, version: ModelVersion, environment: str) -> list[str]:
+    """The environments before `environment` that `version` would skip: those after the
+    furthest one it went through."""
+    environments: list[str] = settings.INFERENCE_ENVIRONMENTS
+    return environments[_environments_passed(version=version) + 1 : environments.index(environment)]
+
+
+def rollback_target(*, model: RegisteredModel, environment: str) -> ModelVersion | None:
+    """What a rollback in `environment` returns to: the last version live there before the
+    current one that was never rolled back out of it; None when there is none. A second
+    rollback therefore goes further back, never forward."""
+    tenures = selectors.environment_tenures(model=model, environment=environment)
+    if not tenures:
+        return None
+    current = tenures[-1].version
+    rolled_back = {t.version for t in tenures if t.ended_by == RegistryEvent.Action.ROLLBACK}
+    for tenure in reversed(tenures[:-1]):
+        if tenure.version != current and tenure.version not in rolled_back:
+            return selectors.model_version_get(model_name=model.name, number=tenure.version)
+    return None
 
 
 def model_version_promote(
@@ -93,8 +129,7 @@ def model_version_promote(
     target = environment or environment_next(version=version)
     if target not in environments:
         raise ValidationError(f"unknown environment {target!r} (known: {environments})")
-    furthest = _environments_reached(version=version)
-    skipped = environments[furthest + 1 : environments.index(target)]
+    skipped = environments_skipped(version=version, environment=target)
     if skipped:
         actor_superuser_require(user=user, what=f"skipping {', '.join(skipped)} to reach {target}")
         if not reason.strip():
@@ -128,12 +163,15 @@ def model_version_promote(
 def deployment_rollback(
     *, model: RegisteredModel, environment: str, user: User = None, reason: str = ""
 ) -> Deployment:
-    """Make the previous version live again (checksums verified first)."""
+    """Make the last version live before the current one, and never rolled back out, live
+    again (`rollback_target`; checksums verified first)."""
     actor_permission_require(user=user, perm="models_registry.rollback_deployment")
-    deployment = selectors.deployment_get_active(model_name=model.name, environment=environment)
-    if deployment is None or deployment.previous_version is None:
-        raise PromotionRefused(f"{model.name} has no previous version to roll back to in {environment}")
-    target = deployment.previous_version
+    target = rollback_target(model=model, environment=environment)
+    if target is None:
+        raise PromotionRefused(
+            f"{model.name} has nothing to roll back to in {environment}: no earlier version was live "
+            "there without being rolled back"
+        )
     checksum, _ = gate_checksums(version=target)
     if not checksum.passed:
         registry_event_record(

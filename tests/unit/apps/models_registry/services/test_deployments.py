@@ -90,7 +90,7 @@ def test_a_refused_switch_writes_nothing(demo_model_dir: Path) -> None:
     with pytest.raises(PromotionRefused, match="already live"):
         deployment_set(version=version, environment="dev")
     assert OutboxEvent.objects.count() == 1
-    with pytest.raises(PromotionRefused, match="no previous version"):
+    with pytest.raises(PromotionRefused, match="nothing to roll back to"):
         deployment_rollback(model=version.model, environment="dev")
 
 

@@ -1,0 +1,133 @@
+"""Promotion and rollback an operator can trust: one version per model per action, rollback to
+the last version never rolled back out, "went through" an environment, reasons in the admin."""
+
+from pathlib import Path
+
+import pytest
+from django.test import Client
+
+from apps.models_registry.models import Deployment, RegistryEvent
+from apps.models_registry.services.deployments import (
+    PromotionRefused,
+    deployment_rollback,
+    environment_next,
+    environment_passed,
+    model_version_promote,
+    rollback_target,
+)
+from tests.unit.apps.models_registry.helpers import register, staff
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("registry_settings")]
+VERSIONS = "/admin/models_registry/modelversion/"
+DEPLOYMENTS = "/admin/models_registry/deployment/"
+
+
+@pytest.fixture
+def gates_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gates' own tests load the model; here they pass so the flows are quick."""
+    from apps.models_registry.services import deployments, gates
+
+    def passed(*, version: object, environment: str) -> gates.GateReport:
+        return gates.GateReport(results=[gates.GateResult("checksum", True, "ok")])
+
+    monkeypatch.setattr(deployments, "gates_run", passed)
+
+
+def live(environment: str) -> int:
+    return Deployment.objects.get(environment=environment).version.number
+
+
+@pytest.mark.usefixtures("gates_pass")
+def test_rollback_goes_back_through_the_history_never_forward(demo_model_dir: Path) -> None:
+    v1, v2, v3 = (register(demo_model_dir) for _ in range(3))
+    for version in (v1, v2, v3):
+        model_version_promote(version=version, environment="dev")
+    model = v1.model
+
+    assert rollback_target(model=model, environment="dev") == v2
+    deployment_rollback(model=model, environment="dev", reason="v3 answers slowly")
+    assert live("dev") == 2
+    deployment_rollback(model=model, environment="dev")  # v2 was not rolled back yet: v1
+    assert live("dev") == 1
+    with pytest.raises(PromotionRefused, match="nothing to roll back to in dev"):
+        deployment_rollback(model=model, environment="dev")  # v2 and v3 were rolled back out
+    assert live("dev") == 1
+    rollback = RegistryEvent.objects.filter(action="rollback").order_by("created_at", "id").first()
+    assert rollback is not None and rollback.reason == "v3 answers slowly"
+
+
+@pytest.mark.usefixtures("gates_pass")
+def test_only_a_version_that_went_through_an_environment_goes_on_without_a_skip(demo_model_dir: Path) -> None:
+    v1, v2 = register(demo_model_dir), register(demo_model_dir)
+    model_version_promote(version=v1, environment="dev")
+    model_version_promote(version=v2, environment="dev")
+    assert environment_passed(version=v1, environment="dev")  # replaced by a newer version
+    deployment_rollback(model=v1.model, environment="dev")
+    # v2 was rolled back out of dev: it is offered dev again, not staging.
+    assert not environment_passed(version=v2, environment="dev")
+    assert environment_next(version=v2) == "dev"
+    root = staff(superuser=True)
+    with pytest.raises(Exception, match="requires a written reason"):
+        model_version_promote(version=v2, environment="staging", user=root)
+
+    # Live in staging for a moment, then an older version promoted over it: v2 did not go through.
+    model_version_promote(version=v2, environment="staging", user=root, reason="hotfix, tested by hand")
+    model_version_promote(version=v1, environment="staging")
+    assert not environment_passed(version=v2, environment="staging")
+    with pytest.raises(Exception, match="skipping dev, staging to reach prod requires a written reason"):
+        model_version_promote(version=v2, environment="prod", user=root)
+    operator = staff("promote_deployment")
+    with pytest.raises(Exception, match="requires a superuser"):
+        model_version_promote(version=v2, environment="prod", user=operator, reason="please")
+
+
+def admin(user: object) -> Client:
+    client = Client()
+    client.force_login(user)  # type: ignore[arg-type]
+    return client
+
+
+@pytest.mark.usefixtures("gates_pass")
+def test_the_admin_promotes_one_version_per_model_to_a_chosen_environment(demo_model_dir: Path) -> None:
+    v1, v2 = register(demo_model_dir), register(demo_model_dir)
+    root = admin(staff(superuser=True))
+    both = {"action": "promote_next", "_selected_action": [v1.pk, v2.pk]}
+    refused = root.post(VERSIONS, both, follow=True)
+    assert "One version per model in one promotion: digits v1, v2" in refused.content.decode()
+    root.post(VERSIONS, {**both, "confirm": "yes"}, follow=True)
+    assert not Deployment.objects.exists()
+
+    one = {"action": "promote_next", "_selected_action": [v1.pk]}
+    page = root.post(VERSIONS, {**one, "environment": "staging"}).content.decode()
+    assert "digits v1 → staging" in page and "Skips dev" in page
+    no_reason = root.post(VERSIONS, {**one, "environment": "staging", "confirm": "yes"}, follow=True)
+    assert "requires a written reason" in no_reason.content.decode()
+    assert not Deployment.objects.exists()
+    root.post(VERSIONS, {**one, "environment": "staging", "confirm": "yes", "reason": "dev is down"})
+    assert live("staging") == 1
+    event = RegistryEvent.objects.get(action="promote", environment="staging")
+    assert (event.actor, event.reason) == ("root", "dev is down")
+
+
+@pytest.mark.usefixtures("gates_pass")
+def test_the_admin_confirms_a_rollback_and_says_when_there_is_nothing_to_go_back_to(
+    demo_model_dir: Path,
+) -> None:
+    v1, v2 = register(demo_model_dir), register(demo_model_dir)
+    model_version_promote(version=v1, environment="dev")
+    model_version_promote(version=v2, environment="dev")
+    deployment = Deployment.objects.get(environment="dev")
+    operator = admin(staff("view_deployment", "rollback_deployment"))
+    action = {"action": "roll_back", "_selected_action": [deployment.pk]}
+
+    page = operator.post(DEPLOYMENTS, action).content.decode()
+    assert "Rolls back: digits v2 → digits v1" in page and "Live now: digits v2" in page
+    assert live("dev") == 2  # nothing happens before the confirmation
+    done = operator.post(DEPLOYMENTS, {**action, "confirm": "yes", "reason": "errors up"}, follow=True)
+    assert "Rolled back in dev: digits v2 → digits v1" in done.content.decode()
+    assert live("dev") == 1
+    again = operator.post(DEPLOYMENTS, action).content.decode()
+    assert "Nothing to go back to" in again
+    operator.post(DEPLOYMENTS, {**action, "confirm": "yes"})
+    assert live("dev") == 1  # never forward to the version just rolled back
+    assert RegistryEvent.objects.get(action="rollback").reason == "errors up"
