@@ -4,6 +4,8 @@
 itself): it is recorded as "system" and passes every permission check.
 """
 
+import getpass
+import os
 from typing import TYPE_CHECKING, TypeAlias
 
 from django.contrib.auth import get_user_model
@@ -19,6 +21,14 @@ User: TypeAlias = AbstractBaseUser | AnonymousUser | None
 def actor_name(*, user: User) -> str:
     """The name an event records: the user's, or "system" for a trusted caller."""
     return user.get_username() if user is not None and user.is_authenticated else "system"
+
+
+def actor_default() -> str:
+    """Who runs a management command, for the history: the OS user."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry for the uid (some containers)
+        return f"uid:{os.getuid()}"
 
 
 def actor_account(*, user: User) -> "Account | None":

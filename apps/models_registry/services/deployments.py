@@ -117,12 +117,14 @@ def model_version_promote(
     environment: str | None = None,
     user: User = None,
     reason: str = "",
+    actor: str | None = None,
 ) -> Deployment:
     """Run the gates, then make `version` live in `environment` (default: the next one).
 
     Environments are passed in order; skipping one needs a superuser and a written reason.
     A failed gate changes nothing: it is recorded and `PromotionRefused` carries the report.
-    `user=None` means a trusted caller (a management command run by an operator).
+    `user=None` means a trusted caller (a management command run by an operator); `actor`
+    names who acts in the history when there is no user (the command's --actor, or OS user).
     """
     actor_permission_require(user=user, perm="models_registry.promote_deployment")
     environments: list[str] = settings.INFERENCE_ENVIRONMENTS
@@ -145,6 +147,7 @@ def model_version_promote(
             version=version,
             environment=target,
             user=user,
+            actor=actor,
             reason=reason,
             details=report.as_dict(),
         )
@@ -157,11 +160,12 @@ def model_version_promote(
         action=RegistryEvent.Action.PROMOTE,
         reason=reason,
         details=report.as_dict(),
+        actor=actor,
     )
 
 
 def deployment_rollback(
-    *, model: RegisteredModel, environment: str, user: User = None, reason: str = ""
+    *, model: RegisteredModel, environment: str, user: User = None, reason: str = "", actor: str | None = None
 ) -> Deployment:
     """Make the last version live before the current one, and never rolled back out, live
     again (`rollback_target`; checksums verified first)."""
@@ -190,10 +194,13 @@ def deployment_rollback(
         user=user,
         action=RegistryEvent.Action.ROLLBACK,
         reason=reason,
+        actor=actor,
     )
 
 
-def deployment_set(*, version: ModelVersion, environment: str, user: User = None) -> Deployment:
+def deployment_set(
+    *, version: ModelVersion, environment: str, user: User = None, actor: str | None = None
+) -> Deployment:
     """Deploy without gates: only for bootstrapping a fresh installation (the demo model)."""
     if environment not in settings.INFERENCE_ENVIRONMENTS:
         raise ValidationError(
@@ -205,6 +212,7 @@ def deployment_set(*, version: ModelVersion, environment: str, user: User = None
         user=user,
         action=RegistryEvent.Action.PROMOTE,
         reason="bootstrap deployment without gates",
+        actor=actor,
     )
 
 
@@ -255,6 +263,7 @@ def _deployment_switch(
     action: str,
     reason: str = "",
     details: dict[str, Any] | None = None,
+    actor: str | None = None,
 ) -> Deployment:
     model = version.model
     with transaction.atomic():
@@ -278,10 +287,11 @@ def _deployment_switch(
             environment=environment,
             from_version=previous.number if previous else None,
             user=user,
+            actor=actor,
             reason=reason,
             details=details,
         )
-        release_event_write(action=action, deployment=deployment, user=user)
+        release_event_write(action=action, deployment=deployment, user=user, actor=actor)
         transaction.on_commit(lambda: _after_switch(deployment=deployment, previous=previous))
     return deployment
 

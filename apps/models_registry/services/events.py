@@ -70,14 +70,16 @@ def release_event_payload(
     }
 
 
-def release_event_write(*, action: str, deployment: Deployment, user: User) -> OutboxEvent:
+def release_event_write(
+    *, action: str, deployment: Deployment, user: User, actor: str | None = None
+) -> OutboxEvent:
     """Put the release event of a switch in the outbox; call it inside the switch's transaction."""
     event_id = uuid.uuid4()
     return OutboxEvent.objects.create(
         event_id=event_id,
         topic=deployment.environment,
         payload=release_event_payload(
-            event_id=event_id, action=action, deployment=deployment, actor=actor_name(user=user)
+            event_id=event_id, action=action, deployment=deployment, actor=actor or actor_name(user=user)
         ),
     )
 

@@ -96,6 +96,7 @@ def model_version_register(
     notes: str = "",
     trust_unsafe_reason: str = "",
     user: User = None,
+    actor: str | None = None,
     progress: Progress | None = None,
 ) -> ModelVersion:
     """Store a new version's artifacts (checksummed) and record it as the model's next version.
@@ -168,6 +169,7 @@ def model_version_register(
             action=RegistryEvent.Action.REGISTER,
             version=version,
             user=user,
+            actor=actor,
             details={
                 "artifacts": {p.name: checksums[p] for p in paths},
                 "metrics": metrics or {},
@@ -180,6 +182,7 @@ def model_version_register(
                 action=RegistryEvent.Action.TRUSTED,
                 version=version,
                 user=user,
+                actor=actor,
                 reason=trust_unsafe_reason.strip(),
             )
     return version
@@ -295,6 +298,7 @@ def model_card_register(
     deploy: str | None = None,
     trust_unsafe_reason: str = "",
     user: User = None,
+    actor: str | None = None,
     progress: Progress | None = None,
 ) -> ModelVersion:
     """Register a trained model from its files, one of which may be its `model_card.json`.
@@ -335,9 +339,10 @@ def model_card_register(
         notes=notes,
         trust_unsafe_reason=trust_unsafe_reason,
         user=user,
+        actor=actor,
         progress=progress,
     )
     version_profile_request(version=version)
     if deploy:
-        deployment_set(version=version, environment=deploy, user=user)
+        deployment_set(version=version, environment=deploy, user=user, actor=actor)
     return version

@@ -4,6 +4,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from apps.models_registry import selectors
+from apps.models_registry.services.actors import actor_default
 from apps.models_registry.services.deployments import PromotionRefused, model_version_promote
 
 
@@ -14,6 +15,9 @@ class Command(BaseCommand):
         parser.add_argument("model")
         parser.add_argument("version", type=int)
         parser.add_argument("--to", dest="environment", help="target environment (default: the next one)")
+        parser.add_argument(
+            "--actor", default=actor_default(), help="who acts, for the history (default: the OS user)"
+        )
         parser.add_argument("--reason", default="", help="required when skipping an environment")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -23,7 +27,10 @@ class Command(BaseCommand):
         self.stdout.write(f"running the gates of {version} …")
         try:
             deployment = model_version_promote(
-                version=version, environment=options["environment"], reason=options["reason"]
+                version=version,
+                environment=options["environment"],
+                reason=options["reason"],
+                actor=options["actor"],
             )
         except PromotionRefused as exc:
             if exc.report:

@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from apps.models_registry import selectors
 from apps.models_registry.models import ModelVersion
+from apps.models_registry.services.actors import actor_default
 from apps.models_registry.services.registration import MODEL_CARD_FILENAME, model_card_register
 from inference_common.signing import SIGNATURE_FILENAME, files_sign
 
@@ -29,6 +30,9 @@ class Command(BaseCommand):
             nargs="?",
             const=settings.INFERENCE_ENVIRONMENT,
             help="deploy the new version to this environment without gates (default: the running one)",
+        )
+        parser.add_argument(
+            "--actor", default=actor_default(), help="who registers, for the history (default: the OS user)"
         )
         parser.add_argument(
             "--sign-key",
@@ -82,6 +86,7 @@ class Command(BaseCommand):
                     notes=options["notes"],
                     deploy=options["deploy"],
                     trust_unsafe_reason=options["trust_unsafe"],
+                    actor=options["actor"],
                     progress=bar.update,
                 )
         except ValidationError as exc:

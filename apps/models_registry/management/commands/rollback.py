@@ -4,6 +4,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from apps.models_registry import selectors
+from apps.models_registry.services.actors import actor_default
 from apps.models_registry.services.deployments import PromotionRefused, deployment_rollback
 
 
@@ -13,6 +14,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("model")
         parser.add_argument("--env", dest="environment", default=settings.INFERENCE_ENVIRONMENT)
+        parser.add_argument(
+            "--actor", default=actor_default(), help="who acts, for the history (default: the OS user)"
+        )
         parser.add_argument("--reason", default="")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -21,7 +25,10 @@ class Command(BaseCommand):
             raise CommandError(f"no model {options['model']!r}")
         try:
             deployment = deployment_rollback(
-                model=model, environment=options["environment"], reason=options["reason"]
+                model=model,
+                environment=options["environment"],
+                reason=options["reason"],
+                actor=options["actor"],
             )
         except PromotionRefused as exc:
             raise CommandError(str(exc)) from exc

@@ -53,3 +53,26 @@ def test_validation_sets_read_from_csv_and_xlsx(demo_model_dir: Path, tmp_path: 
     xlsx_features, xlsx_labels = validation_read(tmp_path / "validation.xlsx")
     np.testing.assert_array_equal(xlsx_features, features[:20])
     np.testing.assert_array_equal(xlsx_labels, labels[:20])
+
+
+def test_commands_record_who_acted(demo_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--actor, else the OS user: the history and the release event never read "system"."""
+    import getpass
+
+    from apps.models_registry.models import OutboxEvent, RegistryEvent
+
+    user = getpass.getuser()
+    run("register_model", str(demo_model_dir))
+    run("register_model", str(demo_model_dir), "--actor", "ci-bot")
+    run("promote", "digits", "1", "--actor", "alice")
+    run("promote", "digits", "2")
+    run("rollback", "digits", "--env", "dev", "--actor", "bob", "--reason", "errors up")
+    actors = [(e.action, e.actor) for e in RegistryEvent.objects.order_by("created_at", "id")]
+    assert actors == [
+        ("register", user),
+        ("register", "ci-bot"),
+        ("promote", "alice"),
+        ("promote", user),
+        ("rollback", "bob"),
+    ]
+    assert [o.payload["actor"] for o in OutboxEvent.objects.order_by("created_at")] == ["alice", user, "bob"]
