@@ -26,10 +26,11 @@ from apps.models_registry.models import Artifact, Deployment, ModelVersion, Regi
 from apps.models_registry.services.deployments import deployment_served_record
 from apps.models_registry.services.events import registry_event_record
 from apps.models_registry.services.trust import (
+    files_signature_check,
     signature_refusal,
     signature_required,
+    version_files_fetch,
     version_load_policy,
-    version_signature_check,
 )
 from apps.models_registry.storage import ChecksumMismatch, artifact_fetch_verified
 from inference_common.deployments import DeploymentChange, deployments_channel
@@ -62,18 +63,23 @@ def model_files_get(version: ModelVersion, *, environment: str) -> ModelFiles:
     `environment` requires a signature, it is verified again over every file (a file replaced
     in storage since the gate is caught here) or the version is refused."""
     artifacts = {a.kind: a for a in version.artifacts.all()}
+    # Where a signature is checked, every file is fetched (and hashed) once, for both uses.
+    fetched = version_files_fetch(version=version) if signature_required(environment=environment) else None
+    if fetched is not None:
+        refusal = signature_refusal(
+            check=files_signature_check(files=fetched, environment=environment), environment=environment
+        )
+        if refusal:
+            raise ArtifactRefused(SIGNATURE_FILENAME, refusal)
 
     def fetch(kind: str) -> Any:
         artifact = artifacts.get(kind)
         if artifact is None:
             return None
+        if fetched is not None:
+            return fetched[artifact.filename]
         return artifact_fetch_verified(uri=artifact.uri, sha256=artifact.sha256, filename=artifact.filename)
 
-    if signature_required(environment=environment):
-        check = version_signature_check(version=version, environment=environment)
-        refusal = signature_refusal(check=check, environment=environment)
-        if refusal:
-            raise ArtifactRefused(SIGNATURE_FILENAME, refusal)
     return ModelFiles(
         model=fetch(Artifact.Kind.MODEL),
         preprocessing=fetch(Artifact.Kind.PREPROCESSING),

@@ -22,9 +22,10 @@ from apps.models_registry.services.trust import (
     files_signature_check,
     signature_refusal,
     signature_required,
+    version_files_fetch,
     version_load_policy,
 )
-from apps.models_registry.storage import ChecksumMismatch, artifact_fetch_verified
+from apps.models_registry.storage import ChecksumMismatch
 from inference_common.task_names import EVALUATE_GATE_TASK, PLATFORM_QUEUE
 from inference_project.celery_app import app as celery_app
 
@@ -61,14 +62,11 @@ def gate_checksums(*, version: ModelVersion) -> tuple[GateResult, dict[str, Path
 
 
 def _checksums(*, version: ModelVersion) -> tuple[GateResult, dict[str, Path]]:
-    paths: dict[str, Path] = {}
+    pruned = version.artifacts.filter(pruned_at__isnull=False).first()
+    if pruned is not None:
+        return GateResult("checksum", False, f"{pruned.filename} was pruned by retention"), {}
     try:
-        for artifact in version.artifacts.all():
-            if artifact.pruned_at:
-                return GateResult("checksum", False, f"{artifact.filename} was pruned by retention"), {}
-            paths[artifact.filename] = artifact_fetch_verified(
-                uri=artifact.uri, sha256=artifact.sha256, filename=artifact.filename
-            )
+        paths = version_files_fetch(version=version)
     except (ChecksumMismatch, OSError) as exc:
         return GateResult("checksum", False, str(exc)), {}
     return GateResult("checksum", True, f"{len(paths)} artifacts match their sha256"), paths

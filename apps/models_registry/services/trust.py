@@ -68,10 +68,6 @@ def version_files_fetch(*, version: ModelVersion) -> dict[str, Path]:
     }
 
 
-def version_signature_check(*, version: ModelVersion, environment: str | None) -> SignatureCheck:
-    return files_signature_check(files=version_files_fetch(version=version), environment=environment)
-
-
 def signature_refusal(*, check: SignatureCheck, environment: str) -> str:
     """Why a version may not serve `environment` ("" when it may)."""
     if not signature_required(environment=environment) or check.verified:
