@@ -2,15 +2,20 @@
 
 A `DriftMonitor` per loaded version keeps the last INFERENCE_DRIFT_WINDOW rows (features as in
 `apps.models_registry.drift`, plus the predicted class and confidence). Every
-INFERENCE_DRIFT_EVAL_S seconds, once it holds INFERENCE_DRIFT_MIN_ROWS rows, it computes the
-drift measures, sets them as Prometheus gauges (the alert rules in deploy/prometheus/ read them)
-and publishes its window's counts to Redis for a minute, where the admin's drift page adds up
-the windows of all workers.
+INFERENCE_DRIFT_EVAL_S seconds (when rows arrived), once it holds INFERENCE_DRIFT_MIN_ROWS rows,
+it computes the drift measures, sets them as Prometheus gauges (the alert rules in
+deploy/prometheus/ read them) and publishes its window's counts to Redis for a minute, where the
+admin's drift page adds up the windows of all workers. Each evaluation, before the window is full
+enough too, also publishes how many rows the window holds and needs (`drift.WindowProgress`);
+both are published again every REPUBLISH_S while no rows arrive, so an idle worker's window stays
+on the page as long as the worker holds it.
 """
 
 import logging
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any, Literal
 
 import numpy as np
@@ -21,6 +26,10 @@ from prometheus_client import Counter, Gauge
 from apps.models_registry import drift
 
 logger = logging.getLogger(__name__)
+# Within the Redis keys' minute of life (SummaryPublisher.ttl_s), so they never lapse meanwhile.
+REPUBLISH_S = 30.0
+# (model, version, progress, summary or None below the minimum): SummaryPublisher, in a worker.
+Publish = Callable[[str, int, drift.WindowProgress, dict[str, Any] | None], None]
 
 
 def _gauge(name: str, text: str, mode: Literal["livemax", "livemin", "livesum"] = "livemax") -> Gauge:
@@ -69,7 +78,7 @@ class DriftMonitor:
         min_rows: int,
         eval_s: float,
         psi_threshold: float,
-        publish: "SummaryPublisher | None" = None,
+        publish: Publish | None = None,
     ) -> None:
         self.model, self.version = model, version
         self.labels = (model, str(version))
@@ -80,10 +89,13 @@ class DriftMonitor:
         self._x = np.zeros((window, self.reference.features))
         self._scores: np.ndarray | None = None
         self._filled = 0
+        self._seen = 0  # rows since the version was loaded here, for the admin's "seen N of M"
         self._next = 0
         self._last_eval = time.monotonic()
         self._unevaluated = False  # rows arrived since the last evaluation
         self._lock = threading.Lock()  # batches add rows; the heartbeat thread evaluates
+        self._published: tuple[drift.WindowProgress, dict[str, Any] | None] | None = None
+        self._published_at = 0.0
         if self.reference.confidence_mean is not None:
             REFERENCE_CONFIDENCE_MEAN.labels(*self.labels).set(self.reference.confidence_mean)
 
@@ -104,13 +116,17 @@ class DriftMonitor:
             self._ring_put(self._x, x[-self.window :])
             self._next = (self._next + min(len(x), self.window)) % self.window
             self._filled = min(self.window, self._filled + len(x))
+            self._seen += len(x)
             self._unevaluated = True
         return self.evaluate_if_due()
 
     def evaluate_if_due(self) -> dict[str, Any] | None:
         """Evaluate when rows arrived and `eval_s` passed; also called by the worker's heartbeat
-        thread, so the last rows of a burst are evaluated without waiting for more traffic."""
+        thread, so the last rows of a burst are evaluated without waiting for more traffic.
+        Without new rows, the last publication is repeated every REPUBLISH_S."""
         if not self._unevaluated or time.monotonic() - self._last_eval < self.eval_s:
+            if self._published is not None and time.monotonic() - self._published_at >= REPUBLISH_S:
+                self._publish(*self._published)
             return None
         return self.evaluate()
 
@@ -122,11 +138,13 @@ class DriftMonitor:
         with self._lock:
             self._last_eval = time.monotonic()
             self._unevaluated = False
-            filled = self._filled
+            filled, seen = self._filled, self._seen
             x = self._x[:filled].copy()
             scores = None if self._scores is None else self._scores[:filled].copy()
         WINDOW_ROWS.labels(*self.labels).set(filled)
+        progress = drift.WindowProgress(rows=filled, seen=seen, min_rows=self.min_rows, window=self.window)
         if filled < self.min_rows:
+            self._publish(progress, None)
             return None
         summary = drift.window_summary(self.reference, x, scores)
         measures = drift.drift_measures(self.reference, summary)
@@ -138,25 +156,39 @@ class DriftMonitor:
             PREDICTION_PSI.labels(*self.labels).set(measures["prediction_psi"])
             CONFIDENCE_KS.labels(*self.labels).set(measures["confidence_ks"])
             CONFIDENCE_MEAN.labels(*self.labels).set(measures["confidence_mean"])
-        if self.publish is not None:
-            self.publish(self.model, self.version, summary)
+        self._publish(progress, summary)
         return measures
+
+    def _publish(self, progress: drift.WindowProgress, summary: dict[str, Any] | None) -> None:
+        if self.publish is None:
+            return
+        self._published, self._published_at = (progress, summary), time.monotonic()
+        self.publish(self.model, self.version, progress, summary)
 
 
 class SummaryPublisher:
-    """Writes a worker's latest window to Redis (a hash per version, expiring a minute after the
-    last write), for the admin's drift page."""
+    """Writes a worker's window to Redis for the admin's drift page: how full it is, and its
+    counts once it holds enough rows (a hash per version each, expiring a minute after the last
+    write). One round trip per evaluation, never per request."""
 
     def __init__(self, client: redis.Redis, *, environment: str, worker_id: str, ttl_s: int = 60) -> None:
         self.client, self.environment, self.worker_id, self.ttl_s = client, environment, worker_id, ttl_s
 
-    def __call__(self, model: str, version: int, summary: dict[str, Any]) -> None:
-        key = drift.SUMMARY_KEY.format(environment=self.environment, model=model, version=version)
-        value = orjson.dumps({**summary, "at": time.time()})
+    def __call__(
+        self, model: str, version: int, progress: drift.WindowProgress, summary: dict[str, Any] | None
+    ) -> None:
+        where = {"environment": self.environment, "model": model, "version": version}
+        key, progress_key = drift.SUMMARY_KEY.format(**where), drift.PROGRESS_KEY.format(**where)
+        at = time.time()
         try:
             pipe = self.client.pipeline(transaction=False)
-            pipe.hset(key, self.worker_id, value)
-            pipe.expire(key, self.ttl_s)
+            pipe.hset(progress_key, self.worker_id, orjson.dumps({**asdict(progress), "at": at}))
+            pipe.expire(progress_key, self.ttl_s)
+            if summary is None:  # a version loaded again by this worker starts a new window
+                pipe.hdel(key, self.worker_id)
+            else:
+                pipe.hset(key, self.worker_id, orjson.dumps({**summary, "at": at}))
+                pipe.expire(key, self.ttl_s)
             pipe.execute()
         except redis.RedisError:
             logger.warning("could not publish the drift window of %s v%s", model, version)

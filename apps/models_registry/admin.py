@@ -1,18 +1,22 @@
 """Django admin: browse the registry; staff with the permissions promote and roll back."""
 
+import json
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any, TypeVar, cast
 
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db.models import Model, QuerySet
+from django.db.models import Case, IntegerField, Model, OuterRef, QuerySet, Subquery, Value, When
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
-from django.utils.html import format_html
-from django.utils.safestring import mark_safe
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString, mark_safe
 
 from apps.models_registry import drift, selectors
 from apps.models_registry.charts import bars_svg
@@ -38,6 +42,84 @@ from inference_project.redis_clients import redis_sync
 
 _M = TypeVar("_M", bound=Model)
 
+# The API serves no page at "/": no "View site" link, and the header names the platform.
+admin.site.site_url = None
+admin.site.site_header = "Keras inference platform"
+admin.site.site_title = "Keras inference platform admin"
+admin.site.index_title = "Registry and API keys"
+
+# Registry times to the second, in the active time zone: a promotion and its rollback a few
+# seconds apart must not read the same.
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S %Z"
+
+
+def _at_seconds(value: datetime | None) -> str:
+    return timezone.localtime(value).strftime(TIME_FORMAT) if value else "-"
+
+
+def _seconds_column(field: str, description: str) -> Callable[[Any, Any], str]:
+    """A list/readonly column showing the datetime `field` with seconds, sortable by it."""
+
+    @admin.display(description=description, ordering=field)
+    def column(admin_: Any, obj: Any) -> str:
+        return _at_seconds(getattr(obj, field))
+
+    return column
+
+
+def metric_value(value: Any) -> str:
+    """A metric as the admin shows it: integers as integers, other numbers to 4 places."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "-" if value is None else str(value)
+    return str(value) if isinstance(value, int) else f"{value:.4f}"
+
+
+def _rows_table(rows: list[tuple[str, str]]) -> SafeString:
+    if not rows:
+        return format_html("{}", "-")
+    body = format_html_join("", '<tr><th scope="row">{}</th><td>{}</td></tr>', rows)
+    return format_html('<table class="registry-values">{}</table>', body)
+
+
+def _signature_rows(signature: dict[str, Any]) -> list[tuple[str, str]]:
+    """A version's tensor signature as (what, description) rows: one per tensor, then the rest."""
+    rows = []
+    for role in ("inputs", "outputs"):
+        for tensor in signature.get(role) or []:
+            shape = ", ".join("any" if d in (-1, None) else str(d) for d in tensor.get("shape") or [])
+            what = f"{role[:-1]} {tensor.get('name', '?')}"
+            rows.append((what, f"{tensor.get('datatype', '?')} [{shape}]"))
+    for key, value in signature.items():
+        if key in ("inputs", "outputs"):
+            continue
+        shown = ", ".join(map(str, value)) if isinstance(value, list) else json.dumps(value)
+        rows.append((key.replace("_", " "), shown))
+    return rows
+
+
+def _pipeline_rank() -> Case:
+    """A deployment's environment as its place in INFERENCE_ENVIRONMENTS (dev, staging, prod)."""
+    environments = settings.INFERENCE_ENVIRONMENTS
+    return Case(
+        *[When(environment=name, then=Value(i)) for i, name in enumerate(environments)],
+        default=Value(len(environments)),
+        output_field=IntegerField(),
+    )
+
+
+def _pipeline_order(environments: list[str]) -> list[str]:
+    known = settings.INFERENCE_ENVIRONMENTS
+    return sorted(environments, key=lambda e: (known.index(e) if e in known else len(known), e))
+
+
+PIPELINE_ORDERING = ("model__name", "environment_rank")
+
+
+def _deployments_in_pipeline_order() -> QuerySet[Deployment]:
+    """Deployments by model, then environment in pipeline order (dev, staging, prod), not
+    alphabetical. Annotated before ordering: the admin's own get_queryset orders first."""
+    return Deployment.objects.annotate(environment_rank=_pipeline_rank()).order_by(*PIPELINE_ORDERING)
+
 
 class ReadOnlyAdmin(admin.ModelAdmin[_M]):
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
@@ -53,11 +135,21 @@ class ReadOnlyAdmin(admin.ModelAdmin[_M]):
 class ArtifactInline(admin.TabularInline[Artifact, ModelVersion]):
     model = Artifact
     extra = 0
-    fields = readonly_fields = ("kind", "filename", "uri", "size", "sha256", "pruned_at")
+    fields = readonly_fields = ("kind", "filename", "uri_wrapped", "size", "sha256_wrapped", "pruned")
     can_delete = False
+    pruned = _seconds_column("pruned_at", "pruned at")
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    # Long URIs and checksums break anywhere rather than push the table past the page.
+    @admin.display(description="URI")
+    def uri_wrapped(self, artifact: Artifact) -> str:
+        return format_html('<span style="word-break: break-all">{}</span>', artifact.uri)
+
+    @admin.display(description="sha256")
+    def sha256_wrapped(self, artifact: Artifact) -> str:
+        return format_html('<code style="word-break: break-all">{}</code>', artifact.sha256)
 
 
 class DeploymentInline(admin.TabularInline[Deployment, RegisteredModel]):
@@ -69,24 +161,30 @@ class DeploymentInline(admin.TabularInline[Deployment, RegisteredModel]):
         "version",
         "previous_version",
         "last_good_version",
-        "deployed_at",
+        "deployed",
         "deployed_by",
     )
     can_delete = False
+    deployed = _seconds_column("deployed_at", "deployed at")
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Deployment]:
+        return _deployments_in_pipeline_order()
+
 
 @admin.register(RegisteredModel)
 class RegisteredModelAdmin(admin.ModelAdmin[RegisteredModel]):
-    list_display = ("name", "gate_metric", "gate_minimum", "live_versions", "created_at")
+    list_display = ("name", "gate_metric", "gate_minimum", "live_versions", "created")
     search_fields = ("name",)
     inlines = [DeploymentInline]
+    created = _seconds_column("created_at", "created at")
 
     @admin.display(description="live")
     def live_versions(self, model: RegisteredModel) -> str:
-        return ", ".join(f"{d.environment}: v{d.version.number}" for d in model.deployments.all()) or "-"
+        live = {d.environment: d.version.number for d in model.deployments.select_related("version")}
+        return ", ".join(f"{env}: v{live[env]}" for env in _pipeline_order(list(live))) or "-"
 
 
 def _metric_rows(version: ModelVersion, live: ModelVersion | None) -> list[dict[str, Any]]:
@@ -95,7 +193,14 @@ def _metric_rows(version: ModelVersion, live: ModelVersion | None) -> list[dict[
     for name in names:
         new, old = version.metrics.get(name), (live.metrics.get(name) if live else None)
         diff = new - old if isinstance(new, int | float) and isinstance(old, int | float) else None
-        rows.append({"name": name, "candidate": new, "live": old, "diff": diff})
+        rows.append(
+            {
+                "name": name,
+                "candidate": metric_value(new),
+                "live": metric_value(old),
+                "diff": "-" if diff is None else ("+" if diff > 0 else "") + metric_value(diff),
+            }
+        )
     return rows
 
 
@@ -188,25 +293,51 @@ class ModelVersionAdmin(ReadOnlyAdmin[ModelVersion]):
         "environments",
         "signed",
         "drift_link",
-        "created_at",
-        "created_by",
+        "created",
+        "creator",
     )
     list_filter = ("model", "signature_status")
-    readonly_fields = (
+    # Named, so the raw JSON fields and the created_by account are not shown beside these.
+    fields = readonly_fields = (
         "model",
         "number",
-        "signature",
-        "metrics",
+        "framework",
+        "signature_table",
+        "metrics_table",
         "signed",
         "signature_detail",
         "unsafe_trusted_reason",
         "drift_link",
         "notes",
-        "created_at",
-        "created_by",
+        "created",
+        "creator",
     )
     inlines = [ArtifactInline]
     actions = ["promote_next", "trust_unsafe"]
+    created = _seconds_column("created_at", "created at")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ModelVersion]:
+        """Who registered each version, as its history names them (an account, or the --actor
+        / OS user of register_model)."""
+        registered = RegistryEvent.objects.filter(
+            version=OuterRef("pk"), action=RegistryEvent.Action.REGISTER
+        ).order_by("id")
+        return super().get_queryset(request).annotate(registered_by=Subquery(registered.values("actor")[:1]))
+
+    @admin.display(description="created by", ordering="registered_by")
+    def creator(self, version: ModelVersion) -> str:
+        name = getattr(version, "registered_by", None)
+        if name:
+            return str(name)
+        return version.created_by.get_username() if version.created_by else "-"
+
+    @admin.display(description="signature")
+    def signature_table(self, version: ModelVersion) -> SafeString:
+        return _rows_table(_signature_rows(version.signature or {}))
+
+    @admin.display(description="metrics")
+    def metrics_table(self, version: ModelVersion) -> SafeString:
+        return _rows_table([(name, metric_value(value)) for name, value in sorted(version.metrics.items())])
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -222,12 +353,13 @@ class ModelVersionAdmin(ReadOnlyAdmin[ModelVersion]):
 
     @admin.display(description="accuracy")
     def accuracy(self, version: ModelVersion) -> str:
-        value = version.metrics.get(version.model.gate_metric)
-        return f"{value:.4f}" if isinstance(value, int | float) else "-"
+        return metric_value(version.metrics.get(version.model.gate_metric))
 
     @admin.display(description="live in")
     def environments(self, version: ModelVersion) -> str:
-        return ", ".join(sorted(version.deployments.values_list("environment", flat=True))) or "-"
+        return (
+            ", ".join(_pipeline_order(list(version.deployments.values_list("environment", flat=True)))) or "-"
+        )
 
     @admin.display(description="signed by")
     def signed(self, version: ModelVersion) -> str:
@@ -392,9 +524,20 @@ def _promotion_plan(version: ModelVersion, *, environment: str | None) -> dict[s
 
 @admin.register(Deployment)
 class DeploymentAdmin(ReadOnlyAdmin[Deployment]):
-    list_display = ("model", "environment", "version", "previous_version", "deployed_at", "deployed_by")
+    list_display = ("model", "environment_column", "version", "previous_version", "deployed", "deployed_by")
     list_filter = ("environment", "model")
     actions = ["roll_back"]
+    deployed = _seconds_column("deployed_at", "deployed at")
+
+    def get_ordering(self, request: HttpRequest) -> tuple[str, ...]:
+        return PIPELINE_ORDERING
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Deployment]:
+        return _deployments_in_pipeline_order()
+
+    @admin.display(description="environment", ordering="environment_rank")
+    def environment_column(self, deployment: Deployment) -> str:
+        return deployment.environment
 
     def has_rollback_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("models_registry.rollback_deployment")
@@ -442,7 +585,7 @@ class DeploymentAdmin(ReadOnlyAdmin[Deployment]):
 @admin.register(RegistryEvent)
 class RegistryEventAdmin(ReadOnlyAdmin[RegistryEvent]):
     list_display = (
-        "created_at",
+        "created",
         "model",
         "action",
         "environment",
@@ -452,7 +595,10 @@ class RegistryEventAdmin(ReadOnlyAdmin[RegistryEvent]):
         "summary",
     )
     list_filter = ("action", "environment", "model")
-    readonly_fields = [f.name for f in RegistryEvent._meta.fields]
+    fields = readonly_fields = tuple(
+        f.name if f.name != "created_at" else "created" for f in RegistryEvent._meta.fields if f.name != "id"
+    )
+    created = _seconds_column("created_at", "created at")
 
     @admin.display(description="details")
     def summary(self, event: RegistryEvent) -> str:
@@ -466,6 +612,32 @@ class RegistryEventAdmin(ReadOnlyAdmin[RegistryEvent]):
 
 @admin.register(OutboxEvent)
 class OutboxEventAdmin(ReadOnlyAdmin[OutboxEvent]):
-    list_display = ("created_at", "topic", "__str__", "published_at", "attempts", "last_error")
+    list_display = ("created", "topic", "__str__", "published", "attempts", "last_error")
     list_filter = ("topic",)
-    readonly_fields = [f.name for f in OutboxEvent._meta.fields]
+    fields = readonly_fields = tuple(
+        {"created_at": "created", "published_at": "published"}.get(f.name, f.name)
+        for f in OutboxEvent._meta.fields
+        if f.name != "id"
+    )
+    created = _seconds_column("created_at", "created at")
+
+    @admin.display(description="published at", ordering="published_at")
+    def published(self, event: OutboxEvent) -> str:
+        if event.published_at:
+            return _at_seconds(event.published_at)
+        if event.topic not in settings.RELEASE_SNS_TOPIC_ARNS:
+            return f"not published: no SNS topic configured for {event.topic} (RELEASE_SNS_TOPIC_ARNS)"
+        return "pending"
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        missing = [e for e in settings.INFERENCE_ENVIRONMENTS if e not in settings.RELEASE_SNS_TOPIC_ARNS]
+        if missing and request.method == "GET":  # an action's POST redirects here: said once
+            self.message_user(
+                request,
+                f"No SNS topic configured for {', '.join(missing)} (RELEASE_SNS_TOPIC_ARNS): release "
+                "events of these environments stay here, not published, and no Jenkins job runs.",
+                messages.WARNING,
+            )
+        return super().changelist_view(request, extra_context)

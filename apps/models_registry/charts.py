@@ -12,10 +12,13 @@ def bars_svg(
     title: str,
     threshold: float | None = None,
     width: int = 640,
-    height: int = 180,
+    height: int = 194,
 ) -> str:
-    """Grouped bars, one colour per series, a dashed line at `threshold`; an <svg> string."""
-    left, bottom, top = 44, 22, 24
+    """Grouped bars, one colour per series, a dashed line at `threshold`; an <svg> string.
+
+    The legend is a row of its own between the title and the bars, never over them."""
+    left, bottom, legend_y = 44, 22, 20
+    top = legend_y + 18  # the tallest bar starts below the legend's row
     plot_w, plot_h = width - left - 8, height - bottom - top
     peak = max([v for _, values in series for v in values] + [threshold or 0, 1e-9])
     group_w = plot_w / max(len(labels), 1)
@@ -32,12 +35,14 @@ def bars_svg(
         f'<text x="{left - 4}" y="{top + 4}" text-anchor="end">{peak:.3g}</text>',
         f'<text x="{left - 4}" y="{top + plot_h}" text-anchor="end">0</text>',
     ]
+    legend_x = float(left)
     for s, (name, values) in enumerate(series):
         color = COLORS[s % len(COLORS)]
         parts.append(
-            f'<rect x="{width - 150}" y="{6 + 12 * s}" width="9" height="9" fill="{color}"/>'
-            f'<text x="{width - 137}" y="{14 + 12 * s}">{escape(name)}</text>'
+            f'<g class="legend"><rect x="{legend_x:.1f}" y="{legend_y}" width="9" height="9" fill="{color}"/>'
+            f'<text x="{legend_x + 13:.1f}" y="{legend_y + 8}">{escape(name)}</text></g>'
         )
+        legend_x += 13 + 7 * len(name) + 14
         for i, value in enumerate(values):
             x = left + i * group_w + group_w * 0.1 + s * bar_w
             parts.append(

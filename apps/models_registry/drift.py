@@ -17,6 +17,7 @@ Measures:
   RANGE_TOLERANCE of that feature's range.
 """
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,25 @@ ALERT_CONFIDENCE_RATIO = 0.85
 ALERT_OUT_OF_RANGE_SHARE = 0.1
 # Each worker's latest window, a Redis hash per version: worker id -> window_summary JSON.
 SUMMARY_KEY = "inference:drift:{environment}:{model}:{version}"
+# How full each worker's window is, a Redis hash per version: worker id -> WindowProgress JSON,
+# written at every evaluation, before the window holds enough rows too (the admin says how many
+# it has seen and how many it needs).
+PROGRESS_KEY = "inference:drift-progress:{environment}:{model}:{version}"
+
+
+@dataclass(frozen=True)
+class WindowProgress:
+    """A worker's window of one version: `rows` in it now (at most `window`), `seen` since the
+    worker loaded the version, and `min_rows` needed before it is compared and published."""
+
+    rows: int
+    seen: int
+    min_rows: int
+    window: int
+
+    @property
+    def ready(self) -> bool:
+        return self.rows >= self.min_rows
 
 
 def features_view(inputs: np.ndarray) -> np.ndarray:

@@ -6,6 +6,7 @@ from typing import Any, cast
 
 import orjson
 import redis
+from django.conf import settings
 
 from apps.models_registry import drift
 from apps.models_registry.models import Deployment, ModelVersion, RegisteredModel, RegistryEvent
@@ -89,16 +90,44 @@ def version_is_deployed_anywhere(*, model_name: str, number: int) -> bool:
     return Deployment.objects.filter(model__name=model_name, version__number=number).exists()
 
 
+@dataclass(frozen=True)
+class WorkerWindow:
+    """One worker's window of a version, as it last published it."""
+
+    worker: str
+    progress: drift.WindowProgress
+
+
 @dataclass
 class DriftReport:
     """Live traffic of a version against its reference: the windows of the workers that
-    published one within `max_age_s`, added up."""
+    published one within `max_age_s`, added up; `windows` says how full each worker's window is
+    (also before it holds enough rows), `min_rows` how many a window needs: the workers' own
+    minimum, or this process's INFERENCE_DRIFT_MIN_ROWS while none has reported."""
 
     reference: drift.Reference | None
     workers: int = 0
     summary: dict[str, Any] | None = None
     measures: dict[str, Any] | None = None
     findings: list[str] = field(default_factory=list)
+    windows: list[WorkerWindow] = field(default_factory=list)
+    min_rows: int = 0
+
+
+def drift_windows_get(
+    *, version: ModelVersion, environment: str, client: redis.Redis, max_age_s: float = 60
+) -> list[WorkerWindow]:
+    """How full each worker's window of `version` is, fullest first."""
+    key = drift.PROGRESS_KEY.format(environment=environment, model=version.model.name, version=version.number)
+    windows = []
+    for worker, raw in client.hgetall(key).items():
+        value = orjson.loads(raw)
+        if time.time() - value.get("at", 0) > max_age_s:
+            continue
+        progress = drift.WindowProgress(**{k: int(value[k]) for k in ("rows", "seen", "min_rows", "window")})
+        name = worker.decode() if isinstance(worker, bytes) else str(worker)
+        windows.append(WorkerWindow(worker=name, progress=progress))
+    return sorted(windows, key=lambda w: (-w.progress.rows, w.worker))
 
 
 def drift_report_get(
@@ -107,12 +136,14 @@ def drift_report_get(
     if not version.reference_stats:
         return DriftReport(reference=None)
     reference = drift.Reference(version.reference_stats)
+    windows = drift_windows_get(version=version, environment=environment, client=client, max_age_s=max_age_s)
+    min_rows = max((w.progress.min_rows for w in windows), default=settings.INFERENCE_DRIFT_MIN_ROWS)
     key = drift.SUMMARY_KEY.format(environment=environment, model=version.model.name, version=version.number)
-    windows = [orjson.loads(raw) for raw in client.hvals(key)]
-    fresh = [w for w in windows if time.time() - w.get("at", 0) <= max_age_s]
+    windows_published = [orjson.loads(raw) for raw in client.hvals(key)]
+    fresh = [w for w in windows_published if time.time() - w.get("at", 0) <= max_age_s]
     summary = drift.summaries_merge(fresh)
     if summary is None or not summary["rows"]:
-        return DriftReport(reference=reference)
+        return DriftReport(reference=reference, windows=windows, min_rows=min_rows)
     measures = drift.drift_measures(reference, summary)
     return DriftReport(
         reference=reference,
@@ -120,4 +151,6 @@ def drift_report_get(
         summary=summary,
         measures=measures,
         findings=drift.drift_findings(reference, measures),
+        windows=windows,
+        min_rows=min_rows,
     )

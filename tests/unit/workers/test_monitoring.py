@@ -50,18 +50,24 @@ def test_monitor_reports_after_min_rows_and_flags_a_shift(digits: Digits) -> Non
     train, _, reference = digits
     published = []
     monitor = monitor_of(
-        reference, version=1, window=300, min_rows=200, publish=lambda model, version, s: published.append(s)
+        reference,
+        version=1,
+        window=300,
+        min_rows=200,
+        publish=lambda model, version, progress, s: published.append((progress, s)),
     )
     labels = np.arange(len(train)) % 10
     scores = np.eye(10)[labels] * 0.9 + 0.01
-    assert monitor.observe(train[:100], scores[:100]) is None  # below min_rows: nothing yet
-    assert published == []
+    assert monitor.observe(train[:100], scores[:100]) is None  # below min_rows: no measures yet
+    # ... but how full the window is, and what it needs, is published.
+    assert published == [(drift.WindowProgress(rows=100, seen=100, min_rows=200, window=300), None)]
     measures = monitor.observe(train[100:400], scores[100:400])
     assert measures is not None and measures["rows"] == 300
+    assert published[-1][0] == drift.WindowProgress(rows=300, seen=400, min_rows=200, window=300)
     assert sample("inference_drift_input_psi_max", "1") == pytest.approx(measures["input_psi_max"])
     assert sample("inference_drift_input_psi_max", "1") < drift.ALERT_PSI
     assert sample("inference_drift_input_features_drifted", "1") == 0
-    assert published[-1]["rows"] == 300
+    assert published[-1][1] is not None and published[-1][1]["rows"] == 300
     shifted = monitor.observe(16 - train[400:700], scores[400:700])
     assert shifted is not None and shifted["input_psi_max"] > drift.ALERT_PSI
     assert sample("inference_drift_input_features_drifted", "1") > 10
@@ -89,3 +95,27 @@ def test_admin_report_adds_up_fresh_worker_windows(digits: Digits, redis_server:
     key = drift.SUMMARY_KEY.format(environment="dev", model="monitored", version=2)
     client.hset(key, "w3", b'{"rows": 5, "at": 0}')
     assert drift_report_get(version=version, environment="dev", client=client).workers == 2
+
+
+def test_an_idle_window_is_published_again_before_its_keys_expire(
+    digits: Digits, redis_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No rows since the last evaluation: nothing is recomputed, but the last publication is
+    repeated every REPUBLISH_S (within the keys' minute), so an idle worker stays on the page."""
+    from workers import monitoring
+
+    train, _, reference = digits
+    client = redis.Redis.from_url(redis_server)
+    client.flushdb()
+    publish = SummaryPublisher(client, environment="dev", worker_id="idle")
+    monitor = monitor_of(reference, version=3, window=100, min_rows=80, publish=publish)
+    monitor.observe(train[:50], None)
+    key = drift.PROGRESS_KEY.format(environment="dev", model="monitored", version=3)
+    first = client.hget(key, "idle")
+    assert first is not None and b'"rows":50' in first and b'"min_rows":80' in first
+    assert monitor.evaluate_if_due() is None
+    assert client.hget(key, "idle") == first  # within REPUBLISH_S: no write
+    monkeypatch.setattr(monitoring, "REPUBLISH_S", 0.0)
+    assert monitor.evaluate_if_due() is None
+    again = client.hget(key, "idle")
+    assert again is not None and again != first and b'"rows":50' in again  # a new "at", same window
