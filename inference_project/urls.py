@@ -3,8 +3,13 @@ from django.contrib import admin
 from django.urls import URLPattern, URLResolver, include, path, re_path
 from django.views.static import serve
 
+from inference_project.openapi import schema_view
+
 urlpatterns: list[URLPattern | URLResolver] = [
     path("admin/", admin.site.urls),
+    # Every public route's OpenAPI description; with or without the trailing slash.
+    path("api/schema", schema_view),
+    path("api/schema/", schema_view),
     path("", include("apps.predictions.urls")),
     path("", include("apps.models_registry.urls")),
 ]

@@ -2,11 +2,12 @@
 
 import tempfile
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.http import Http404
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.parsers import MultiPartParser
 from rest_framework.permissions import IsAdminUser
@@ -17,6 +18,7 @@ from rest_framework.views import APIView
 from apps.models_registry import selectors
 from apps.models_registry.models import Deployment, ModelVersion, RegisteredModel, RegistryEvent
 from apps.models_registry.services.deployments import (
+    LiveVersionChanged,
     PromotionRefused,
     deployment_rollback,
     deployment_rollout_record,
@@ -111,9 +113,93 @@ class EventOutputSerializer(serializers.ModelSerializer[RegistryEvent]):
         ]
 
 
+class DeploymentOutputSerializer(serializers.Serializer[Any]):
+    model = serializers.CharField()
+    environment = serializers.CharField()
+    version = serializers.IntegerField()
+    previous_version = serializers.IntegerField(allow_null=True)
+
+
+class PromotionOutputSerializer(DeploymentOutputSerializer):
+    gates = serializers.JSONField(help_text="the gate report the promotion passed")
+
+
+class ModelDetailOutputSerializer(ModelOutputSerializer):
+    versions = VersionOutputSerializer(many=True)
+
+    class Meta(ModelOutputSerializer.Meta):
+        fields = [*ModelOutputSerializer.Meta.fields, "versions"]
+
+
+# The platform's error body (inference_project/drf.py), as the schema describes it.
+ERROR = OpenApiResponse(
+    inline_serializer(
+        "Error",
+        {
+            "error": inline_serializer(
+                "ErrorDetail",
+                {
+                    "code": serializers.CharField(),
+                    "message": serializers.CharField(),
+                    "field": serializers.CharField(required=False),
+                },
+            )
+        },
+    ),
+    description="error",
+)
+ERRORS = {code: ERROR for code in (400, 401, 403, 404)}
+
+
+class EnvironmentField(serializers.ChoiceField):
+    """One of INFERENCE_ENVIRONMENTS, read when a serializer is built (DRF copies declared
+    fields per serializer by calling __init__ again), so settings changed later apply."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(choices=settings.INFERENCE_ENVIRONMENTS, **kwargs)
+
+
+class VersionCreateInputSerializer(serializers.Serializer[Any]):
+    files = serializers.ListField(child=serializers.FileField(), allow_empty=False)
+    signature = serializers.JSONField(required=False)
+    metrics = serializers.JSONField(required=False)
+    notes = serializers.CharField(required=False, allow_blank=True, default="")
+    # A superuser's reason to let this version need Keras' unsafe deserialization.
+    trust_unsafe_reason = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+class _ExpectLiveMixin(serializers.Serializer[Any]):
+    # The version the caller saw live (the admin's confirmation page, a script's earlier read);
+    # null: nothing live. Sent, and something else is live by then: refused, nothing changes.
+    expect_live = serializers.IntegerField(min_value=1, allow_null=True, required=False)
+
+
+class PromoteInputSerializer(_ExpectLiveMixin):
+    version = serializers.IntegerField(min_value=1)
+    environment = EnvironmentField(required=False)
+    reason = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+class RollbackInputSerializer(_ExpectLiveMixin):
+    environment = EnvironmentField(required=False)
+    reason = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+class ReleaseReportInputSerializer(serializers.Serializer[Any]):
+    environment = EnvironmentField()
+    version = serializers.IntegerField(min_value=1)
+    event_id = serializers.CharField(required=False, default="")
+    build_url = serializers.URLField(required=False, default="")
+
+
+def _expect_live(data: dict[str, Any]) -> dict[str, Any]:
+    return {"expect_live": data["expect_live"]} if "expect_live" in data else {}
+
+
 class ModelListApi(APIView):
     permission_classes = [IsAdminUser]
 
+    @extend_schema(summary="Registered models", responses={200: ModelOutputSerializer(many=True), **ERRORS})
     def get(self, request: Request) -> Response:
         return Response(ModelOutputSerializer(selectors.model_list(), many=True).data)
 
@@ -121,6 +207,10 @@ class ModelListApi(APIView):
 class ModelDetailApi(APIView):
     permission_classes = [IsAdminUser]
 
+    @extend_schema(
+        summary="A model, its deployments and versions",
+        responses={200: ModelDetailOutputSerializer, **ERRORS},
+    )
     def get(self, request: Request, name: str) -> Response:
         model = _model_or_404(name)
         data = ModelOutputSerializer(model).data
@@ -136,18 +226,18 @@ class ModelVersionListCreateApi(APIView):
     permission_classes = [IsAdminUser]
     parser_classes = [MultiPartParser]
 
-    class InputSerializer(serializers.Serializer[Any]):
-        files = serializers.ListField(child=serializers.FileField(), allow_empty=False)
-        signature = serializers.JSONField(required=False)
-        metrics = serializers.JSONField(required=False)
-        notes = serializers.CharField(required=False, allow_blank=True, default="")
-        # A superuser's reason to let this version need Keras' unsafe deserialization.
-        trust_unsafe_reason = serializers.CharField(required=False, allow_blank=True, default="")
-
+    @extend_schema(
+        summary="A model's versions", responses={200: VersionOutputSerializer(many=True), **ERRORS}
+    )
     def get(self, request: Request, name: str) -> Response:
         model = _model_or_404(name)
         return Response(VersionOutputSerializer(model.versions.all(), many=True).data)
 
+    @extend_schema(
+        summary="Register a version (multipart upload of its files)",
+        request={"multipart/form-data": VersionCreateInputSerializer},
+        responses={201: VersionOutputSerializer, **ERRORS},
+    )
     def post(self, request: Request, name: str) -> Response:
         # Checked before the body is read (the service checks again): no upload is stored for
         # a user who may not register.
@@ -156,7 +246,7 @@ class ModelVersionListCreateApi(APIView):
                 error_body("permission_denied", "requires models_registry.add_modelversion"),
                 status=status.HTTP_403_FORBIDDEN,
             )
-        serializer = self.InputSerializer(data=request.data)
+        serializer = VersionCreateInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         with tempfile.TemporaryDirectory() as folder:
@@ -191,19 +281,14 @@ class ModelVersionListCreateApi(APIView):
 class PromoteApi(APIView):
     permission_classes = [IsAdminUser]
 
-    class InputSerializer(serializers.Serializer[Any]):
-        version = serializers.IntegerField(min_value=1)
-        environment = serializers.ChoiceField(choices=[], required=False)
-        reason = serializers.CharField(required=False, allow_blank=True, default="")
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            environment = cast("serializers.ChoiceField", self.fields["environment"])  # declared above
-            environment.choices = settings.INFERENCE_ENVIRONMENTS
-
+    @extend_schema(
+        summary="Promote a version (gates first) to the next or a chosen environment",
+        request=PromoteInputSerializer,
+        responses={200: PromotionOutputSerializer, 409: ERROR, 422: ERROR, **ERRORS},
+    )
     def post(self, request: Request, name: str) -> Response:
         model = _model_or_404(name)
-        serializer = self.InputSerializer(data=request.data)
+        serializer = PromoteInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         version = selectors.model_version_get(model_name=model.name, number=data["version"])
@@ -211,8 +296,14 @@ class PromoteApi(APIView):
             raise Http404(f"{name} has no version {data['version']}")
         try:
             deployment = model_version_promote(
-                version=version, environment=data.get("environment"), user=request.user, reason=data["reason"]
+                version=version,
+                environment=data.get("environment"),
+                user=request.user,
+                reason=data["reason"],
+                **_expect_live(data),
             )
+        except LiveVersionChanged as exc:
+            return Response(error_body("live_version_changed", str(exc)), status=status.HTTP_409_CONFLICT)
         except PromotionRefused as exc:
             body = error_body("promotion_refused", str(exc))
             if exc.report:
@@ -225,13 +316,14 @@ class PromoteApi(APIView):
 class RollbackApi(APIView):
     permission_classes = [IsAdminUser]
 
-    class InputSerializer(serializers.Serializer[Any]):
-        environment = serializers.CharField(required=False)
-        reason = serializers.CharField(required=False, allow_blank=True, default="")
-
+    @extend_schema(
+        summary="Roll back to the last version live before the current one and never rolled back out",
+        request=RollbackInputSerializer,
+        responses={200: DeploymentOutputSerializer, 409: ERROR, **ERRORS},
+    )
     def post(self, request: Request, name: str) -> Response:
         model = _model_or_404(name)
-        serializer = self.InputSerializer(data=request.data)
+        serializer = RollbackInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         try:
@@ -240,6 +332,7 @@ class RollbackApi(APIView):
                 environment=data.get("environment", settings.INFERENCE_ENVIRONMENT),
                 user=request.user,
                 reason=data["reason"],
+                **_expect_live(data),
             )
         except PromotionRefused as exc:
             return Response(error_body("rollback_refused", str(exc)), status=status.HTTP_409_CONFLICT)
@@ -251,15 +344,14 @@ class RolloutApi(APIView):
 
     permission_classes = [IsAdminUser]
 
-    class InputSerializer(serializers.Serializer[Any]):
-        environment = serializers.CharField()
-        version = serializers.IntegerField(min_value=1)
-        event_id = serializers.CharField(required=False, default="")
-        build_url = serializers.URLField(required=False, default="")
-
+    @extend_schema(
+        summary="The release pipeline reports a version deployed",
+        request=ReleaseReportInputSerializer,
+        responses={201: EventOutputSerializer, 409: ERROR, **ERRORS},
+    )
     def post(self, request: Request, name: str) -> Response:
         model = _model_or_404(name)
-        serializer = self.InputSerializer(data=request.data)
+        serializer = ReleaseReportInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         try:
@@ -278,6 +370,9 @@ class RolloutApi(APIView):
 class HistoryApi(APIView):
     permission_classes = [IsAdminUser]
 
+    @extend_schema(
+        summary="A model's history, newest first", responses={200: EventOutputSerializer(many=True), **ERRORS}
+    )
     def get(self, request: Request, name: str) -> Response:
         model = _model_or_404(name)
         return Response(EventOutputSerializer(selectors.registry_history(model=model), many=True).data)

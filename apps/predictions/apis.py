@@ -1,10 +1,7 @@
-"""The platform's own HTTP routes: liveness, readiness, Prometheus metrics and the OpenAPI
-description. The prediction protocols' views are in transports/."""
+"""The platform's own HTTP routes: liveness, readiness and Prometheus metrics (the OpenAPI
+description is inference_project/openapi.py's). The prediction protocols' views are in transports/."""
 
-import functools
-from pathlib import Path
 
-import yaml
 from django.http import HttpRequest, HttpResponse
 from django.views import View
 
@@ -35,14 +32,3 @@ class MetricsApi(View):
         return HttpResponse(text, content_type=METRICS_CONTENT_TYPE)
 
 
-class SchemaApi(View):
-    """The OpenAPI description of these routes (apps/predictions/openapi.yaml), as JSON."""
-
-    async def get(self, request: HttpRequest) -> HttpResponse:
-        return json_response(openapi_schema())
-
-
-@functools.cache
-def openapi_schema() -> dict[str, object]:
-    schema: dict[str, object] = yaml.safe_load((Path(__file__).parent / "openapi.yaml").read_text())
-    return schema

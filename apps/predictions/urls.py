@@ -30,7 +30,6 @@ def exempt(view: type[View]) -> Callable[..., HttpResponseBase]:
 urlpatterns = [
     path("healthz", exempt(apis.LivenessApi)),
     path("readyz", exempt(apis.ReadinessApi)),
-    path("api/schema", exempt(apis.SchemaApi)),
     path("metrics", exempt(apis.MetricsApi)),
     # native
     path("api/v1/predictions", exempt(native.PredictionCreateApi)),

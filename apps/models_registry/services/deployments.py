@@ -59,6 +59,14 @@ class PromotionRefused(Exception):
         self.report = report
 
 
+class LiveVersionChanged(PromotionRefused):
+    """The caller acted on what it saw live (`expect_live`), and something else is live now."""
+
+
+# `expect_live` not given: act on whatever is live.
+ANY_LIVE = -1
+
+
 def environment_passed(*, version: ModelVersion, environment: str) -> bool:
     """Whether `version` went through `environment`: it is live there now, or it was and a
     promotion of a newer version replaced it. Not if it was rolled back out (for cause), nor if
@@ -118,6 +126,7 @@ def model_version_promote(
     user: User = None,
     reason: str = "",
     actor: str | None = None,
+    expect_live: int | None = ANY_LIVE,
 ) -> Deployment:
     """Run the gates, then make `version` live in `environment` (default: the next one).
 
@@ -125,12 +134,15 @@ def model_version_promote(
     A failed gate changes nothing: it is recorded and `PromotionRefused` carries the report.
     `user=None` means a trusted caller (a management command run by an operator); `actor`
     names who acts in the history when there is no user (the command's --actor, or OS user).
+    `expect_live`: the version number the caller saw live there (None: nothing); when another
+    is live by the time of the switch, `LiveVersionChanged` and nothing changes.
     """
     actor_permission_require(user=user, perm="models_registry.promote_deployment")
     environments: list[str] = settings.INFERENCE_ENVIRONMENTS
     target = environment or environment_next(version=version)
     if target not in environments:
         raise ValidationError(f"unknown environment {target!r} (known: {environments})")
+    _live_expected(model=version.model, environment=target, expect_live=expect_live)
     skipped = environments_skipped(version=version, environment=target)
     if skipped:
         actor_superuser_require(user=user, what=f"skipping {', '.join(skipped)} to reach {target}")
@@ -161,15 +173,23 @@ def model_version_promote(
         reason=reason,
         details=report.as_dict(),
         actor=actor,
+        expect_live=expect_live,
     )
 
 
 def deployment_rollback(
-    *, model: RegisteredModel, environment: str, user: User = None, reason: str = "", actor: str | None = None
+    *,
+    model: RegisteredModel,
+    environment: str,
+    user: User = None,
+    reason: str = "",
+    actor: str | None = None,
+    expect_live: int | None = ANY_LIVE,
 ) -> Deployment:
     """Make the last version live before the current one, and never rolled back out, live
-    again (`rollback_target`; checksums verified first)."""
+    again (`rollback_target`; checksums verified first). `expect_live` as for promotion."""
     actor_permission_require(user=user, perm="models_registry.rollback_deployment")
+    _live_expected(model=model, environment=environment, expect_live=expect_live)
     target = rollback_target(model=model, environment=environment)
     if target is None:
         raise PromotionRefused(
@@ -195,6 +215,7 @@ def deployment_rollback(
         action=RegistryEvent.Action.ROLLBACK,
         reason=reason,
         actor=actor,
+        expect_live=expect_live,
     )
 
 
@@ -264,11 +285,15 @@ def _deployment_switch(
     reason: str = "",
     details: dict[str, Any] | None = None,
     actor: str | None = None,
+    expect_live: int | None = ANY_LIVE,
 ) -> Deployment:
+    """The one place a deployment changes. Under the row's lock, so `previous` is what was live
+    when the switch happened, and the switch is refused if that is not what the caller saw."""
     model = version.model
     with transaction.atomic():
         current = Deployment.objects.select_for_update().filter(model=model, environment=environment).first()
         previous = current.version if current else None
+        _live_check(model=model, environment=environment, live=previous, expect_live=expect_live)
         if previous == version:
             raise PromotionRefused(f"{version} is already live in {environment}")
         deployment, _ = Deployment.objects.update_or_create(
@@ -294,6 +319,32 @@ def _deployment_switch(
         release_event_write(action=action, deployment=deployment, user=user, actor=actor)
         transaction.on_commit(lambda: _after_switch(deployment=deployment, previous=previous))
     return deployment
+
+
+def _live_expected(*, model: RegisteredModel, environment: str, expect_live: int | None) -> None:
+    """Refuse early (before gates or a rollback's checksums) when the caller's view is stale."""
+    if expect_live == ANY_LIVE:
+        return
+    current = selectors.deployment_get_active(model_name=model.name, environment=environment)
+    _live_check(
+        model=model,
+        environment=environment,
+        live=current.version if current else None,
+        expect_live=expect_live,
+    )
+
+
+def _live_check(
+    *, model: RegisteredModel, environment: str, live: ModelVersion | None, expect_live: int | None
+) -> None:
+    if expect_live in (ANY_LIVE, live.number if live else None):
+        return
+    seen = f"v{expect_live}" if expect_live is not None else "nothing"
+    now = f"v{live.number}" if live else "nothing"
+    raise LiveVersionChanged(
+        f"{model.name} in {environment} changed since you looked: {now} is live now, not {seen}; "
+        "nothing was changed"
+    )
 
 
 def _after_switch(*, deployment: Deployment, previous: ModelVersion | None) -> None:

@@ -5,7 +5,11 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from apps.models_registry import selectors
 from apps.models_registry.services.actors import actor_default
-from apps.models_registry.services.deployments import PromotionRefused, model_version_promote
+from apps.models_registry.services.deployments import ANY_LIVE, PromotionRefused, model_version_promote
+
+
+def expected_live(value: str) -> int | None:
+    return None if value.lower() == "none" else int(value)
 
 
 class Command(BaseCommand):
@@ -19,6 +23,13 @@ class Command(BaseCommand):
             "--actor", default=actor_default(), help="who acts, for the history (default: the OS user)"
         )
         parser.add_argument("--reason", default="", help="required when skipping an environment")
+        parser.add_argument(
+            "--expect-live",
+            type=expected_live,
+            default=ANY_LIVE,
+            metavar="N|none",
+            help="act only if version N (none: nothing) is what is live there now",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         version = selectors.model_version_get(model_name=options["model"], number=options["version"])
@@ -31,6 +42,7 @@ class Command(BaseCommand):
                 environment=options["environment"],
                 reason=options["reason"],
                 actor=options["actor"],
+                expect_live=options["expect_live"],
             )
         except PromotionRefused as exc:
             if exc.report:

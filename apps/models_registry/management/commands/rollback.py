@@ -5,7 +5,11 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from apps.models_registry import selectors
 from apps.models_registry.services.actors import actor_default
-from apps.models_registry.services.deployments import PromotionRefused, deployment_rollback
+from apps.models_registry.services.deployments import ANY_LIVE, PromotionRefused, deployment_rollback
+
+
+def expected_live(value: str) -> int | None:
+    return None if value.lower() == "none" else int(value)
 
 
 class Command(BaseCommand):
@@ -18,6 +22,13 @@ class Command(BaseCommand):
             "--actor", default=actor_default(), help="who acts, for the history (default: the OS user)"
         )
         parser.add_argument("--reason", default="")
+        parser.add_argument(
+            "--expect-live",
+            type=expected_live,
+            default=ANY_LIVE,
+            metavar="N|none",
+            help="act only if version N (none: nothing) is what is live there now",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         model = selectors.model_get(name=options["model"])
@@ -29,6 +40,7 @@ class Command(BaseCommand):
                 environment=options["environment"],
                 reason=options["reason"],
                 actor=options["actor"],
+                expect_live=options["expect_live"],
             )
         except PromotionRefused as exc:
             raise CommandError(str(exc)) from exc

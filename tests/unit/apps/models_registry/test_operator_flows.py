@@ -1,13 +1,16 @@
 """Promotion and rollback an operator can trust: one version per model per action, rollback to
 the last version never rolled back out, "went through" an environment, reasons in the admin."""
 
+import io
 from pathlib import Path
 
 import pytest
+from django.core.management import CommandError, call_command
 from django.test import Client
 
 from apps.models_registry.models import Deployment, RegistryEvent
 from apps.models_registry.services.deployments import (
+    LiveVersionChanged,
     PromotionRefused,
     deployment_rollback,
     environment_next,
@@ -131,3 +134,45 @@ def test_the_admin_confirms_a_rollback_and_says_when_there_is_nothing_to_go_back
     operator.post(DEPLOYMENTS, {**action, "confirm": "yes"})
     assert live("dev") == 1  # never forward to the version just rolled back
     assert RegistryEvent.objects.get(action="rollback").reason == "errors up"
+
+
+@pytest.mark.usefixtures("gates_pass")
+def test_a_switch_acting_on_a_stale_view_of_what_is_live_is_refused(demo_model_dir: Path) -> None:
+    """The registry records no deployment whose "previous" is not what the caller saw live:
+    a promotion or rollback sent with `expect_live` after someone else switched changes nothing."""
+    v1, v2, v3 = (register(demo_model_dir) for _ in range(3))
+    model_version_promote(version=v1, environment="dev", expect_live=None)
+    with pytest.raises(LiveVersionChanged, match="v1 is live now, not nothing"):
+        model_version_promote(version=v2, environment="dev", expect_live=None)
+    model_version_promote(version=v2, environment="dev", expect_live=1)
+    events = RegistryEvent.objects.count()
+
+    # An operator looked when v1 was live; v2 is live now.
+    with pytest.raises(
+        LiveVersionChanged, match="digits in dev changed since you looked: v2 is live now, not v1"
+    ):
+        model_version_promote(version=v3, environment="dev", expect_live=1)
+    with pytest.raises(LiveVersionChanged):
+        deployment_rollback(model=v1.model, environment="dev", expect_live=1)
+    assert (live("dev"), RegistryEvent.objects.count()) == (2, events)
+    deployment = Deployment.objects.get(environment="dev")
+    assert deployment.previous_version == v1
+
+    root = Client()
+    root.force_login(staff(superuser=True))
+    stale = root.post(
+        "/api/v1/models/digits/promote", {"version": 3, "expect_live": 1}, content_type="application/json"
+    )
+    assert stale.status_code == 409, stale.content
+    assert stale.json()["error"]["code"] == "live_version_changed"
+    stale = root.post(
+        "/api/v1/models/digits/rollback",
+        {"environment": "dev", "expect_live": 3},
+        content_type="application/json",
+    )
+    assert stale.status_code == 409 and "not v3" in stale.json()["error"]["message"]
+    with pytest.raises(CommandError, match="v2 is live now, not nothing"):
+        call_command("promote", "digits", "3", "--to", "dev", "--expect-live", "none")
+    assert live("dev") == 2
+    call_command("rollback", "digits", "--env", "dev", "--expect-live", "2", stdout=io.StringIO())
+    assert live("dev") == 1
