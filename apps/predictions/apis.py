@@ -1,7 +1,6 @@
 """The platform's own HTTP routes: liveness, readiness and Prometheus metrics (the OpenAPI
 description is inference_project/openapi.py's). The prediction protocols' views are in transports/."""
 
-
 from django.http import HttpRequest, HttpResponse
 from django.views import View
 
@@ -30,5 +29,3 @@ class MetricsApi(View):
     async def get(self, request: HttpRequest) -> HttpResponse:
         text = metrics_text(OneShot(await platform_gauges()))
         return HttpResponse(text, content_type=METRICS_CONTENT_TYPE)
-
-
