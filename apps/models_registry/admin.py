@@ -30,6 +30,8 @@ from apps.models_registry.models import (
     SignatureStatus,
 )
 from apps.models_registry.services.deployments import (
+    ANY_LIVE,
+    LiveVersionChanged,
     PromotionRefused,
     deployment_rollback,
     environment_next,
@@ -419,7 +421,13 @@ class ModelVersionAdmin(ReadOnlyAdmin[ModelVersion]):
         reason = request.POST.get("reason", "")
         if request.POST.get("confirm") == "yes":
             for version in versions:
-                self._promote(request, version, environment=chosen or None, reason=reason)
+                self._promote(
+                    request,
+                    version,
+                    environment=chosen or None,
+                    reason=reason,
+                    expect_live=_expected_live(request, version.pk),
+                )
             return None
         plans = [_promotion_plan(version, environment=chosen or None) for version in versions]
         context = {
@@ -464,12 +472,24 @@ class ModelVersionAdmin(ReadOnlyAdmin[ModelVersion]):
         return TemplateResponse(request, "admin/models_registry/trust_confirm.html", context)
 
     def _promote(
-        self, request: HttpRequest, version: ModelVersion, *, environment: str | None, reason: str
+        self,
+        request: HttpRequest,
+        version: ModelVersion,
+        *,
+        environment: str | None,
+        reason: str,
+        expect_live: int | None,
     ) -> None:
         try:
             deployment = model_version_promote(
-                version=version, environment=environment, user=request.user, reason=reason
+                version=version,
+                environment=environment,
+                user=request.user,
+                reason=reason,
+                expect_live=expect_live,
             )
+        except LiveVersionChanged as exc:
+            self.message_user(request, f"{version}: {exc}", messages.ERROR)
         except PromotionRefused as exc:
             self.message_user(request, f"Gate failed, nothing changed. {exc}", messages.ERROR)
         except (PermissionDenied, ValidationError) as exc:
@@ -478,6 +498,14 @@ class ModelVersionAdmin(ReadOnlyAdmin[ModelVersion]):
             self.message_user(
                 request, f"{version} is now live in {deployment.environment}.", messages.SUCCESS
             )
+
+
+def _expected_live(request: HttpRequest, pk: int) -> int | None:
+    """The live version number the confirmation page showed for object `pk` (None: nothing)."""
+    value = request.POST.get(f"expect_live_{pk}", "")
+    if value == "none":
+        return None
+    return int(value) if value.isdigit() else ANY_LIVE
 
 
 def _messages(exc: Exception) -> list[str]:
@@ -554,6 +582,7 @@ class DeploymentAdmin(ReadOnlyAdmin[Deployment]):
                         environment=deployment.environment,
                         user=request.user,
                         reason=reason,
+                        expect_live=_expected_live(request, deployment.pk),
                     )
                 except (PromotionRefused, PermissionDenied) as exc:
                     self.message_user(request, str(exc), messages.ERROR)

@@ -176,3 +176,28 @@ def test_a_switch_acting_on_a_stale_view_of_what_is_live_is_refused(demo_model_d
     assert live("dev") == 2
     call_command("rollback", "digits", "--env", "dev", "--expect-live", "2", stdout=io.StringIO())
     assert live("dev") == 1
+
+
+@pytest.mark.usefixtures("gates_pass")
+def test_the_admin_refuses_a_confirmation_made_on_a_page_that_is_out_of_date(demo_model_dir: Path) -> None:
+    v1, v2, v3 = (register(demo_model_dir) for _ in range(3))
+    model_version_promote(version=v1, environment="dev")
+    root = admin(staff(superuser=True))
+    promote = {"action": "promote_next", "_selected_action": [v3.pk]}
+    page = root.post(VERSIONS, promote).content.decode()
+    assert f'name="expect_live_{v3.pk}" value="1"' in page
+    model_version_promote(version=v2, environment="dev")  # someone else, meanwhile
+    done = root.post(VERSIONS, {**promote, "confirm": "yes", f"expect_live_{v3.pk}": "1"}, follow=True)
+    assert "v2 is live now, not v1; nothing was changed" in done.content.decode()
+    assert live("dev") == 2
+
+    deployment = Deployment.objects.get(environment="dev")
+    rollback = {"action": "roll_back", "_selected_action": [deployment.pk]}
+    page = root.post(DEPLOYMENTS, rollback).content.decode()
+    assert f'name="expect_live_{deployment.pk}" value="2"' in page
+    model_version_promote(version=v3, environment="dev")
+    done = root.post(
+        DEPLOYMENTS, {**rollback, "confirm": "yes", f"expect_live_{deployment.pk}": "2"}, follow=True
+    )
+    assert "v3 is live now, not v2" in done.content.decode()
+    assert live("dev") == 3
