@@ -39,6 +39,15 @@ _publisher = ThreadPoolExecutor(max_workers=4, thread_name_prefix="celery-publis
 _replication = Replication()
 
 
+def _counted(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _batch_repr(served: ServedModel, *, requests: int, rows: int) -> str:
+    """What Flower and logs show for a batch instead of its tensor bytes."""
+    return f"({served.name} v{served.version}, {_counted(requests, 'request')}, {_counted(rows, 'row')})"
+
+
 def _publish_batch(served: ServedModel, parts: list[dict[str, Any]], expires: float | None) -> None:
     rows = sum(next(iter(part["inputs"].values()))["shape"][0] for part in parts)
     if batch_bytes(parts) > settings.INFERENCE_TENSOR_OFFLOAD_BYTES:
@@ -51,7 +60,7 @@ def _publish_batch(served: ServedModel, parts: list[dict[str, Any]], expires: fl
         queue=served.queue,
         expires=expires,
         # Flower and logs show this instead of the tensor bytes.
-        argsrepr=f"({served.name} v{served.version}, {len(parts)} requests, {rows} rows)",
+        argsrepr=_batch_repr(served, requests=len(parts), rows=rows),
     )
 
 

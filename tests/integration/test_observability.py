@@ -225,11 +225,23 @@ def test_flower_lists_the_worker_with_readable_tasks(observed: Platform) -> None
     worker = eventually(digits_worker, timeout=30, every=2)
     assert worker is not None, "Flower does not list the digits worker"
     assert [q["name"] for q in worker["active_queues"]] == ["inference.digits"]
+    with observed.client() as client:  # a batch of one request of one row, at least
+        answer = client.post("/api/v1/predictions", json={"model": "digits", "inputs": [[0.0] * 64]})
+        assert answer.status_code == 200, answer.text
+    time.sleep(1)  # the task events reach Flower
     tasks = httpx.get(f"{flower}/api/tasks", params={"limit": 20}, auth=auth, timeout=10).json()
     names = {t["name"] for t in tasks.values()}
     assert "inference.predict_batch" in names
     args = [t["args"] for t in tasks.values() if t["name"] == "inference.predict_batch"]
-    assert all(re.fullmatch(r"\(digits v1, \d+ requests, \d+ rows\)", a) for a in args), args[:3]
+    assert all(re.fullmatch(r"\(digits v1, (1 request|\d+ requests), (1 row|\d+ rows)\)", a) for a in args), (
+        args[:3]
+    )
+    assert not any(re.search(r"\b1 requests|\b1 rows", a) for a in args), args[:3]
+
+    # The Broker tab reads the queues through kombu's own Redis transport (deploy/bin/flower).
+    broker = httpx.get(f"{flower}/broker", auth=auth, timeout=10)
+    assert broker.status_code == 200, broker.text[:300]
+    assert "redis://" in broker.text and '<tr id="inference.digits">' in broker.text, broker.text[:500]
 
 
 def _drift_page(platform: Platform, name: str) -> str:
