@@ -35,3 +35,8 @@ def serving_unmark(
 async def serving_count(client: aioredis.Redis, *, environment: str, model: str, version: int) -> int:
     key = serving_key(environment=environment, model=model, version=version)
     return int(await client.zcount(key, time.time() - settings.INFERENCE_HEARTBEAT_TTL_S, "+inf"))
+
+
+def serving_count_sync(client: redis.Redis, *, environment: str, model: str, version: int) -> int:
+    key = serving_key(environment=environment, model=model, version=version)
+    return int(client.zcount(key, time.time() - settings.INFERENCE_HEARTBEAT_TTL_S, "+inf"))

@@ -69,6 +69,11 @@ REDELIVERIES = Counter(
     "Batches delivered again (a worker died or the visibility timeout passed before the ack).",
     ["model"],
 )
+AUTOMATIC_ROLLBACKS = Counter(
+    "inference_automatic_rollbacks_total",
+    "Live versions this worker found unloadable and rolled back to the last good version.",
+    ["model", "environment"],
+)
 RETRIES = Counter("inference_task_retries_total", "Task retries, by task name.", ["task"])
 
 

@@ -23,7 +23,7 @@ from django.db import close_old_connections
 
 from apps.models_registry import selectors
 from apps.models_registry.models import Artifact, Deployment, ModelVersion, RegistryEvent
-from apps.models_registry.services.deployments import deployment_served_record
+from apps.models_registry.services.deployments import deployment_load_failure_handle, deployment_served_record
 from apps.models_registry.services.events import registry_event_record
 from apps.models_registry.services.trust import (
     files_signature_check,
@@ -42,7 +42,15 @@ from inference_common.wire import tensor_decode
 from inference_project.errors import DATABASE_UNAVAILABLE
 from inference_project.heap import heap_freeze, heap_thaw
 from inference_project.redis_clients import redis_sync
-from workers.metrics import BATCH_REQUESTS, BATCH_SIZE, LOAD_SECONDS, LOADED, PREDICT, REDELIVERIES
+from workers.metrics import (
+    AUTOMATIC_ROLLBACKS,
+    BATCH_REQUESTS,
+    BATCH_SIZE,
+    LOAD_SECONDS,
+    LOADED,
+    PREDICT,
+    REDELIVERIES,
+)
 from workers.monitoring import DriftMonitor, SummaryPublisher
 from workers.predictor import ModelFiles, Predictor
 from workers.runtimes import predictor_for
@@ -98,27 +106,32 @@ def predictor_build(*, model_name: str, version_number: int, worker_id: str) -> 
     if version is None:
         raise ModelUnavailable("not_found", f"model {model_name!r} has no version {version_number}")
     started = time.perf_counter()
+    fetched = False
     try:
         files = model_files_get(version, environment=settings.INFERENCE_ENVIRONMENT)
+        fetched = True
         predictor = predictor_for(version.framework, files)
         predictor.load()
     except Exception as exc:
         logger.exception("could not load %s v%s", model_name, version_number)
-        registry_event_record(
-            model=version.model,
-            action=RegistryEvent.Action.LOAD_FAILED,
-            version=version,
-            environment=settings.INFERENCE_ENVIRONMENT,
-            actor=worker_id,
-            details={
-                "error": f"{type(exc).__name__}: {exc}",
-                **(
-                    {"artifact": exc.filename, "reason": exc.reason}
-                    if isinstance(exc, ArtifactRefused)
-                    else {}
-                ),
-            },
-        )
+        try:
+            rolled_back = deployment_load_failure_handle(
+                version=version,
+                environment=settings.INFERENCE_ENVIRONMENT,
+                worker_id=worker_id,
+                error=f"{type(exc).__name__}: {exc}",
+                # Storage that cannot be read now may be read later; a model that does not load
+                # (h5py's OSErrors included) or whose stored bytes are not the registered ones
+                # will not.
+                definite=fetched or not isinstance(exc, OSError),
+                details={"artifact": exc.filename, "reason": exc.reason}
+                if isinstance(exc, ArtifactRefused)
+                else None,
+            )
+            if rolled_back is not None:
+                AUTOMATIC_ROLLBACKS.labels(model_name, settings.INFERENCE_ENVIRONMENT).inc()
+        except DATABASE_UNAVAILABLE:
+            logger.warning("could not record the failed load of %s v%s", model_name, version_number)
         code = "model_unavailable" if isinstance(exc, ChecksumMismatch | OSError) else "load_failed"
         raise ModelUnavailable(code, f"{model_name} v{version_number} could not be loaded: {exc}") from exc
     seconds = time.perf_counter() - started

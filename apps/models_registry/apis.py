@@ -339,13 +339,13 @@ class RollbackApi(APIView):
         return Response(_deployment_body(deployment))
 
 
-class RolloutApi(APIView):
+class ReleaseReportApi(APIView):
     """The release pipeline's report: the version is deployed and answered its smoke test."""
 
     permission_classes = [IsAdminUser]
 
     @extend_schema(
-        summary="The release pipeline reports a version deployed",
+        summary="The release pipeline reports a version deployed (the Jenkinsfile's last stage)",
         request=ReleaseReportInputSerializer,
         responses={201: EventOutputSerializer, 409: ERROR, **ERRORS},
     )
@@ -376,3 +376,9 @@ class HistoryApi(APIView):
     def get(self, request: Request, name: str) -> Response:
         model = _model_or_404(name)
         return Response(EventOutputSerializer(selectors.registry_history(model=model), many=True).data)
+
+
+@extend_schema(deprecated=True, summary="Old path of the release report: use .../releases")
+class LegacyReleaseReportApi(ReleaseReportApi):
+    """`POST .../rollouts` was the release report's path before rollouts (canary, shadow) took
+    the name; it answers as `.../releases` does until no Jenkinsfile in use calls it."""

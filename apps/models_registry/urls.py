@@ -9,5 +9,7 @@ urlpatterns = [
     path("api/v1/models/<slug:name>/promote", apis.PromoteApi.as_view()),
     path("api/v1/models/<slug:name>/rollback", apis.RollbackApi.as_view()),
     path("api/v1/models/<slug:name>/history", apis.HistoryApi.as_view()),
-    path("api/v1/models/<slug:name>/rollouts", apis.RolloutApi.as_view()),
+    path("api/v1/models/<slug:name>/releases", apis.ReleaseReportApi.as_view()),
+    # The release report's old path (docs/registry.md), until rollouts take it.
+    path("api/v1/models/<slug:name>/rollouts", apis.LegacyReleaseReportApi.as_view()),
 ]

@@ -311,6 +311,11 @@ INFERENCE_REGISTRY_CACHE_S = env.float("INFERENCE_REGISTRY_CACHE_S", default=2.0
 # the TTL no longer count for readiness.
 INFERENCE_HEARTBEAT_S = env.float("INFERENCE_HEARTBEAT_S", default=2.0)
 INFERENCE_HEARTBEAT_TTL_S = env.float("INFERENCE_HEARTBEAT_TTL_S", default=10.0)
+# A live version that a worker cannot load (the load itself failed: not a storage outage or a
+# slow load) and that no worker serves is rolled back to the deployment's last good version,
+# by itself, and recorded (actor "auto-rollback"). Off: the last good version still serves
+# unpinned requests, and an operator rolls back.
+INFERENCE_AUTO_ROLLBACK = env.bool("INFERENCE_AUTO_ROLLBACK", default=True)
 
 # LOG_FORMAT=json (default): one JSON object a line (inference_project/logs.py), for ELK;
 # LOG_FORMAT=plain for people reading a terminal.

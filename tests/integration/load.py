@@ -1,6 +1,7 @@
 """Load helpers shared by the reliability tests and the soak: concurrent clients, job polling."""
 
 import asyncio
+import re
 import subprocess
 import time
 from typing import Any
@@ -41,6 +42,33 @@ def load_failures(platform: Platform, version: int) -> str:
         "from apps.models_registry.models import RegistryEvent as E; "
         f"print([e.details for e in E.objects.filter(action='load_failed', to_version={version})])",
     ).stdout
+
+
+ROLL_BACK_UNLESS_DONE = """
+from apps.models_registry import selectors
+from apps.models_registry.services.deployments import PromotionRefused, deployment_rollback
+try:
+    deployment_rollback(model=selectors.model_get(name="digits"), environment="dev", expect_live={number})
+except PromotionRefused as exc:
+    print(exc)
+"""
+
+
+def roll_back_unless_done(platform: Platform, number: int) -> None:
+    """Roll digits in dev back from `number`, unless it is no longer live (rolled back by itself)."""
+    platform.manage("shell", "-c", ROLL_BACK_UNLESS_DONE.format(number=number))
+
+
+def automatic_rollbacks(platform: Platform) -> list[int]:
+    """The digits versions the registry rolled back by itself (actor auto-rollback)."""
+    out = platform.manage(
+        "shell",
+        "-c",
+        "from apps.models_registry.models import RegistryEvent as E; "
+        "print(list(E.objects.filter(action='rollback', actor='auto-rollback')"
+        ".values_list('from_version', flat=True)))",
+    ).stdout
+    return [int(n) for n in re.findall(r"\d+", out.strip().splitlines()[-1])]
 
 
 def wait_ready(platform: Platform, timeout: float = 60) -> float:

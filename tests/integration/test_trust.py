@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -134,14 +135,16 @@ def legacy_register(platform: Platform, folder: Path) -> int:
 
 
 def deploy_straight(platform: Platform, number: int) -> None:
-    """Live in prod without gates, as `--deploy` or an operator with database access would."""
+    """Live in prod without gates, as `--deploy` or an operator with database access would
+    (nothing to do when it is live already: an automatic rollback may have put it back)."""
     platform.manage(
         "shell",
         "-c",
         "from apps.models_registry import selectors; "
         "from apps.models_registry.services.deployments import deployment_set; "
-        f"deployment_set(version=selectors.model_version_get(model_name='digits', number={number}), "
-        "environment='prod')",
+        "live = selectors.deployment_get_active(model_name='digits', environment='prod'); "
+        f"live.version.number == {number} or deployment_set("
+        f"version=selectors.model_version_get(model_name='digits', number={number}), environment='prod')",
     )
 
 
@@ -151,10 +154,18 @@ def events(platform: Platform, action: str) -> list[dict[str, Any]]:
         "-c",
         "import json; from apps.models_registry.models import RegistryEvent as E; "
         f"found = E.objects.filter(action={action!r}); "
-        "print(json.dumps([{'to': e.to_version, 'details': e.details} for e in found]))",
+        "print(json.dumps([{'to': e.to_version, 'from': e.from_version, 'actor': e.actor, "
+        "'details': e.details} for e in found]))",
     ).stdout
     result: list[dict[str, Any]] = json.loads(out.strip().splitlines()[-1])
     return result
+
+
+DEPLOYED = (
+    "from apps.models_registry import selectors; "
+    "d = selectors.deployment_get_active(model_name='digits', environment='prod'); "
+    "print(d.version.number, d.previous_version.number)"
+)
 
 
 def accuracy(platform: Platform, heldout: Heldout) -> tuple[float, set[int]]:
@@ -179,12 +190,42 @@ def wait_for(predicate: Any, timeout: float = 30) -> Any:
     return predicate()
 
 
+class Stream:
+    """A client posting one held-out digit in a loop: (status, version) of every answer."""
+
+    def __init__(self, platform: Platform, row: list[float]) -> None:
+        self.platform, self.row = platform, row
+        self.answers: list[tuple[int, int | None]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        with self.platform.client() as client:
+            while not self.stop.is_set():
+                response = client.post("/api/v1/predictions", json={"model": "digits", "inputs": [self.row]})
+                version = response.json().get("version") if response.status_code == 200 else None
+                self.answers.append((response.status_code, version))
+                time.sleep(0.05)
+
+    def __enter__(self) -> "Stream":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=120)
+
+
 def test_hostile_artifacts_run_nowhere_and_the_live_version_keeps_serving(
     prod: Platform, staff: httpx.Client, tmp_path: Path, keys: dict[str, Path], heldout: Heldout
 ) -> None:
+    """Also the broken deployments of "Progressive delivery": each hostile version deployed
+    without gates cannot load anywhere, so it is rolled back to the last good version by
+    itself; v1 answers throughout, and after a restart of every worker child."""
     marker = tmp_path / "code-ran"
     demo = unsigned_demo(prod, tmp_path / "demo")
     loaded: dict[str, int] = {}
+    stream = Stream(prod, heldout[0][0]).__enter__()
     for kind, filename in HOSTILE.items():
         folder = hostile_folder(kind, demo, tmp_path / kind, marker, keys["release"])
 
@@ -219,6 +260,26 @@ def test_hostile_artifacts_run_nowhere_and_the_live_version_keeps_serving(
     for filename, number in loaded.items():
         details = [e["details"] for e in failures if e["to"] == number]
         assert details and all(d["artifact"] == filename for d in details), (filename, details)
+
+    def rolled_back_by_itself() -> list[dict[str, Any]]:
+        found = [e for e in events(prod, "rollback") if e["actor"] == "auto-rollback"]
+        return found if {e["from"] for e in found} >= set(loaded.values()) else []
+
+    automatic = wait_for(rolled_back_by_itself)
+    assert automatic, events(prod, "rollback")
+    assert {e["to"] for e in automatic} == {1}
+    assert all(e["details"]["failed_version"] == e["from"] for e in automatic)
+    live = prod.manage("shell", "-c", DEPLOYED).stdout.split()
+    assert live[-2:] == ["1", str(max(loaded.values()))], live  # v1 live, previous the last hostile one
+
+    for child in worker_children(prod):  # every worker restarts: v1 is what they load
+        os.kill(child, signal.SIGKILL)
+    time.sleep(float(prod.env["INFERENCE_HEARTBEAT_TTL_S"]) + 0.5)
+    wait_ready(prod)
+    stream.__exit__()
+    statuses = [status for status, _ in stream.answers]
+    assert len(statuses) > 50 and set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+    assert {version for _, version in stream.answers} == {1}
     assert not marker.exists(), "an artifact ran code"
     score, versions = accuracy(prod, heldout)
     assert versions == {1} and score >= 0.9

@@ -38,6 +38,7 @@ from apps.models_registry.storage import (
     redis_cache_put,
 )
 from inference_common.deployments import DeploymentChange, deployments_channel
+from inference_common.readiness import serving_count_sync
 from inference_project.redis_clients import redis_sync
 
 logger = logging.getLogger(__name__)
@@ -263,6 +264,75 @@ def deployment_rollout_record(
         user=user,
         details=details or {},
     )
+
+
+AUTO_ROLLBACK_ACTOR = "auto-rollback"
+
+
+def deployment_load_failure_handle(
+    *,
+    version: ModelVersion,
+    environment: str,
+    worker_id: str,
+    error: str,
+    definite: bool,
+    details: dict[str, Any] | None = None,
+) -> Deployment | None:
+    """A worker could not load `version`: record it, and when `version` is live in
+    `environment`, the failure is `definite` (the load itself failed, not a storage outage or a
+    slow load), no worker serves it and an earlier version served there, roll back to that last
+    good version by itself (INFERENCE_AUTO_ROLLBACK). Returns the new deployment, or None.
+
+    Several workers failing at once roll back once: the switch expects `version` live, so the
+    others' attempts find the last good version live and change nothing."""
+    registry_event_record(
+        model=version.model,
+        action=RegistryEvent.Action.LOAD_FAILED,
+        version=version,
+        environment=environment,
+        actor=worker_id,
+        details={"error": error, **(details or {})},
+    )
+    if not (definite and settings.INFERENCE_AUTO_ROLLBACK):
+        return None
+    deployment = selectors.deployment_get_active(model_name=version.model.name, environment=environment)
+    good = deployment.last_good_version if deployment else None
+    if deployment is None or deployment.version_id != version.pk or good is None or good.pk == version.pk:
+        return None
+    try:
+        serving = serving_count_sync(
+            redis_sync(), environment=environment, model=version.model.name, version=version.number
+        )
+    except (redis.RedisError, OSError):
+        logger.exception("not rolling %s back: cannot tell whether a worker serves it", version)
+        return None
+    if serving:
+        return None  # it loads elsewhere: this worker's trouble, not the version's
+    try:
+        switched = _deployment_switch(
+            version=good,
+            environment=environment,
+            user=None,
+            action=RegistryEvent.Action.ROLLBACK,
+            reason=f"automatic: {version} could not load on {worker_id} and serves nowhere: {error}",
+            details={
+                "automatic": True,
+                "worker": worker_id,
+                "error": error,
+                "failed_version": version.number,
+            },
+            actor=AUTO_ROLLBACK_ACTOR,
+            expect_live=version.number,
+        )
+    except LiveVersionChanged:
+        return None
+    logger.warning(
+        "%s could not load and serves nowhere: rolled back to its last good version %s in %s",
+        version,
+        good,
+        environment,
+    )
+    return switched
 
 
 def deployment_served_record(*, model_name: str, environment: str, version: int) -> bool:

@@ -206,7 +206,8 @@ def test_jenkinsfile_parameters_match_what_the_lambda_sends() -> None:
         "Report back",
     ):
         assert f"stage('{stage}')" in jenkinsfile
-    assert "/api/v1/models/${MODEL}/rollouts" in jenkinsfile
+    assert "/api/v1/models/${MODEL}/releases" in jenkinsfile
+    assert "/rollouts" not in jenkinsfile  # the old path of the report, kept only for old jobs
 
 
 @pytest.mark.parametrize("path", sorted((DEPLOY / "docker").glob("*.Dockerfile")), ids=lambda p: p.name)

@@ -137,11 +137,14 @@ def test_release_pipeline_reports_a_rollout(demo_model_dir: Path) -> None:
         "event_id": "e-1",
         "build_url": "https://jenkins.example.com/job/x/7/",
     }
-    done = client.post("/api/v1/models/digits/rollouts", report, content_type="application/json")
+    done = client.post("/api/v1/models/digits/releases", report, content_type="application/json")
     assert done.status_code == 201, done.content
     assert done.json()["action"] == "rolled_out"
+    # The old path answers the same until every Jenkinsfile in use calls the new one.
+    old = client.post("/api/v1/models/digits/rollouts", report, content_type="application/json")
+    assert old.status_code == 201 and old.json()["action"] == "rolled_out"
     stale = client.post(
-        "/api/v1/models/digits/rollouts", {**report, "version": 2}, content_type="application/json"
+        "/api/v1/models/digits/releases", {**report, "version": 2}, content_type="application/json"
     )
     assert stale.status_code == 409
     assert stale.json()["error"]["code"] == "not_live"
