@@ -37,6 +37,8 @@ async def serving_count(client: aioredis.Redis, *, environment: str, model: str,
     return int(await client.zcount(key, time.time() - settings.INFERENCE_HEARTBEAT_TTL_S, "+inf"))
 
 
-def serving_count_sync(client: redis.Redis, *, environment: str, model: str, version: int) -> int:
+def serving_workers_sync(client: redis.Redis, *, environment: str, model: str, version: int) -> set[str]:
+    """The workers with a fresh mark for this version."""
     key = serving_key(environment=environment, model=model, version=version)
-    return int(client.zcount(key, time.time() - settings.INFERENCE_HEARTBEAT_TTL_S, "+inf"))
+    found = client.zrangebyscore(key, time.time() - settings.INFERENCE_HEARTBEAT_TTL_S, "+inf")
+    return {m.decode() if isinstance(m, bytes) else str(m) for m in found}

@@ -120,10 +120,7 @@ def predictor_build(*, model_name: str, version_number: int, worker_id: str) -> 
                 environment=settings.INFERENCE_ENVIRONMENT,
                 worker_id=worker_id,
                 error=f"{type(exc).__name__}: {exc}",
-                # Storage that cannot be read now may be read later; a model that does not load
-                # (h5py's OSErrors included) or whose stored bytes are not the registered ones
-                # will not.
-                definite=fetched or not isinstance(exc, OSError),
+                definite=_load_failure_definite(exc, fetched=fetched),
                 details={"artifact": exc.filename, "reason": exc.reason}
                 if isinstance(exc, ArtifactRefused)
                 else None,
@@ -132,12 +129,18 @@ def predictor_build(*, model_name: str, version_number: int, worker_id: str) -> 
                 AUTOMATIC_ROLLBACKS.labels(model_name, settings.INFERENCE_ENVIRONMENT).inc()
         except DATABASE_UNAVAILABLE:
             logger.warning("could not record the failed load of %s v%s", model_name, version_number)
+        except Exception:  # the bookkeeping never hides the failure itself from the caller
+            logger.exception(
+                "could not record or act on the failed load of %s v%s", model_name, version_number
+            )
         code = "model_unavailable" if isinstance(exc, ChecksumMismatch | OSError) else "load_failed"
         raise ModelUnavailable(code, f"{model_name} v{version_number} could not be loaded: {exc}") from exc
     seconds = time.perf_counter() - started
     _served_record(model_name, version_number)
     LOAD_SECONDS.labels(model_name, str(version_number)).observe(seconds)
-    REDELIVERIES.labels(model_name)  # exported from 0 on, so rate() and alerts see it
+    # Exported from 0 on, so rate(), increase() and alerts see the first increment.
+    REDELIVERIES.labels(model_name)
+    AUTOMATIC_ROLLBACKS.labels(model_name, settings.INFERENCE_ENVIRONMENT)
     logger.info(
         "loaded %s v%s in %.2fs",
         model_name,
@@ -146,6 +149,18 @@ def predictor_build(*, model_name: str, version_number: int, worker_id: str) -> 
         extra={"model": model_name, "version": version_number, "load_seconds": round(seconds, 3)},
     )
     return predictor
+
+
+def _load_failure_definite(exc: Exception, *, fetched: bool) -> bool:
+    """Whether a failed load will fail again on any worker: refused or corrupt artifacts, and a
+    model that does not load from files that were read. Not storage that cannot be read now
+    (OSError, S3 client and transfer errors are all raised while fetching) and not a host out
+    of memory."""
+    if isinstance(exc, ArtifactRefused | ChecksumMismatch):
+        return True
+    # TensorFlow's out-of-memory error, by name: this module does not import TensorFlow.
+    out_of_memory = isinstance(exc, MemoryError) or type(exc).__name__ == "ResourceExhaustedError"
+    return fetched and not out_of_memory
 
 
 def _served_record(model_name: str, version_number: int) -> None:

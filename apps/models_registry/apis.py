@@ -334,6 +334,8 @@ class RollbackApi(APIView):
                 reason=data["reason"],
                 **_expect_live(data),
             )
+        except LiveVersionChanged as exc:
+            return Response(error_body("live_version_changed", str(exc)), status=status.HTTP_409_CONFLICT)
         except PromotionRefused as exc:
             return Response(error_body("rollback_refused", str(exc)), status=status.HTTP_409_CONFLICT)
         return Response(_deployment_body(deployment))
@@ -378,7 +380,15 @@ class HistoryApi(APIView):
         return Response(EventOutputSerializer(selectors.registry_history(model=model), many=True).data)
 
 
-@extend_schema(deprecated=True, summary="Old path of the release report: use .../releases")
 class LegacyReleaseReportApi(ReleaseReportApi):
-    """`POST .../rollouts` was the release report's path before rollouts (canary, shadow) took
-    the name; it answers as `.../releases` does until no Jenkinsfile in use calls it."""
+    """`POST .../rollouts` was the release report's path; canary and shadow rollouts will take
+    the name. It answers as `.../releases` does until no Jenkinsfile in use calls it."""
+
+    @extend_schema(
+        deprecated=True,
+        summary="Old path of the release report: use .../releases",
+        request=ReleaseReportInputSerializer,
+        responses={201: EventOutputSerializer, 409: ERROR, **ERRORS},
+    )
+    def post(self, request: Request, name: str) -> Response:
+        return super().post(request, name)

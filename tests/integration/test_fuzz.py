@@ -20,7 +20,7 @@ from tests.integration.conftest import Platform
 
 pytestmark = pytest.mark.integration
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
-# 28 operations, two modes each: fewer examples per operation than the tensor fuzzers.
+# 29 operations, two modes each: fewer examples per operation than the tensor fuzzers.
 FUZZ_SCHEMA = settings(FUZZ, max_examples=20)
 
 

@@ -38,7 +38,7 @@ from apps.models_registry.storage import (
     redis_cache_put,
 )
 from inference_common.deployments import DeploymentChange, deployments_channel
-from inference_common.readiness import serving_count_sync
+from inference_common.readiness import serving_workers_sync
 from inference_project.redis_clients import redis_sync
 
 logger = logging.getLogger(__name__)
@@ -280,8 +280,9 @@ def deployment_load_failure_handle(
 ) -> Deployment | None:
     """A worker could not load `version`: record it, and when `version` is live in
     `environment`, the failure is `definite` (the load itself failed, not a storage outage or a
-    slow load), no worker serves it and an earlier version served there, roll back to that last
-    good version by itself (INFERENCE_AUTO_ROLLBACK). Returns the new deployment, or None.
+    slow load), no worker serves it, enough workers failed (one, or two when two or more serve
+    the model's other versions) and an earlier version served there, roll back to that last good
+    version by itself (INFERENCE_AUTO_ROLLBACK). Returns the new deployment, or None.
 
     Several workers failing at once roll back once: the switch expects `version` live, so the
     others' attempts find the last good version live and change nothing."""
@@ -295,19 +296,9 @@ def deployment_load_failure_handle(
     )
     if not (definite and settings.INFERENCE_AUTO_ROLLBACK):
         return None
-    deployment = selectors.deployment_get_active(model_name=version.model.name, environment=environment)
-    good = deployment.last_good_version if deployment else None
-    if deployment is None or deployment.version_id != version.pk or good is None or good.pk == version.pk:
+    good = _auto_rollback_target(version=version, environment=environment)
+    if good is None:
         return None
-    try:
-        serving = serving_count_sync(
-            redis_sync(), environment=environment, model=version.model.name, version=version.number
-        )
-    except (redis.RedisError, OSError):
-        logger.exception("not rolling %s back: cannot tell whether a worker serves it", version)
-        return None
-    if serving:
-        return None  # it loads elsewhere: this worker's trouble, not the version's
     try:
         switched = _deployment_switch(
             version=good,
@@ -333,6 +324,53 @@ def deployment_load_failure_handle(
         environment,
     )
     return switched
+
+
+def _auto_rollback_target(*, version: ModelVersion, environment: str) -> ModelVersion | None:
+    """The last good version to roll back to from `version`, or None while it should stay:
+    not live there, nothing else ever served, it serves elsewhere, too few workers failed, or
+    the last good version's own files no longer match."""
+    deployment = selectors.deployment_get_active(model_name=version.model.name, environment=environment)
+    good = deployment.last_good_version if deployment else None
+    if deployment is None or deployment.version_id != version.pk or good is None or good.pk == version.pk:
+        return None
+    try:
+        if _workers_serving(environment=environment, model=version.model, versions=[version.number]):
+            return None  # it loads elsewhere: this worker's trouble, not the version's
+        up = _workers_serving(
+            environment=environment,
+            model=version.model,
+            versions=[v.number for v in (deployment.previous_version, good) if v is not None],
+        )
+    except (redis.RedisError, OSError):
+        logger.exception("not rolling %s back: cannot tell whether a worker serves it", version)
+        return None
+    failed = set(
+        RegistryEvent.objects.filter(
+            model=version.model,
+            action=RegistryEvent.Action.LOAD_FAILED,
+            environment=environment,
+            to_version=version.number,
+            created_at__gte=deployment.deployed_at,
+        ).values_list("actor", flat=True)
+    )
+    # One worker failing may be its host's trouble (a pod without a key, a bad node) while the
+    # others are still loading: with two or more workers up, wait for a second one to fail.
+    if len(failed) < min(2, max(1, len(up))):
+        return None
+    checksum, _ = gate_checksums(version=good)
+    if not checksum.passed:
+        logger.error("not rolling %s back: its last good version %s fails its checksums", version, good)
+        return None
+    return good
+
+
+def _workers_serving(*, environment: str, model: RegisteredModel, versions: list[int]) -> set[str]:
+    client = redis_sync()
+    found: set[str] = set()
+    for number in versions:
+        found |= serving_workers_sync(client, environment=environment, model=model.name, version=number)
+    return found
 
 
 def deployment_served_record(*, model_name: str, environment: str, version: int) -> bool:

@@ -12,11 +12,10 @@ from apps.models_registry.storage import redis_cache_delete, storage_get
 def artifacts_prune(*, model: RegisteredModel) -> list[int]:
     """Remove stored bytes of versions deployed nowhere, beyond the newest N such versions."""
     live = set(Deployment.objects.filter(model=model).values_list("version_id", flat=True))
-    live |= set(
-        Deployment.objects.filter(model=model, previous_version__isnull=False).values_list(
-            "previous_version_id", flat=True
+    for kept in ("previous_version_id", "last_good_version_id"):  # rollback targets
+        live |= set(
+            Deployment.objects.filter(model=model, **{f"{kept}__isnull": False}).values_list(kept, flat=True)
         )
-    )
     idle = [v for v in model.versions.order_by("-number") if v.pk not in live]
     pruned: list[int] = []
     storage = storage_get()

@@ -113,3 +113,24 @@ def test_no_automatic_rollback_while_the_version_serves_elsewhere_or_storage_is_
     assert live().version == other
     assert not RegistryEvent.objects.filter(action=RegistryEvent.Action.ROLLBACK).exists()
     assert RegistryEvent.objects.filter(action=RegistryEvent.Action.LOAD_FAILED).count() == 3
+
+
+def test_with_two_workers_up_one_failing_worker_is_not_enough(
+    demo_model_dir: Path, good: ModelVersion, settings: Settings
+) -> None:
+    """One worker's failure may be its host's (while the others still load): with two workers
+    serving the model, the rollback waits for a second one to fail."""
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    for worker in ("host-a:1", "host-b:1"):
+        serving_mark(client, environment="dev", model="digits", version=good.number, worker_id=worker)
+    candidate = broken(demo_model_dir)
+    deployment_set(version=candidate, environment="dev")
+    load(candidate, worker="host-a:1")
+    load(candidate, worker="host-a:1")  # the same worker again: still one
+    assert live().version == candidate
+    load(candidate, worker="host-b:1")
+    assert live().version == good
+    assert (
+        RegistryEvent.objects.filter(action=RegistryEvent.Action.ROLLBACK, actor=AUTO_ROLLBACK_ACTOR).count()
+        == 1
+    )
