@@ -4,12 +4,8 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from apps.models_registry import selectors
-from apps.models_registry.services.actors import actor_default
-from apps.models_registry.services.deployments import ANY_LIVE, PromotionRefused, model_version_promote
-
-
-def expected_live(value: str) -> int | None:
-    return None if value.lower() == "none" else int(value)
+from apps.models_registry.management.arguments import switch_arguments_add
+from apps.models_registry.services.deployments import PromotionRefused, model_version_promote
 
 
 class Command(BaseCommand):
@@ -19,17 +15,8 @@ class Command(BaseCommand):
         parser.add_argument("model")
         parser.add_argument("version", type=int)
         parser.add_argument("--to", dest="environment", help="target environment (default: the next one)")
-        parser.add_argument(
-            "--actor", default=actor_default(), help="who acts, for the history (default: the OS user)"
-        )
         parser.add_argument("--reason", default="", help="required when skipping an environment")
-        parser.add_argument(
-            "--expect-live",
-            type=expected_live,
-            default=ANY_LIVE,
-            metavar="N|none",
-            help="act only if version N (none: nothing) is what is live there now",
-        )
+        switch_arguments_add(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
         version = selectors.model_version_get(model_name=options["model"], number=options["version"])

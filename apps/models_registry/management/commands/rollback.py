@@ -4,12 +4,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from apps.models_registry import selectors
-from apps.models_registry.services.actors import actor_default
-from apps.models_registry.services.deployments import ANY_LIVE, PromotionRefused, deployment_rollback
-
-
-def expected_live(value: str) -> int | None:
-    return None if value.lower() == "none" else int(value)
+from apps.models_registry.management.arguments import switch_arguments_add
+from apps.models_registry.services.deployments import PromotionRefused, deployment_rollback
 
 
 class Command(BaseCommand):
@@ -18,17 +14,8 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("model")
         parser.add_argument("--env", dest="environment", default=settings.INFERENCE_ENVIRONMENT)
-        parser.add_argument(
-            "--actor", default=actor_default(), help="who acts, for the history (default: the OS user)"
-        )
         parser.add_argument("--reason", default="")
-        parser.add_argument(
-            "--expect-live",
-            type=expected_live,
-            default=ANY_LIVE,
-            metavar="N|none",
-            help="act only if version N (none: nothing) is what is live there now",
-        )
+        switch_arguments_add(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
         model = selectors.model_get(name=options["model"])
