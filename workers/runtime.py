@@ -4,8 +4,11 @@ One `ModelRuntime` lives in each worker child (created after the fork). It keeps
 in memory, marks them in Redis for readiness, and turns a task's request into outputs. A
 subscriber thread hears about promotions and rollbacks: it loads the new version beside the old
 one (traffic moves once the API sees the new version's readiness mark), then retires the old
-one after a grace period; a batch already running on the old one finishes on it.
-Plain Python: Celery only calls `runtime_get().run(request)`.
+one after a grace period; a batch already running on the old one finishes on it. A change that
+does not retire the others (a rollout's candidate) only loads the version beside them.
+Each batch's figures (requests, errors, latency, confidence) are added to the version's live
+stats in Redis (inference_common/version_stats.py), which a rollout's analysis compares.
+Plain Python: Celery only calls `runtime_get().run(request)` (or `batch_run`, workers/serving.py).
 """
 
 import logging
@@ -14,6 +17,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,6 +42,7 @@ from inference_common.readiness import serving_mark, serving_unmark
 from inference_common.results import Answer, answer_encode, failure_encode
 from inference_common.safe_artifacts import ArtifactRefused
 from inference_common.signing import SIGNATURE_FILENAME
+from inference_common.version_stats import ERROR_CODES, scores_confidence, version_stats_record
 from inference_common.wire import tensor_decode
 from inference_project.errors import DATABASE_UNAVAILABLE
 from inference_project.heap import heap_freeze, heap_thaw
@@ -179,6 +184,20 @@ def _served_record(model_name: str, version_number: int) -> None:
         logger.warning("could not record %s v%s as the last good version", model_name, version_number)
 
 
+@dataclass(frozen=True)
+class BatchRun:
+    """A batch's answers, (request id, result) per part, and its figures for the version's live
+    stats: `latency_s` is the predict wall time (None: the version could not be loaded), the
+    confidence is over the rows of the first output when it holds class scores."""
+
+    results: list[tuple[str, dict[str, Any]]]
+    errors: int = 0
+    rows: int = 0
+    latency_s: float | None = None
+    confidence_sum: float = 0.0
+    confidence_rows: int = 0
+
+
 class ModelRuntime:
     """Loaded versions of one worker child; least recently used evicted past `max_loaded`."""
 
@@ -255,11 +274,11 @@ class ModelRuntime:
         else:
             logger.warning("%s cannot load; its last good version v%s serves", deployment, good.number)
 
-    def swap(self, *, model_name: str, version: int, grace_s: float, load_timeout_s: float) -> None:
-        """A new live version: load it beside the old one, then retire the old ones once idle.
+    def load_watched(self, *, model_name: str, version: int, load_timeout_s: float) -> Predictor:
+        """Load a version beside the loaded ones (or find it loaded), retiring none of them.
 
         A load that takes longer than `load_timeout_s` is reported to the registry as failed; the
-        API keeps routing to the loaded version, which has no readiness mark for the new one.
+        API keeps routing to the loaded versions, as the new one has no readiness mark.
         """
         watchdog = threading.Timer(
             load_timeout_s, self._report_slow_load, args=(model_name, version, load_timeout_s)
@@ -267,9 +286,14 @@ class ModelRuntime:
         watchdog.daemon = True
         watchdog.start()
         try:
-            self.predictor_get(model_name=model_name, version=version)
+            return self.predictor_get(model_name=model_name, version=version)
         finally:
             watchdog.cancel()
+
+    def swap(self, *, model_name: str, version: int, grace_s: float, load_timeout_s: float) -> None:
+        """A new live version: load it beside the old one (`load_watched`), then retire the old
+        ones once idle."""
+        self.load_watched(model_name=model_name, version=version, load_timeout_s=load_timeout_s)
         time.sleep(grace_s)
         now = time.monotonic()
         with self._lock:
@@ -315,35 +339,95 @@ class ModelRuntime:
     def run_batch(
         self, parts: list[dict[str, Any]], *, model_name: str, version: int
     ) -> list[tuple[str, dict[str, Any]]]:
+        """`batch_run`, its figures recorded at once. Returns (request id, result) per part."""
+        run = self.batch_run(parts, model_name=model_name, version=version)
+        self.stats_record(model_name=model_name, version=version, run=run)
+        return run.results
+
+    def batch_run(self, parts: list[dict[str, Any]], *, model_name: str, version: int) -> BatchRun:
         """Answer several requests for one version with one predict: concatenate their rows,
-        predict once, split the outputs back. Returns (request id, result) per part."""
+        predict once, split the outputs back. Every part is answered: a version that cannot be
+        loaded, or that raises at predict, answers each part with that failure. The figures are
+        not recorded here (`stats_record`), so a caller can store the answers first."""
         try:
             predictor = self.predictor_get(model_name=model_name, version=version)
         except ModelUnavailable as exc:
             error = failure_encode(exc.code, str(exc))
-            return [(part["id"], error) for part in parts]
+            return BatchRun(
+                results=[(part["id"], error) for part in parts],
+                errors=len(parts) if exc.code in ERROR_CODES else 0,
+            )
         decoded = [{name: tensor_decode(wire) for name, wire in part["inputs"].items()} for part in parts]
         names = list(decoded[0])
         batch = {name: np.concatenate([inputs[name] for inputs in decoded]) for name in names}
+        rows = len(batch[names[0]])
         started = time.perf_counter()
-        outputs = predictor.predict(batch)
-        PREDICT.labels(model_name, str(version)).observe(time.perf_counter() - started)
-        BATCH_SIZE.labels(model_name).observe(len(batch[names[0]]))
+        try:
+            outputs = predictor.predict(batch)
+        except Exception as exc:  # a model's own failure: answered now, not at the deadline
+            latency = time.perf_counter() - started
+            logger.exception(
+                "%s v%s failed at predict",
+                model_name,
+                version,
+                extra={"model": model_name, "version": version},
+            )
+            error = failure_encode(
+                "predict_failed", f"{model_name} v{version} failed at predict: {type(exc).__name__}: {exc}"
+            )
+            return BatchRun(
+                results=[(part["id"], error) for part in parts],
+                errors=len(parts),
+                rows=rows,
+                latency_s=latency,
+            )
+        latency = time.perf_counter() - started
+        PREDICT.labels(model_name, str(version)).observe(latency)
+        BATCH_SIZE.labels(model_name).observe(rows)
         BATCH_REQUESTS.labels(model_name).observe(len(parts))
-        self._monitor_observe(model_name, version, batch[names[0]], next(iter(outputs.values())))
+        scores = next(iter(outputs.values()))
+        self._monitor_observe(model_name, version, batch[names[0]], scores)
+        confidence_sum, confidence_rows = scores_confidence(scores)
         results = []
         start = 0
         for part, inputs in zip(parts, decoded, strict=True):
-            rows = len(inputs[names[0]])
+            part_rows = len(inputs[names[0]])
             answer = Answer(
                 model=model_name,
                 version=version,
                 worker=self.worker_id,
-                outputs={name: array[start : start + rows] for name, array in outputs.items()},
+                outputs={name: array[start : start + part_rows] for name, array in outputs.items()},
             )
             results.append((part["id"], answer_encode(answer)))
-            start += rows
-        return results
+            start += part_rows
+        return BatchRun(
+            results=results,
+            rows=rows,
+            latency_s=latency,
+            confidence_sum=confidence_sum,
+            confidence_rows=confidence_rows,
+        )
+
+    def stats_record(self, *, model_name: str, version: int, run: BatchRun) -> None:
+        """Add a batch's figures to the version's live stats (INFERENCE_VERSION_STATS): one
+        round trip; Redis failing here never fails the batch."""
+        if not settings.INFERENCE_VERSION_STATS or not run.results:
+            return
+        try:
+            version_stats_record(
+                self.redis,
+                environment=self.environment,
+                model=model_name,
+                version=version,
+                requests=len(run.results),
+                errors=run.errors,
+                rows=run.rows,
+                latency_s=run.latency_s,
+                confidence_sum=run.confidence_sum,
+                confidence_rows=run.confidence_rows,
+            )
+        except (redis.RedisError, OSError) as exc:
+            logger.warning("could not record the live stats of %s v%s: %s", model_name, version, exc)
 
     def _monitor_observe(self, model_name: str, version: int, inputs: np.ndarray, scores: np.ndarray) -> None:
         """Feed the version's drift monitor, if it has one; never lets monitoring fail a batch."""
@@ -475,18 +559,33 @@ def heartbeat_start(runtime: ModelRuntime, *, interval: float) -> threading.Thre
     return _forever("readiness-heartbeat", beat)
 
 
+def deployment_change_apply(
+    runtime: ModelRuntime, change: DeploymentChange, *, grace_s: float, load_timeout_s: float
+) -> None:
+    """A new live version is swapped in (the others retired once idle); a change that retires
+    no others (a rollout's candidate) is only loaded beside them. A failed load keeps what is
+    loaded."""
+    try:
+        if change.retire_others:
+            runtime.swap(
+                model_name=change.model,
+                version=change.version,
+                grace_s=grace_s,
+                load_timeout_s=load_timeout_s,
+            )
+        else:
+            runtime.load_watched(
+                model_name=change.model, version=change.version, load_timeout_s=load_timeout_s
+            )
+    except ModelUnavailable:
+        logger.exception("keeping the loaded versions of %s", change.model)
+
+
 def deployments_listen(
     runtime: ModelRuntime, *, model_names: list[str], grace_s: float, load_timeout_s: float
 ) -> threading.Thread:
-    """Follow promotions and rollbacks of this environment's models; each change is applied in
-    its own thread, so a load that hangs never stops the next change from being heard."""
-
-    def apply(model: str, version: int) -> None:
-        try:
-            runtime.swap(model_name=model, version=version, grace_s=grace_s, load_timeout_s=load_timeout_s)
-        except ModelUnavailable:
-            logger.exception("keeping the loaded versions of %s", model)
-
+    """Follow promotions, rollbacks and rollouts of this environment's models; each change is
+    applied in its own thread, so a load that hangs never stops the next change from being heard."""
     channel = deployments_channel(runtime.environment)
 
     def listen() -> None:
@@ -501,8 +600,9 @@ def deployments_listen(
                     continue
                 logger.info("deployment change: %s", change)
                 threading.Thread(
-                    target=apply,
-                    args=(change.model, change.version),
+                    target=deployment_change_apply,
+                    args=(runtime, change),
+                    kwargs={"grace_s": grace_s, "load_timeout_s": load_timeout_s},
                     name="deployment-swap",
                     daemon=True,
                 ).start()

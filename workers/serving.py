@@ -1,5 +1,7 @@
 """One batch task, end to end in the worker: skip what is already answered, run the rest as one
-predict, store each answer, and record it (metrics, one JSON log line per request).
+predict, store each answer, and record it (metrics, the version's live stats, one JSON log line
+per request). The live stats are written after the answers are stored: their round trip never
+delays an answer.
 
 The log line carries the request id the API logged for the same request, so the two sides of a
 request can be joined in Kibana.
@@ -42,8 +44,9 @@ def batch_serve(backend: RedisBackend, batch: dict[str, Any], *, redelivered: bo
     expired = set(tensors_fetch(runtime.redis, todo))
     results = [(request_id, _EXPIRED) for request_id in expired]
     live = [p for p in todo if p["id"] not in expired]
-    if live:
-        results += runtime.run_batch(live, model_name=model, version=version)
+    run = runtime.batch_run(live, model_name=model, version=version) if live else None
+    if run is not None:
+        results += run.results
     results_store(backend, results)
     tensors_forget(runtime.redis, todo)
     elapsed_ms = round((time.time() - started) * 1000, 3)
@@ -63,4 +66,6 @@ def batch_serve(backend: RedisBackend, batch: dict[str, Any], *, redelivered: bo
                 "worker": runtime.worker_id,
             },
         )
+    if run is not None:
+        runtime.stats_record(model_name=model, version=version, run=run)
     return {"parts": len(parts), "computed": len(todo)}

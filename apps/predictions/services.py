@@ -98,6 +98,8 @@ def prediction_response(*, task_id: str, served: ServedModel, meta: dict[str, An
     if isinstance(result, Failure):
         if result.code == "not_found":
             raise ApiError(404, result.code, result.message)
+        if result.code == "predict_failed":  # the model itself failed: retrying will not help
+            raise ApiError(500, result.code, result.message)
         raise unavailable(result.message, code=result.code)
     return InferenceResponse(id=task_id, served=served, outputs=result.outputs)
 

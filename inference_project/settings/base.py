@@ -377,6 +377,10 @@ INFERENCE_DRIFT_WINDOW = env.int("INFERENCE_DRIFT_WINDOW", default=1000)
 INFERENCE_DRIFT_MIN_ROWS = env.int("INFERENCE_DRIFT_MIN_ROWS", default=300)
 INFERENCE_DRIFT_EVAL_S = env.float("INFERENCE_DRIFT_EVAL_S", default=10.0)
 INFERENCE_DRIFT_PSI_THRESHOLD = env.float("INFERENCE_DRIFT_PSI_THRESHOLD", default=0.2)
+# Each worker child adds every batch's figures (requests, errors, latency, confidence) to its
+# version's live stats in Redis, 5 s buckets kept an hour (inference_common/version_stats.py):
+# what a rollout's analysis compares. One pipelined round trip per batch, after its answers.
+INFERENCE_VERSION_STATS = env.bool("INFERENCE_VERSION_STATS", default=True)
 
 # --- Model registry -----------------------------------------------------------------------------
 # Artifact storage: "local" (ARTIFACTS_ROOT) or "s3" (bucket/prefix; endpoint and credentials come

@@ -1,0 +1,172 @@
+"""Live figures per model version, in Redis: what a rollout's analysis compares.
+
+Every inference worker child adds each batch it answers to the version's current bucket, one
+pipelined round trip per batch; the analysis (the platform worker) sums the buckets of a window.
+Buckets cover `BUCKET_S` seconds of wall time: `inference:vstats:{environment}:{model}:{version}:
+{int(t // BUCKET_S)}`, a hash that expires `TTL_S` after its last write. Its fields:
+
+- `requests`: parts (requests) answered; `errors`: those answered with one of `ERROR_CODES`;
+  `rows`: input rows computed;
+- `latency_le_<bound>`: how many requests took at most `<bound>` seconds in the worker, cumulative
+  over `LATENCY_BOUNDS` (the Prometheus latency buckets, then `+Inf`), each request observed with
+  its batch's predict wall time; a request that never reached predict (its version could not
+  load) is counted in `requests` and `errors` but has no latency;
+- `confidence_sum` / `confidence_rows`: the sum of the top-1 score over rows and how many rows,
+  where the output looks like class scores (2-D float with more than one column).
+
+Clocks: buckets are named by each worker's wall clock, so hosts are assumed NTP-synchronised to
+well under a bucket.
+"""
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import redis
+
+from inference_project.metrics import LATENCY_BUCKETS
+
+BUCKET_S = 5
+TTL_S = 3600
+LATENCY_BOUNDS: tuple[float, ...] = (*LATENCY_BUCKETS, math.inf)
+# Failures that count against a version: it failed at predict or could not be loaded.
+ERROR_CODES = frozenset({"predict_failed", "load_failed", "model_unavailable"})
+
+
+def _bound_field(bound: float) -> str:
+    return "latency_le_+Inf" if math.isinf(bound) else f"latency_le_{bound!r}"
+
+
+_LATENCY_FIELDS = tuple(_bound_field(bound) for bound in LATENCY_BOUNDS)
+
+
+def version_stats_key(*, environment: str, model: str, version: int, bucket: int) -> str:
+    return f"inference:vstats:{environment}:{model}:{version}:{bucket}"
+
+
+def scores_confidence(scores: np.ndarray) -> tuple[float, int]:
+    """(sum of the top-1 score over rows, rows) when `scores` look like class scores; (0, 0)
+    otherwise (a regression output, labels, a single logit)."""
+    if scores.ndim != 2 or scores.shape[1] < 2 or not np.issubdtype(scores.dtype, np.floating):
+        return 0.0, 0
+    return float(scores.max(axis=1).sum(dtype=np.float64)), int(scores.shape[0])
+
+
+def version_stats_record(
+    client: redis.Redis,
+    *,
+    environment: str,
+    model: str,
+    version: int,
+    requests: int,
+    errors: int,
+    rows: int,
+    latency_s: float | None,
+    confidence_sum: float,
+    confidence_rows: int,
+    now: float | None = None,
+) -> None:
+    """Add one batch to the version's current bucket: one pipelined round trip. `latency_s`, the
+    batch's predict wall time, is observed once per request (None: nothing reached predict)."""
+    bucket = int((time.time() if now is None else now) // BUCKET_S)
+    key = version_stats_key(environment=environment, model=model, version=version, bucket=bucket)
+    pipe = client.pipeline(transaction=False)
+    pipe.hincrby(key, "requests", requests)
+    if errors:
+        pipe.hincrby(key, "errors", errors)
+    if rows:
+        pipe.hincrby(key, "rows", rows)
+    if latency_s is not None and requests:
+        # Cumulative: every bound at or above the latency counts these requests.
+        for bound, field in zip(LATENCY_BOUNDS, _LATENCY_FIELDS, strict=True):
+            if latency_s <= bound:
+                pipe.hincrby(key, field, requests)
+    if confidence_rows:
+        pipe.hincrbyfloat(key, "confidence_sum", confidence_sum)
+        pipe.hincrby(key, "confidence_rows", confidence_rows)
+    pipe.expire(key, TTL_S)
+    pipe.execute()
+
+
+@dataclass(frozen=True)
+class VersionStats:
+    """A version's figures over a window. `latency_buckets`: (upper bound in seconds, requests
+    that took at most that long), cumulative, the last bound `math.inf`."""
+
+    requests: int
+    errors: int
+    rows: int
+    latency_buckets: list[tuple[float, int]]
+    confidence_sum: float
+    confidence_rows: int
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+    @property
+    def latency_count(self) -> int:
+        """Requests with a latency (those that reached predict)."""
+        return self.latency_buckets[-1][1] if self.latency_buckets else 0
+
+    def quantile(self, q: float) -> float | None:
+        """The upper bound of the first bucket holding the q-quantile of the latencies (an upper
+        estimate; `math.inf` past the largest bound); None without any latency."""
+        total = self.latency_count
+        if total == 0:
+            return None
+        rank = q * total
+        for bound, count in self.latency_buckets:
+            if count >= rank:
+                return bound
+        return math.inf
+
+    @property
+    def p99_s(self) -> float | None:
+        return self.quantile(0.99)
+
+    @property
+    def mean_confidence(self) -> float | None:
+        return self.confidence_sum / self.confidence_rows if self.confidence_rows else None
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def version_stats_read(
+    client: redis.Redis,
+    *,
+    environment: str,
+    model: str,
+    version: int,
+    since: float,
+    now: float | None = None,
+) -> VersionStats:
+    """The version's figures from `since` to `now`, summed over its buckets (one pipelined round
+    trip). The bucket holding `since` counts whole: a window starts up to `BUCKET_S` early.
+    Buckets older than `TTL_S` have expired and are not asked for."""
+    now = time.time() if now is None else now
+    last = int(now // BUCKET_S)
+    first = max(int(since // BUCKET_S), last - TTL_S // BUCKET_S)
+    pipe = client.pipeline(transaction=False)
+    for bucket in range(first, last + 1):
+        pipe.hgetall(version_stats_key(environment=environment, model=model, version=version, bucket=bucket))
+    totals: dict[str, float] = {}
+    for found in pipe.execute():
+        for field, value in found.items():
+            name = _text(field)
+            totals[name] = totals.get(name, 0.0) + float(_text(value))
+    return VersionStats(
+        requests=int(totals.get("requests", 0)),
+        errors=int(totals.get("errors", 0)),
+        rows=int(totals.get("rows", 0)),
+        latency_buckets=[
+            (bound, int(totals.get(field, 0)))
+            for bound, field in zip(LATENCY_BOUNDS, _LATENCY_FIELDS, strict=True)
+        ],
+        confidence_sum=totals.get("confidence_sum", 0.0),
+        confidence_rows=int(totals.get("confidence_rows", 0)),
+    )
