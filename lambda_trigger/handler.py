@@ -4,12 +4,15 @@ Event contract (the SNS message body, JSON, published by apps/models_registry/re
 
     {
       "event_id": "<uuid>",                 unique per promotion/rollback; idempotency key
-      "action": "promote" | "rollback",
+      "action": "promote" | "rollback" | "rollout_start" | "rollout_step"
+                | "rollout_promote" | "rollout_rollback" | "rollout_abort",
       "model": "<slug>", "version": <int >= 1>, "previous_version": <int or null>,
       "environment": "<name>",              picks the Jenkins job (JENKINS_JOB_PATTERN)
       "artifacts": [{"filename", "kind", "uri", "sha256": <64 hex>, "size": <int>}, ...],
       "actor": "<who>", "occurred_at": "<ISO 8601>",
       "signer": "<trusted key's name>" | null   who signed the version (optional)
+      "rollout": {"rollout": <id>, "strategy", "step", "weight", "mirror_percent", "state",
+                  "figures"?: {...}}         rollout_* events only; version is the candidate
     }
 
 Configuration (environment variables): JENKINS_URL, JENKINS_USER, JENKINS_API_TOKEN,
@@ -40,7 +43,15 @@ logger.setLevel(logging.INFO)
 
 SLUG = re.compile(r"^[-a-zA-Z0-9_]+$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
-ACTIONS = {"promote", "rollback"}
+ACTIONS = {
+    "promote",
+    "rollback",
+    "rollout_start",
+    "rollout_step",
+    "rollout_promote",
+    "rollout_rollback",
+    "rollout_abort",
+}
 IDEMPOTENCY_TTL_S = 7 * 24 * 3600
 
 
@@ -59,6 +70,7 @@ class ReleaseEvent:
     artifacts: list[dict[str, Any]]
     actor: str
     signer: str = ""
+    rollout: dict[str, Any] | None = None
 
     def jenkins_parameters(self) -> dict[str, str]:
         """The build parameters; deploy/Jenkinsfile declares exactly these."""
@@ -75,6 +87,7 @@ class ReleaseEvent:
             ),
             "ACTOR": self.actor,
             "SIGNER": self.signer,
+            "ROLLOUT": "" if self.rollout is None else json.dumps(self.rollout, sort_keys=True),
         }
 
 
@@ -125,6 +138,12 @@ def event_parse(record: object) -> ReleaseEvent:
             "artifact.sha256 must be 64 hex digits",
         )
         _require(isinstance(artifact.get("kind"), str), "artifact.kind is required")
+    rollout = body.get("rollout")
+    if body["action"].startswith("rollout_"):
+        _require(
+            isinstance(rollout, dict) and isinstance(rollout.get("rollout"), int),
+            "rollout events need a rollout object with its id",
+        )
     return ReleaseEvent(
         event_id=event_id,
         action=body["action"],
@@ -135,6 +154,7 @@ def event_parse(record: object) -> ReleaseEvent:
         artifacts=artifacts,
         actor=str(body.get("actor", "")),
         signer=str(body.get("signer") or ""),
+        rollout=rollout if isinstance(rollout, dict) else None,
     )
 
 

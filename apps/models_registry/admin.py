@@ -27,6 +27,7 @@ from apps.models_registry.models import (
     OutboxEvent,
     RegisteredModel,
     RegistryEvent,
+    Rollout,
     SignatureStatus,
 )
 from apps.models_registry.services.deployments import (
@@ -670,3 +671,39 @@ class OutboxEventAdmin(ReadOnlyAdmin[OutboxEvent]):
                 messages.WARNING,
             )
         return super().changelist_view(request, extra_context)
+
+
+@admin.register(Rollout)
+class RolloutAdmin(ReadOnlyAdmin[Rollout]):
+    """Rollouts as recorded (start, advance, promote and abort are REST for now: docs/registry.md)."""
+
+    list_display = (
+        "created",
+        "model",
+        "environment",
+        "candidate",
+        "strategy",
+        "state",
+        "weight_shown",
+        "waiting",
+    )
+    list_filter = ("state", "strategy", "environment", "model")
+    fields = readonly_fields = tuple(f.name for f in Rollout._meta.fields if f.name != "id")
+    created = _seconds_column("created_at", "created at")
+
+    @admin.display(description="weight")
+    def weight_shown(self, rollout: Rollout) -> str:
+        return (
+            f"{rollout.weight} %"
+            if rollout.strategy == Rollout.Strategy.CANARY
+            else f"mirror {rollout.mirror_percent} %"
+        )
+
+    @admin.display(description="next decision")
+    def waiting(self, rollout: Rollout) -> str:
+        analysis = rollout.analysis or {}
+        if rollout.state != Rollout.State.RUNNING:
+            return rollout.reason
+        if analysis.get("waiting_for"):
+            return f"waits for {analysis['waiting_for']} more samples"
+        return str(analysis.get("decision", "not analysed yet"))

@@ -16,7 +16,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.models_registry import selectors
-from apps.models_registry.models import Deployment, ModelVersion, RegisteredModel, RegistryEvent
+from apps.models_registry.models import Deployment, ModelVersion, RegisteredModel, RegistryEvent, Rollout
 from apps.models_registry.services.deployments import (
     LiveVersionChanged,
     PromotionRefused,
@@ -25,6 +25,14 @@ from apps.models_registry.services.deployments import (
     model_version_promote,
 )
 from apps.models_registry.services.registration import model_card_register
+from apps.models_registry.services.rollouts import (
+    RolloutRefused,
+    rollout_abort,
+    rollout_advance,
+    rollout_promote,
+    rollout_start,
+    rollout_thresholds,
+)
 from inference_project.errors import error_body
 
 
@@ -380,15 +388,175 @@ class HistoryApi(APIView):
         return Response(EventOutputSerializer(selectors.registry_history(model=model), many=True).data)
 
 
-class LegacyReleaseReportApi(ReleaseReportApi):
-    """`POST .../rollouts` was the release report's path; canary and shadow rollouts will take
-    the name. It answers as `.../releases` does until no Jenkinsfile in use calls it."""
+class RolloutOutputSerializer(serializers.ModelSerializer[Rollout]):
+    candidate = serializers.IntegerField(source="candidate.number")
+    baseline = serializers.IntegerField(source="baseline.number", help_text="what was live at its start")
+    weight = serializers.IntegerField(help_text="the candidate's share (percent) of unpinned traffic now")
+    thresholds = serializers.SerializerMethodField(help_text="what the analysis allows (defaults filled in)")
+
+    class Meta:
+        model = Rollout
+        fields = [
+            "id",
+            "environment",
+            "candidate",
+            "baseline",
+            "strategy",
+            "state",
+            "steps",
+            "step",
+            "weight",
+            "mirror_percent",
+            "dwell_s",
+            "thresholds",
+            "step_started_at",
+            "analysis",
+            "started_by",
+            "created_at",
+            "ended_at",
+            "reason",
+        ]
+
+    def get_thresholds(self, rollout: Rollout) -> dict[str, float]:
+        return rollout_thresholds(rollout=rollout)
+
+
+class RolloutCreateInputSerializer(serializers.Serializer[Any]):
+    version = serializers.IntegerField(min_value=1)
+    environment = EnvironmentField(required=False)
+    strategy = serializers.ChoiceField(choices=Rollout.Strategy.values)
+    steps = serializers.ListField(child=serializers.IntegerField(min_value=1, max_value=100), required=False)
+    mirror_percent = serializers.IntegerField(min_value=1, max_value=100, required=False)
+    dwell_s = serializers.FloatField(min_value=0, required=False)
+    thresholds = serializers.DictField(child=serializers.FloatField(min_value=0), required=False)
+    reason = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+class RolloutActionInputSerializer(serializers.Serializer[Any]):
+    reason = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+class RolloutListCreateApi(APIView):
+    permission_classes = [IsAdminUser]
 
     @extend_schema(
-        deprecated=True,
-        summary="Old path of the release report: use .../releases",
-        request=ReleaseReportInputSerializer,
-        responses={201: EventOutputSerializer, 409: ERROR, **ERRORS},
+        summary="A model's rollouts, newest first",
+        responses={200: RolloutOutputSerializer(many=True), **ERRORS},
+    )
+    def get(self, request: Request, name: str) -> Response:
+        model = _model_or_404(name)
+        return Response(RolloutOutputSerializer(selectors.rollout_list(model=model), many=True).data)
+
+    @extend_schema(
+        summary="Start a canary or shadow rollout of a version (gates first)",
+        request=RolloutCreateInputSerializer,
+        responses={201: RolloutOutputSerializer, 409: ERROR, 422: ERROR, **ERRORS},
     )
     def post(self, request: Request, name: str) -> Response:
-        return super().post(request, name)
+        model = _model_or_404(name)
+        serializer = RolloutCreateInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        version = selectors.model_version_get(model_name=model.name, number=data["version"])
+        if version is None:
+            raise Http404(f"{name} has no version {data['version']}")
+        try:
+            rollout = rollout_start(
+                version=version,
+                strategy=data["strategy"],
+                environment=data.get("environment"),
+                steps=data.get("steps"),
+                mirror_percent=data.get("mirror_percent"),
+                dwell_s=data.get("dwell_s"),
+                thresholds=data.get("thresholds"),
+                user=request.user,
+                reason=data["reason"],
+            )
+        except ValidationError as exc:
+            detail = exc.message_dict if hasattr(exc, "error_dict") else exc.messages
+            raise serializers.ValidationError(detail) from exc
+        except RolloutRefused as exc:
+            return Response(error_body("rollout_refused", str(exc)), status=status.HTTP_409_CONFLICT)
+        except PromotionRefused as exc:
+            body = error_body("promotion_refused", str(exc))
+            if exc.report:
+                body["gates"] = exc.report.as_dict()
+            return Response(body, status=status.HTTP_422_UNPROCESSABLE_ENTITY)
+        return Response(RolloutOutputSerializer(rollout).data, status=status.HTTP_201_CREATED)
+
+
+def _rollout_or_404(name: str, rollout_id: int) -> Rollout:
+    rollout = selectors.rollout_get(model=_model_or_404(name), rollout_id=rollout_id)
+    if rollout is None:
+        raise Http404(f"{name} has no rollout {rollout_id}")
+    return rollout
+
+
+class RolloutDetailApi(APIView):
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(
+        summary="One rollout, with its latest analysis", responses={200: RolloutOutputSerializer, **ERRORS}
+    )
+    def get(self, request: Request, name: str, rollout_id: int) -> Response:
+        return Response(RolloutOutputSerializer(_rollout_or_404(name, rollout_id)).data)
+
+
+class _RolloutActionApi(APIView):
+    permission_classes = [IsAdminUser]
+
+    def _act(self, request: Request, rollout: Rollout, reason: str) -> Rollout:
+        raise NotImplementedError
+
+    def post(self, request: Request, name: str, rollout_id: int) -> Response:
+        rollout = _rollout_or_404(name, rollout_id)
+        serializer = RolloutActionInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        try:
+            acted = self._act(request, rollout, serializer.validated_data["reason"])
+        except PromotionRefused as exc:
+            return Response(error_body("rollout_refused", str(exc)), status=status.HTTP_409_CONFLICT)
+        acted.refresh_from_db()
+        return Response(RolloutOutputSerializer(acted).data)
+
+
+_ACTION_RESPONSES: dict[int, Any] = {200: RolloutOutputSerializer, 409: ERROR, **ERRORS}
+
+
+class RolloutAdvanceApi(_RolloutActionApi):
+    def _act(self, request: Request, rollout: Rollout, reason: str) -> Rollout:
+        return rollout_advance(rollout=rollout, user=request.user, reason=reason)
+
+    @extend_schema(
+        summary="Move a rollout to its next step now (from the last one: promote)",
+        request=RolloutActionInputSerializer,
+        responses=_ACTION_RESPONSES,
+    )
+    def post(self, request: Request, name: str, rollout_id: int) -> Response:
+        return super().post(request, name, rollout_id)
+
+
+class RolloutPromoteApi(_RolloutActionApi):
+    def _act(self, request: Request, rollout: Rollout, reason: str) -> Rollout:
+        return rollout_promote(rollout=rollout, user=request.user, reason=reason)
+
+    @extend_schema(
+        summary="Promote a rollout's candidate now",
+        request=RolloutActionInputSerializer,
+        responses=_ACTION_RESPONSES,
+    )
+    def post(self, request: Request, name: str, rollout_id: int) -> Response:
+        return super().post(request, name, rollout_id)
+
+
+class RolloutAbortApi(_RolloutActionApi):
+    def _act(self, request: Request, rollout: Rollout, reason: str) -> Rollout:
+        return rollout_abort(rollout=rollout, user=request.user, reason=reason)
+
+    @extend_schema(
+        summary="Abort a rollout: its candidate takes no more traffic",
+        request=RolloutActionInputSerializer,
+        responses=_ACTION_RESPONSES,
+    )
+    def post(self, request: Request, name: str, rollout_id: int) -> Response:
+        return super().post(request, name, rollout_id)

@@ -23,6 +23,9 @@ class RegisteredModel(models.Model):
     # max_batch_size rows in one predict.
     max_batch_size = models.PositiveIntegerField(default=64)
     max_delay_ms = models.FloatField(default=2.0)
+    # What a rollout's analysis allows this model's candidates (services/rollouts.py
+    # ANALYSIS_DEFAULTS names them), from its card's "rollout_thresholds"; a rollout may override.
+    rollout_thresholds = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -151,6 +154,11 @@ class RegistryEvent(models.Model):
         TRUSTED = "trusted", "Trusted for unsafe loading"
         PRUNE = "prune", "Artifacts pruned"
         ROLLED_OUT = "rolled_out", "Rolled out by the release pipeline"
+        ROLLOUT_START = "rollout_start", "Rollout started"
+        ROLLOUT_STEP = "rollout_step", "Rollout stepped"
+        ROLLOUT_PROMOTE = "rollout_promote", "Rollout promoted"
+        ROLLOUT_ROLLBACK = "rollout_rollback", "Rollout rolled back"
+        ROLLOUT_ABORT = "rollout_abort", "Rollout aborted"
 
     model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="events")
     version = models.ForeignKey(
@@ -199,3 +207,69 @@ class OutboxEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.payload.get('action')} {self.payload.get('model')} v{self.payload.get('version')}"
+
+
+class Rollout(models.Model):
+    """A candidate version taking over an environment's traffic step by step (canary), or shown
+    a copy of it (shadow), while the analysis compares it with the live version.
+
+    At most one runs per model and environment. The live version (`Deployment.version`) does not
+    change until the rollout is promoted; rolling back or aborting one only stops the candidate.
+    """
+
+    class Strategy(models.TextChoices):
+        CANARY = "canary", "Canary"
+        SHADOW = "shadow", "Shadow"
+
+    class State(models.TextChoices):
+        RUNNING = "running", "Running"
+        PROMOTED = "promoted", "Promoted"
+        ROLLED_BACK = "rolled_back", "Rolled back"
+        ABORTED = "aborted", "Aborted"
+
+    model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="rollouts")
+    environment = models.CharField(max_length=32)
+    candidate = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="rollouts")
+    # What was live when it started; promotion is refused if something else is live by then.
+    baseline = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="+")
+    strategy = models.CharField(max_length=16, choices=Strategy.choices)
+    # Canary: the candidate's share (percent) of unpinned traffic at each step, ending at 100.
+    # Shadow: one step; the share of live requests mirrored to the candidate is mirror_percent.
+    steps = models.JSONField(default=list)
+    step = models.PositiveIntegerField(default=0, help_text="index into steps")
+    mirror_percent = models.PositiveIntegerField(default=0)
+    # Each step lasts at least this long (and until enough samples are in) before the next.
+    dwell_s = models.FloatField(default=60.0)
+    # What the analysis allows (services/rollouts.py ANALYSIS_DEFAULTS, then the model card's,
+    # then these).
+    thresholds = models.JSONField(default=dict, blank=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.RUNNING)
+    step_started_at = models.DateTimeField()
+    # The latest analysis: its figures, verdict and how many samples it still waits for.
+    analysis = models.JSONField(default=dict, blank=True)
+    started_by = models.CharField(max_length=150, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    reason = models.TextField(blank=True, help_text="why it ended")
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["model", "environment"],
+                condition=models.Q(state="running"),
+                name="one_running_rollout_per_env",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return (
+            f"{self.model.name} v{self.candidate.number} {self.strategy} @ {self.environment} ({self.state})"
+        )
+
+    @property
+    def weight(self) -> int:
+        """The candidate's share (percent) of unpinned traffic now (0 for a shadow)."""
+        if self.strategy != self.Strategy.CANARY or self.state != self.State.RUNNING:
+            return 0
+        return int(self.steps[self.step])

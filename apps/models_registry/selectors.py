@@ -9,7 +9,7 @@ import redis
 from django.conf import settings
 
 from apps.models_registry import drift
-from apps.models_registry.models import Deployment, ModelVersion, RegisteredModel, RegistryEvent
+from apps.models_registry.models import Deployment, ModelVersion, RegisteredModel, RegistryEvent, Rollout
 
 
 def model_version_get(*, model_name: str, number: int) -> ModelVersion | None:
@@ -153,4 +153,32 @@ def drift_report_get(
         findings=drift.drift_findings(reference, measures),
         windows=windows,
         min_rows=min_rows,
+    )
+
+
+def rollout_running(*, model_name: str, environment: str) -> Rollout | None:
+    """The rollout running for a model in an environment, if any (at most one)."""
+    return (
+        Rollout.objects.select_related("model", "candidate__model", "baseline__model")
+        .filter(model__name=model_name, environment=environment, state=Rollout.State.RUNNING)
+        .first()
+    )
+
+
+def rollouts_running(*, environment: str | None = None) -> list[Rollout]:
+    found = Rollout.objects.select_related("model", "candidate__model", "baseline__model").filter(
+        state=Rollout.State.RUNNING
+    )
+    return list(found if environment is None else found.filter(environment=environment))
+
+
+def rollout_list(*, model: RegisteredModel) -> list[Rollout]:
+    return list(Rollout.objects.select_related("model", "candidate", "baseline").filter(model=model))
+
+
+def rollout_get(*, model: RegisteredModel, rollout_id: int) -> Rollout | None:
+    return (
+        Rollout.objects.select_related("model", "candidate__model", "baseline__model")
+        .filter(model=model, pk=rollout_id)
+        .first()
     )

@@ -8,7 +8,13 @@ from apps.models_registry.models import ModelVersion
 from apps.models_registry.release import PublishFailed, outbox_publish_pending
 from apps.models_registry.services.gates import gate_checksums, gate_job, gate_subprocess_run
 from apps.models_registry.services.profiling import version_profile
-from inference_common.task_names import EVALUATE_GATE_TASK, PROFILE_VERSION_TASK, PUBLISH_OUTBOX_TASK
+from apps.models_registry.services.rollouts import rollouts_analyse
+from inference_common.task_names import (
+    ANALYSE_ROLLOUTS_TASK,
+    EVALUATE_GATE_TASK,
+    PROFILE_VERSION_TASK,
+    PUBLISH_OUTBOX_TASK,
+)
 
 
 @shared_task(
@@ -35,3 +41,8 @@ def evaluate_gate(version_id: int) -> dict[str, Any]:
 @shared_task(name=PROFILE_VERSION_TASK, acks_late=True)
 def profile_version(version_id: int) -> bool:
     return version_profile(version=ModelVersion.objects.get(pk=version_id))
+
+
+@shared_task(name=ANALYSE_ROLLOUTS_TASK, ignore_result=True)
+def analyse_rollouts() -> int:
+    return rollouts_analyse()

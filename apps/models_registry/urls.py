@@ -10,6 +10,9 @@ urlpatterns = [
     path("api/v1/models/<slug:name>/rollback", apis.RollbackApi.as_view()),
     path("api/v1/models/<slug:name>/history", apis.HistoryApi.as_view()),
     path("api/v1/models/<slug:name>/releases", apis.ReleaseReportApi.as_view()),
-    # The release report's old path (docs/registry.md), until rollouts take it.
-    path("api/v1/models/<slug:name>/rollouts", apis.LegacyReleaseReportApi.as_view()),
+    path("api/v1/models/<slug:name>/rollouts", apis.RolloutListCreateApi.as_view()),
+    path("api/v1/models/<slug:name>/rollouts/<int:rollout_id>", apis.RolloutDetailApi.as_view()),
+    path("api/v1/models/<slug:name>/rollouts/<int:rollout_id>/advance", apis.RolloutAdvanceApi.as_view()),
+    path("api/v1/models/<slug:name>/rollouts/<int:rollout_id>/promote", apis.RolloutPromoteApi.as_view()),
+    path("api/v1/models/<slug:name>/rollouts/<int:rollout_id>/abort", apis.RolloutAbortApi.as_view()),
 ]

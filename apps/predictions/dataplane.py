@@ -62,6 +62,15 @@ def _one_error_type(operation: Callable[P, Coroutine[Any, Any, T]]) -> Callable[
 
 IDEMPOTENCY_KEY_MAX = 255
 IDEMPOTENCY_FIELD = "Idempotency-Key"
+ROUTING_KEY_FIELD = "X-Routing-Key"
+
+
+def _header_token(value: str | None, *, field: str) -> str | None:
+    if value is not None and not (
+        0 < len(value) <= IDEMPOTENCY_KEY_MAX and value.isprintable() and value.isascii()
+    ):
+        raise bad_request(f"must be 1 to {IDEMPOTENCY_KEY_MAX} printable ASCII characters", field=field)
+    return value
 
 
 @_one_error_type
@@ -69,18 +78,11 @@ async def authenticate(context: RequestContext) -> Caller:
     """Who asks (401 for a missing or unknown key) and on what terms: the deadline (the
     client's, capped at INFERENCE_SYNC_TIMEOUT_S) and a well-formed idempotency key."""
     key = await api_key_authenticate(context.authorization)
-    idempotency_key = context.idempotency_key
-    if idempotency_key is not None and not (
-        0 < len(idempotency_key) <= IDEMPOTENCY_KEY_MAX
-        and idempotency_key.isprintable()
-        and idempotency_key.isascii()
-    ):
-        raise bad_request(
-            f"must be 1 to {IDEMPOTENCY_KEY_MAX} printable ASCII characters", field=IDEMPOTENCY_FIELD
-        )
+    idempotency_key = _header_token(context.idempotency_key, field=IDEMPOTENCY_FIELD)
+    routing_key = _header_token(context.routing_key, field=ROUTING_KEY_FIELD)
     limit = settings.INFERENCE_SYNC_TIMEOUT_S
     deadline = limit if context.timeout_s is None else min(context.timeout_s, limit)
-    return Caller(key=key, deadline_s=deadline, idempotency_key=idempotency_key)
+    return Caller(key=key, deadline_s=deadline, idempotency_key=idempotency_key, routing_key=routing_key)
 
 
 def _authorize(caller: Caller, model: str) -> None:
@@ -88,8 +90,8 @@ def _authorize(caller: Caller, model: str) -> None:
         raise ApiError(403, "forbidden", f"this API key may not call model {model!r}", field="model")
 
 
-async def _served(name: str, version: int | None) -> ServedModel:
-    served = await served_model_get(name=name, version=version)
+async def _served(name: str, version: int | None, routing_key: str | None = None) -> ServedModel:
+    served = await served_model_get(name=name, version=version, routing_key=routing_key)
     request_served(model=served.name, version=served.version)
     return served
 
@@ -97,7 +99,7 @@ async def _served(name: str, version: int | None) -> ServedModel:
 async def _prepared(request: InferenceRequest, caller: Caller) -> tuple[ServedModel, dict[str, np.ndarray]]:
     """Authorize, route, and check the inputs against the routed version."""
     _authorize(caller, request.model)
-    served = await _served(request.model, request.version)
+    served = await _served(request.model, request.version, caller.sticky_key)
     return served, request.inputs(served)
 
 

@@ -11,8 +11,10 @@ is asked again every DATABASE_RETRY_S. Only a route this process never loaded an
 """
 
 import asyncio
+import dataclasses
 import logging
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +22,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from apps.models_registry import selectors as registry
-from apps.models_registry.models import Deployment, ModelVersion, queue_name
+from apps.models_registry.models import Deployment, ModelVersion, Rollout, queue_name
 from apps.predictions.errors import not_found, unavailable
 from apps.predictions.fastpath import db_fresh
 from apps.predictions.results import result_waiter_get
@@ -71,14 +73,33 @@ class ServedModel:
         )
 
 
+def canary_bucket(*, rollout: int, routing_key: str) -> int:
+    """0..99, fixed for a routing key within one rollout: a key whose bucket is under the
+    candidate's weight goes to the candidate, so one client sees one version, and the keys that
+    reached it at 5 % still do at 25 %."""
+    return zlib.crc32(f"{rollout}:{routing_key}".encode()) % 100
+
+
 @dataclass(frozen=True)
 class Route:
     """Where a model's unpinned requests go: the live version, or while no worker has it loaded,
-    the previous one (a swap under way) or the last good one (the live version cannot load)."""
+    the previous one (a swap under way) or the last good one (the live version cannot load).
+    During a canary rollout (and once a worker has it loaded), `weight` percent of the routing
+    keys go to its `candidate`."""
 
     live: ServedModel
     previous: ServedModel | None = None
     last_good: ServedModel | None = None
+    candidate: ServedModel | None = None
+    weight: int = 0
+    rollout: int | None = None
+
+    def pick(self, routing_key: str | None) -> ServedModel:
+        if self.candidate is None or self.rollout is None or not self.weight or routing_key is None:
+            return self.live
+        if canary_bucket(rollout=self.rollout, routing_key=routing_key) < self.weight:
+            return self.candidate
+        return self.live
 
     @property
     def fallbacks(self) -> list[ServedModel]:
@@ -88,12 +109,16 @@ class Route:
         return [m for i, m in enumerate(found) if m not in found[:i]]
 
     @classmethod
-    def of(cls, deployment: Deployment) -> "Route":
+    def of(cls, deployment: Deployment, rollout: Rollout | None = None) -> "Route":
         previous, good = deployment.previous_version, deployment.last_good_version
+        canary = rollout is not None and rollout.weight > 0
         return cls(
             ServedModel.of(deployment.version),
             ServedModel.of(previous) if previous else None,
             ServedModel.of(good) if good else None,
+            candidate=ServedModel.of(rollout.candidate) if rollout is not None and canary else None,
+            weight=rollout.weight if rollout is not None else 0,
+            rollout=rollout.pk if rollout is not None else None,
         )
 
 
@@ -111,7 +136,9 @@ def _route_load(name: str, version: int | None) -> Route | None:
         )
         if deployment is None:
             return None
-        return Route.of(deployment)
+        return Route.of(
+            deployment, registry.rollout_running(model_name=name, environment=deployment.environment)
+        )
     found = registry.model_version_get(model_name=name, number=version)
     if found is None or not registry.version_is_deployed_anywhere(model_name=name, number=version):
         return None
@@ -128,8 +155,11 @@ async def served_model_ready(served: ServedModel) -> bool:
     return count > 0
 
 
-async def served_model_get(*, name: str, version: int | None = None) -> ServedModel:
-    """Where to send a request for `name` (pinned to `version` if given); 404 if nowhere."""
+async def served_model_get(
+    *, name: str, version: int | None = None, routing_key: str | None = None
+) -> ServedModel:
+    """Where to send a request for `name` (pinned to `version` if given); 404 if nowhere.
+    `routing_key` (sticky routing during a canary; None: the live version) picks the side."""
     key = (name, version)
     cached = _cache.get(key)
     if cached is None or cached[0] < time.monotonic():
@@ -141,7 +171,7 @@ async def served_model_get(*, name: str, version: int | None = None) -> ServedMo
                 f"model {name!r} is not deployed in {settings.INFERENCE_ENVIRONMENT!r}", field="model"
             )
         raise not_found(f"model {name!r} has no deployed version {version}", field="version")
-    return route.live
+    return route.pick(routing_key)
 
 
 async def _route_reload(key: tuple[str, int | None]) -> tuple[float, Route | None]:
@@ -165,6 +195,10 @@ async def _route_fetch(key: tuple[str, int | None]) -> tuple[float, Route | None
         cached = _cache[key] = (time.monotonic() + DATABASE_RETRY_S, stale[1])
         return cached
     ttl = settings.INFERENCE_REGISTRY_CACHE_S
+    if route is not None and route.candidate is not None and not await served_model_ready(route.candidate):
+        # A canary's candidate no worker has loaded yet: live serves its share meanwhile.
+        route = dataclasses.replace(route, candidate=None)
+        ttl = min(ttl, SWITCH_RECHECK_S)
     if route is not None and route.fallbacks and not await served_model_ready(route.live):
         # The live version is not loaded anywhere (yet): the previous one while a swap is under
         # way, else the last good one; looked at again soon.

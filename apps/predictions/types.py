@@ -28,6 +28,8 @@ class RequestContext:
     authorization: str = ""
     timeout_s: float | None = None
     idempotency_key: str | None = None
+    # Sticky routing during a canary (X-Routing-Key): one key, one version. None: the API key.
+    routing_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -38,10 +40,16 @@ class Caller:
     key: ApiKey | None
     deadline_s: float
     idempotency_key: str | None = None
+    routing_key: str | None = None
 
     @property
     def owner(self) -> str:
         return str(self.key.pk) if self.key else "anonymous"
+
+    @property
+    def sticky_key(self) -> str:
+        """What picks a canary's side: the client's routing key, else its API key."""
+        return self.routing_key if self.routing_key is not None else f"key:{self.owner}"
 
     @property
     def rate(self) -> int:

@@ -349,12 +349,21 @@ LOGGING = {
 RELEASE_SNS_TOPIC_ARNS = env.dict("RELEASE_SNS_TOPIC_ARNS", default={})
 # Pending events are also swept this often by the platform worker's beat (seconds).
 RELEASE_OUTBOX_SWEEP_S = env.float("RELEASE_OUTBOX_SWEEP_S", default=60.0)
+# Rollouts (docs/registry.md): the platform worker analyses each running one this often, and a
+# step lasts at least INFERENCE_ROLLOUT_DWELL_S unless the rollout sets its own.
+INFERENCE_ROLLOUT_ANALYSIS_S = env.float("INFERENCE_ROLLOUT_ANALYSIS_S", default=5.0)
+INFERENCE_ROLLOUT_DWELL_S = env.float("INFERENCE_ROLLOUT_DWELL_S", default=60.0)
 CELERY_BEAT_SCHEDULE = {
     "publish-release-outbox": {
         "task": "release.publish_outbox",
         "schedule": RELEASE_OUTBOX_SWEEP_S,
         "options": {"queue": "platform", "expires": RELEASE_OUTBOX_SWEEP_S},
-    }
+    },
+    "analyse-rollouts": {
+        "task": "registry.analyse_rollouts",
+        "schedule": INFERENCE_ROLLOUT_ANALYSIS_S,
+        "options": {"queue": "platform", "expires": INFERENCE_ROLLOUT_ANALYSIS_S},
+    },
 }
 # "inference" workers load models; the "platform" worker runs registry housekeeping only.
 INFERENCE_WORKER_ROLE = env("INFERENCE_WORKER_ROLE", default="inference")

@@ -15,9 +15,17 @@ import redis
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models, transaction
+from django.utils import timezone
 
 from apps.models_registry import selectors
-from apps.models_registry.models import Artifact, Deployment, ModelVersion, RegisteredModel, RegistryEvent
+from apps.models_registry.models import (
+    Artifact,
+    Deployment,
+    ModelVersion,
+    RegisteredModel,
+    RegistryEvent,
+    Rollout,
+)
 from apps.models_registry.services.actors import (
     User,
     actor_account,
@@ -425,8 +433,33 @@ def _deployment_switch(
             details=details,
         )
         release_event_write(action=action, deployment=deployment, user=user, actor=actor)
+        _rollouts_supersede(deployment=deployment, action=action, user=user, actor=actor)
         transaction.on_commit(lambda: _after_switch(deployment=deployment, previous=previous))
     return deployment
+
+
+def _rollouts_supersede(*, deployment: Deployment, action: str, user: User, actor: str | None) -> None:
+    """A switch made outside a rollout (a promotion, a rollback, an automatic one) ends the
+    rollout running there: it compared its candidate with a version no longer live."""
+    running = Rollout.objects.select_for_update().filter(
+        model=deployment.model, environment=deployment.environment, state=Rollout.State.RUNNING
+    )
+    for rollout in running:
+        reason = f"superseded: {deployment.version} made live ({action})"
+        Rollout.objects.filter(pk=rollout.pk).update(
+            state=Rollout.State.ABORTED, ended_at=timezone.now(), reason=reason
+        )
+        registry_event_record(
+            model=deployment.model,
+            action=RegistryEvent.Action.ROLLOUT_ABORT,
+            version=rollout.candidate,
+            environment=deployment.environment,
+            from_version=rollout.baseline.number,
+            user=user,
+            actor=actor,
+            reason=reason,
+            details={"rollout": rollout.pk, "superseded_by": deployment.version.number},
+        )
 
 
 def _live_expected(*, model: RegisteredModel, environment: str, expect_live: int | None) -> None:

@@ -47,16 +47,29 @@ def registry_event_record(
 
 
 def release_event_payload(
-    *, event_id: uuid.UUID, action: str, deployment: Deployment, actor: str
+    *,
+    event_id: uuid.UUID,
+    action: str,
+    deployment: Deployment,
+    actor: str,
+    rollout: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The message the release pipeline publishes (SNS) and the Lambda handler validates."""
-    version = deployment.version
-    return {
+    """The message the release pipeline publishes (SNS) and the Lambda handler validates.
+
+    A rollout's events (`rollout`: its id, strategy, step, weight, state and the figures a
+    decision was made on) name its candidate as `version` and what is live as `previous_version`.
+    """
+    if rollout is None:
+        version = deployment.version
+        previous = deployment.previous_version
+    else:
+        version, previous = rollout["candidate"], deployment.version
+    payload: dict[str, Any] = {
         "event_id": str(event_id),
         "action": action,
         "model": version.model.name,
         "version": version.number,
-        "previous_version": deployment.previous_version.number if deployment.previous_version else None,
+        "previous_version": previous.number if previous else None,
         "environment": deployment.environment,
         "artifacts": [
             {"filename": a.filename, "kind": a.kind, "uri": a.uri, "sha256": a.sha256, "size": a.size}
@@ -68,18 +81,31 @@ def release_event_payload(
         "signature_status": version.signature_status,
         "occurred_at": timezone.now().isoformat(),
     }
+    if rollout is not None:
+        payload["rollout"] = {k: v for k, v in rollout.items() if k != "candidate"}
+    return payload
 
 
 def release_event_write(
-    *, action: str, deployment: Deployment, user: User, actor: str | None = None
+    *,
+    action: str,
+    deployment: Deployment,
+    user: User,
+    actor: str | None = None,
+    rollout: dict[str, Any] | None = None,
 ) -> OutboxEvent:
-    """Put the release event of a switch in the outbox; call it inside the switch's transaction."""
+    """Put the release event of a switch (or a rollout's step) in the outbox; call it inside the
+    transaction that makes the change."""
     event_id = uuid.uuid4()
     return OutboxEvent.objects.create(
         event_id=event_id,
         topic=deployment.environment,
         payload=release_event_payload(
-            event_id=event_id, action=action, deployment=deployment, actor=actor or actor_name(user=user)
+            event_id=event_id,
+            action=action,
+            deployment=deployment,
+            actor=actor or actor_name(user=user),
+            rollout=rollout,
         ),
     )
 

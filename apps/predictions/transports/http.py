@@ -18,6 +18,7 @@ from inference_project.errors import error_response
 
 TIMEOUT_HEADER = "X-Request-Timeout"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+ROUTING_KEY_HEADER = "X-Routing-Key"
 
 
 def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> HttpResponse:
@@ -61,6 +62,7 @@ def request_context(request: HttpRequest) -> RequestContext:
         authorization=request.headers.get("Authorization", ""),
         timeout_s=_timeout(request.headers.get(TIMEOUT_HEADER)),
         idempotency_key=request.headers.get(IDEMPOTENCY_HEADER),
+        routing_key=request.headers.get(ROUTING_KEY_HEADER),
     )
 
 

@@ -17,7 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from lambda_trigger.handler import ReleaseEvent
+from lambda_trigger.handler import ACTIONS, InvalidRecord, ReleaseEvent, event_parse
 from tests.conftest import ROOT
 from tests.jenkins_server import FakeJenkins
 from tests.unit.deploy import compose
@@ -207,7 +207,36 @@ def test_jenkinsfile_parameters_match_what_the_lambda_sends() -> None:
     ):
         assert f"stage('{stage}')" in jenkinsfile
     assert "/api/v1/models/${MODEL}/releases" in jenkinsfile
-    assert "/rollouts" not in jenkinsfile  # the old path of the report, kept only for old jobs
+    assert "/rollouts" not in jenkinsfile  # the old path of the report, now the rollouts'
+    for action in sorted(ACTIONS):
+        assert f"'{action}'" in jenkinsfile or (action.startswith("rollout_") and "rollout_" in jenkinsfile)
+
+
+def _sns(body: dict[str, object]) -> dict[str, object]:
+    return {"EventSource": "aws:sns", "Sns": {"Message": json.dumps(body)}}
+
+
+def test_the_lambda_accepts_rollout_events_and_passes_the_rollout_to_jenkins() -> None:
+    body = {
+        "event_id": str(uuid.uuid4()),
+        "action": "rollout_step",
+        "model": "digits",
+        "version": 2,
+        "previous_version": 1,
+        "environment": "prod",
+        "artifacts": [{"uri": "s3://b/k", "sha256": "0" * 64, "kind": "model"}],
+        "actor": "rollout-analysis",
+        "rollout": {"rollout": 3, "strategy": "canary", "step": 1, "weight": 25, "state": "running"},
+    }
+    event = event_parse(_sns(body))
+    assert event.rollout == body["rollout"]
+    assert json.loads(event.jenkins_parameters()["ROLLOUT"])["weight"] == 25
+    with pytest.raises(InvalidRecord, match="rollout object"):
+        event_parse(_sns({**body, "rollout": None}))
+    assert (
+        event_parse(_sns({**body, "action": "promote", "rollout": None})).jenkins_parameters()["ROLLOUT"]
+        == ""
+    )
 
 
 @pytest.mark.parametrize("path", sorted((DEPLOY / "docker").glob("*.Dockerfile")), ids=lambda p: p.name)

@@ -253,3 +253,25 @@ def test_event_and_outbox_pages_show_their_times_once_with_seconds(demo_model_di
     page = text_of(client.get(f"{ADMIN}outboxevent/{outbox.pk}/change/").content.decode())
     assert page.count("Published at:") == 1
     assert f"Created at: {timezone.localtime(outbox.created_at).strftime(TIME_FORMAT)}" in page
+
+
+def test_the_rollouts_page_says_what_the_next_decision_waits_for(demo_model_dir: Path) -> None:
+    from apps.models_registry.models import Rollout
+    from apps.models_registry.services.deployments import deployment_set
+
+    live, candidate = register(demo_model_dir), register(demo_model_dir)
+    deployment = deployment_set(version=live, environment="dev")
+    rollout = Rollout.objects.create(
+        model=live.model,
+        environment="dev",
+        candidate=candidate,
+        baseline=deployment.version,
+        strategy="canary",
+        steps=[5, 25, 50, 100],
+        step_started_at=timezone.now(),
+        analysis={"decision": "wait", "waiting_for": 37},
+    )
+    client = root_client()
+    page = client.get(f"{ADMIN}rollout/").content.decode()
+    assert "waits for 37 more samples" in page and "5 %" in page
+    assert client.get(f"{ADMIN}rollout/{rollout.pk}/change/").status_code == 200

@@ -1,0 +1,174 @@
+"""Rollouts through the registry's services, with real Redis and the real gate subprocess: a
+canary's steps to promotion, what each records and publishes, the analysis on figures the
+workers record (inference_common.version_stats), abort and a promotion that supersedes."""
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import redis
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.utils import timezone
+
+from apps.models_registry import selectors
+from apps.models_registry.models import Deployment, ModelVersion, OutboxEvent, RegistryEvent, Rollout
+from apps.models_registry.services.deployments import deployment_set, model_version_promote
+from apps.models_registry.services.rollouts import (
+    RolloutRefused,
+    rollout_abort,
+    rollout_advance,
+    rollout_analyse,
+    rollout_decide,
+    rollout_start,
+)
+from inference_common.version_stats import version_stats_record
+from tests.unit.apps.models_registry.helpers import register, staff
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("registry_settings")]
+
+
+def _live_and_candidate(folder: Path) -> tuple[ModelVersion, ModelVersion]:
+    live, candidate = register(folder), register(folder)
+    deployment_set(version=live, environment="dev")
+    return live, candidate
+
+
+def _payloads(action: str) -> list[dict[str, object]]:
+    return [e.payload for e in OutboxEvent.objects.order_by("created_at") if e.payload["action"] == action]
+
+
+def test_a_canary_steps_to_promotion_recording_and_publishing_each_step(demo_model_dir: Path) -> None:
+    live, candidate = _live_and_candidate(demo_model_dir)
+    rollout = rollout_start(version=candidate, strategy="canary", environment="dev", actor="ops")
+    assert (rollout.state, rollout.step, rollout.weight, rollout.steps) == ("running", 0, 5, [5, 25, 50, 100])
+    (started,) = _payloads("rollout_start")
+    assert (started["version"], started["previous_version"]) == (2, 1)
+    assert started["rollout"] == {
+        "rollout": rollout.pk,
+        "strategy": "canary",
+        "step": 0,
+        "weight": 5,
+        "mirror_percent": 0,
+        "state": "running",
+        "steps": [5, 25, 50, 100],
+        "dwell_s": rollout.dwell_s,
+        "thresholds": started["rollout"]["thresholds"],  # type: ignore[index]
+        "gates": started["rollout"]["gates"],  # type: ignore[index]
+    }
+    with pytest.raises(RolloutRefused, match="already running"):
+        rollout_start(version=candidate, strategy="shadow", environment="dev")
+
+    for weight in (25, 50, 100):
+        rollout = rollout_advance(rollout=rollout, actor="ops")
+        assert rollout.weight == weight
+    assert [p["rollout"]["weight"] for p in _payloads("rollout_step")] == [25, 50, 100]  # type: ignore[index]
+    assert Deployment.objects.get(environment="dev").version == live  # live moves only at promotion
+
+    rollout = rollout_advance(rollout=rollout, actor="ops")
+    assert rollout.state == "promoted"
+    deployment = Deployment.objects.get(environment="dev")
+    assert (deployment.version, deployment.previous_version) == (candidate, live)
+    promote = RegistryEvent.objects.filter(action=RegistryEvent.Action.PROMOTE, to_version=2).get()
+    assert promote.details["rollout"] == rollout.pk
+    assert len(_payloads("rollout_promote")) == 1 and _payloads("promote")[-1]["version"] == 2
+    history = [e.action for e in selectors.registry_history(model=candidate.model)]
+    assert history[:6] == [
+        "promote",
+        "rollout_promote",
+        "rollout_step",
+        "rollout_step",
+        "rollout_step",
+        "rollout_start",
+    ]
+    with pytest.raises(RolloutRefused, match="has ended"):
+        rollout_advance(rollout=rollout)
+
+
+def test_a_rollout_is_refused_without_a_live_version_or_with_bad_steps(demo_model_dir: Path) -> None:
+    first = register(demo_model_dir)
+    with pytest.raises(RolloutRefused, match="nothing of digits is live"):
+        rollout_start(version=first, strategy="canary", environment="dev")
+    deployment_set(version=first, environment="dev")
+    with pytest.raises(RolloutRefused, match="already live"):
+        rollout_start(version=first, strategy="canary", environment="dev")
+    second = register(demo_model_dir)
+    with pytest.raises(ValidationError, match="ending at 100"):
+        rollout_start(version=second, strategy="canary", environment="dev", steps=[10, 50])
+    with pytest.raises(ValidationError, match="unknown thresholds"):
+        rollout_start(version=second, strategy="canary", environment="dev", thresholds={"p50": 1})
+    with pytest.raises(RolloutRefused, match="has not gone through dev"):
+        rollout_start(version=second, strategy="canary", environment="staging")
+    assert not Rollout.objects.exists()
+
+
+def _stats(version: int, *, requests: int, errors: int = 0, latency_s: float = 0.002) -> None:
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    for _ in range(requests // 10):
+        version_stats_record(
+            client,
+            environment="dev",
+            model="digits",
+            version=version,
+            requests=10,
+            errors=errors // max(1, requests // 10),
+            rows=10,
+            latency_s=latency_s,
+            confidence_sum=9.0,
+            confidence_rows=10,
+        )
+
+
+def test_the_analysis_waits_for_samples_then_advances_or_rolls_back(demo_model_dir: Path) -> None:
+    live, candidate = _live_and_candidate(demo_model_dir)
+    rollout = rollout_start(
+        version=candidate, strategy="canary", environment="dev", dwell_s=0, thresholds={"min_samples": 50}
+    )
+    _stats(1, requests=200)
+    _stats(2, requests=20)
+    waiting = rollout_analyse(rollout=rollout)
+    assert (waiting.decision, waiting.waiting_for) == ("wait", 30)
+
+    _stats(2, requests=40)
+    assert rollout_decide(rollout=rollout).decision == "advance"
+    rollout.refresh_from_db()
+    assert rollout.weight == 25 and rollout.analysis == {}  # a new step starts a new window
+
+    rollout.step_started_at = timezone.now() - timedelta(seconds=1)
+    rollout.save()
+    _stats(2, requests=60, errors=30)
+    verdict = rollout_decide(rollout=rollout)
+    assert verdict.decision == "roll_back" and "error rate" in verdict.breaches[0]
+    rollout.refresh_from_db()
+    assert rollout.state == "rolled_back" and "error rate" in rollout.reason
+    event = RegistryEvent.objects.filter(action=RegistryEvent.Action.ROLLOUT_ROLLBACK).get()
+    # Windows count whole 5 s buckets: this one also holds the 60 requests of the step before.
+    assert event.actor == "rollout-analysis" and event.details["figures"]["candidate"]["requests"] >= 60
+    assert _payloads("rollout_rollback")[0]["rollout"]["state"] == "rolled_back"  # type: ignore[index]
+    assert Deployment.objects.get(environment="dev").version == live
+
+
+def test_a_ten_times_slower_candidate_is_rolled_back(demo_model_dir: Path) -> None:
+    _, candidate = _live_and_candidate(demo_model_dir)
+    rollout = rollout_start(
+        version=candidate, strategy="canary", environment="dev", dwell_s=0, thresholds={"min_samples": 50}
+    )
+    _stats(1, requests=100, latency_s=0.004)
+    _stats(2, requests=100, latency_s=0.04)
+    verdict = rollout_decide(rollout=rollout)
+    assert verdict.decision == "roll_back" and verdict.breaches[0].startswith("p99")
+
+
+def test_abort_needs_the_rollback_permission_and_a_promotion_supersedes(demo_model_dir: Path) -> None:
+    _, candidate = _live_and_candidate(demo_model_dir)
+    rollout = rollout_start(version=candidate, strategy="shadow", environment="dev")
+    assert (rollout.weight, rollout.mirror_percent, rollout.steps) == (0, 100, [0])
+    with pytest.raises(PermissionDenied):
+        rollout_abort(rollout=rollout, user=staff("promote_deployment"))
+    aborted = rollout_abort(rollout=rollout, reason="wrong candidate")
+    assert (aborted.state, aborted.reason) == ("aborted", "wrong candidate")
+
+    again = rollout_start(version=candidate, strategy="canary", environment="dev")
+    model_version_promote(version=candidate, environment="dev")
+    again.refresh_from_db()
+    assert again.state == "aborted" and again.reason.startswith("superseded")
