@@ -25,6 +25,7 @@ What the platform did is counted from its records, not from logs:
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import re
@@ -274,20 +275,26 @@ def inflight_requests(client: redis.Redis) -> dict[str, list[str]]:
     return found
 
 
-def kernel_wait(host: Host, *, timeout_s: float = 3.0) -> bool:
+def kernel_catch(host: Host, *, timeout_s: float = 3.0) -> bool:
     """Until a worker child of the host is inside the simulated kernel (its main thread asleep in
-    time.sleep, the kernel's `nanosleep` wait channel), so the cut lands mid-batch; False if none
-    was within the timeout."""
+    time.sleep, the kernel's `nanosleep` wait channel), then every process of the host frozen
+    there (SIGSTOP, microseconds: a power cut at that instant), so the cut that follows lands
+    mid-batch however long taking the link down takes; False if none was within the timeout
+    (nothing frozen)."""
     pids = set(host.pids())
     children = [pid for pid in pids if _parent(pid) in pids]
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for pid in children:
             try:
-                if "nanosleep" in Path(f"/proc/{pid}/wchan").read_text():
-                    return True
+                inside = "nanosleep" in Path(f"/proc/{pid}/wchan").read_text()
             except OSError:
                 continue
+            if inside:
+                for frozen in [pid, *pids]:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(frozen, signal.SIGSTOP)
+                return True
         time.sleep(0.0005)
     return False
 
@@ -367,7 +374,7 @@ def fault_worker_host_cut(
     watch = ResultWatch(cluster).start()
     loop = ClosedLoop(cluster, clients=clients).start()
     time.sleep(cut_after_s)
-    mid_batch = kernel_wait(victim)
+    mid_batch = kernel_catch(victim)
     cut_at = cluster.net.cut(victim)
     # Live workers acknowledge within a batch (tens of ms); what is still taken a second later,
     # and was already a second after the cut, is the lost host's.

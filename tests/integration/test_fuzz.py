@@ -98,13 +98,18 @@ def test_every_route_answers_from_its_schema(platform: Platform, staff_auth: dic
     assert set(statuses) == paths
     assert any(s < 300 for s in statuses[REGISTRY])
 
-    # The registry's answers about a real model match the schema's response bodies.
+    # The registry's answers about a real model match the schema's response bodies; digits has
+    # no rollout on the shared platform, so one named by id is a 404 in the schema's error shape.
     for operation in operations:
         if operation.path.startswith(REGISTRY) and operation.method.upper() == "GET":
-            path_parameters = {"name": "digits"} if "{name}" in operation.path else {}
+            path_parameters: dict[str, Any] = {"name": "digits"} if "{name}" in operation.path else {}
+            expected = 200
+            if "{rollout_id}" in operation.path:
+                path_parameters["rollout_id"] = 999999
+                expected = 404
             case = operation.Case(path_parameters=path_parameters)
             response = case.call(base_url=platform.base_url, headers=staff_auth)
-            assert response.status_code == 200, response.text
+            assert response.status_code == expected, response.text
             case.validate_response(response, checks=[response_schema_conformance])
 
 
