@@ -128,6 +128,35 @@ def rollback_target(*, model: RegisteredModel, environment: str) -> ModelVersion
     return None
 
 
+def gates_require(
+    *,
+    version: ModelVersion,
+    environment: str,
+    user: User,
+    actor: str | None,
+    reason: str,
+    move: str = "promoted",
+) -> GateReport:
+    """Run the gates of `version` for `environment`; the report when they passed. A failed gate
+    is recorded (GATE_FAILED, with the report) and `PromotionRefused` carries the report:
+    "{version} was not {move} to {environment}: ..." (a promotion, a rollout's start)."""
+    report = gates_run(version=version, environment=environment)
+    if not report.passed:
+        registry_event_record(
+            model=version.model,
+            action=RegistryEvent.Action.GATE_FAILED,
+            version=version,
+            environment=environment,
+            user=user,
+            actor=actor,
+            reason=reason,
+            details=report.as_dict(),
+        )
+        failed = ", ".join(f"{r.name}: {r.detail}" for r in report.results if not r.passed)
+        raise PromotionRefused(f"{version} was not {move} to {environment}: {failed}", report)
+    return report
+
+
 def model_version_promote(
     *,
     version: ModelVersion,
@@ -160,21 +189,8 @@ def model_version_promote(
                 f"skipping {', '.join(skipped)} to reach {target} requires a written reason"
             )
 
-    report = gates_run(version=version, environment=target)
-    if not report.passed:
-        registry_event_record(
-            model=version.model,
-            action=RegistryEvent.Action.GATE_FAILED,
-            version=version,
-            environment=target,
-            user=user,
-            actor=actor,
-            reason=reason,
-            details=report.as_dict(),
-        )
-        failed = ", ".join(f"{r.name}: {r.detail}" for r in report.results if not r.passed)
-        raise PromotionRefused(f"{version} was not promoted to {target}: {failed}", report)
-    return _deployment_switch(
+    report = gates_require(version=version, environment=target, user=user, actor=actor, reason=reason)
+    return deployment_switch(
         version=version,
         environment=target,
         user=user,
@@ -217,7 +233,7 @@ def deployment_rollback(
             details={"gates": [checksum.__dict__]},
         )
         raise PromotionRefused(f"cannot roll back to {target}: {checksum.detail}")
-    return _deployment_switch(
+    return deployment_switch(
         version=target,
         environment=environment,
         user=user,
@@ -236,7 +252,7 @@ def deployment_set(
         raise ValidationError(
             f"unknown environment {environment!r} (known: {settings.INFERENCE_ENVIRONMENTS})"
         )
-    return _deployment_switch(
+    return deployment_switch(
         version=version,
         environment=environment,
         user=user,
@@ -308,7 +324,7 @@ def deployment_load_failure_handle(
     if good is None:
         return None
     try:
-        switched = _deployment_switch(
+        switched = deployment_switch(
             version=good,
             environment=environment,
             user=None,
@@ -392,7 +408,7 @@ def deployment_served_record(*, model_name: str, environment: str, version: int)
     return updated > 0
 
 
-def _deployment_switch(
+def deployment_switch(
     *,
     version: ModelVersion,
     environment: str,

@@ -27,16 +27,16 @@ from apps.models_registry.models import Deployment, ModelVersion, RegistryEvent,
 from apps.models_registry.services.actors import User, actor_name, actor_permission_require
 from apps.models_registry.services.deployments import (
     PromotionRefused,
-    _deployment_switch,
+    deployment_switch,
     environment_next,
     environments_skipped,
+    gates_require,
 )
 from apps.models_registry.services.events import (
     registry_event_record,
     release_event_write,
     release_events_publish_request,
 )
-from apps.models_registry.services.gates import gates_run
 from inference_common.deployments import DeploymentChange, deployments_channel
 from inference_common.version_stats import VersionStats, version_stats_read
 from inference_project.redis_clients import redis_sync
@@ -230,20 +230,14 @@ def rollout_start(
     if selectors.rollout_running(model_name=version.model.name, environment=target):
         raise RolloutRefused(f"a rollout of {version.model.name} is already running in {target}")
 
-    report = gates_run(version=version, environment=target)
-    if not report.passed:
-        registry_event_record(
-            model=version.model,
-            action=RegistryEvent.Action.GATE_FAILED,
-            version=version,
-            environment=target,
-            user=user,
-            actor=actor,
-            reason=reason or f"{strategy} rollout",
-            details=report.as_dict(),
-        )
-        failed = ", ".join(f"{r.name}: {r.detail}" for r in report.results if not r.passed)
-        raise PromotionRefused(f"{version} was not rolled out to {target}: {failed}", report)
+    report = gates_require(
+        version=version,
+        environment=target,
+        user=user,
+        actor=actor,
+        reason=reason or f"{strategy} rollout",
+        move="rolled out",
+    )
     try:
         with transaction.atomic():
             deployment = Deployment.objects.select_for_update().get(pk=live.pk)
@@ -358,7 +352,7 @@ def rollout_promote(
             reason=reason,
             figures=figures,
         )
-        _deployment_switch(
+        deployment_switch(
             version=current.candidate,
             environment=current.environment,
             user=user,

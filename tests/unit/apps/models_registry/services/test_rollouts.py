@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from apps.models_registry import selectors
 from apps.models_registry.models import Deployment, ModelVersion, OutboxEvent, RegistryEvent, Rollout
-from apps.models_registry.services.deployments import deployment_set, model_version_promote
+from apps.models_registry.services.deployments import PromotionRefused, deployment_set, model_version_promote
 from apps.models_registry.services.rollouts import (
     RolloutRefused,
     rollout_abort,
@@ -100,6 +100,18 @@ def test_a_rollout_is_refused_without_a_live_version_or_with_bad_steps(demo_mode
     with pytest.raises(RolloutRefused, match="has not gone through dev"):
         rollout_start(version=second, strategy="canary", environment="staging")
     assert not Rollout.objects.exists()
+
+
+def test_a_failed_gate_is_recorded_and_nothing_starts(demo_model_dir: Path) -> None:
+    _, candidate = _live_and_candidate(demo_model_dir)
+    candidate.model.gate_minimum = 0.999
+    candidate.model.save()
+    with pytest.raises(PromotionRefused, match="was not rolled out to dev: metric") as refused:
+        rollout_start(version=candidate, strategy="canary", environment="dev", actor="ops")
+    assert refused.value.report is not None and not refused.value.report.passed
+    failed = RegistryEvent.objects.get(action=RegistryEvent.Action.GATE_FAILED)
+    assert (failed.version, failed.actor, failed.reason) == (candidate, "ops", "canary rollout")
+    assert not Rollout.objects.exists() and not _payloads("rollout_start")
 
 
 def _stats(version: int, *, requests: int, errors: int = 0, latency_s: float = 0.002) -> None:
