@@ -12,7 +12,11 @@ Buckets cover `BUCKET_S` seconds of wall time: `inference:vstats:{environment}:{
   its batch's predict wall time; a request that never reached predict (its version could not
   load) is counted in `requests` and `errors` but has no latency;
 - `confidence_sum` / `confidence_rows`: the sum of the top-1 score over rows and how many rows,
-  where the output looks like class scores (2-D float with more than one column).
+  where the output looks like class scores (2-D float with more than one column);
+- shadow pairs, added by the API that mirrored a live request to a shadow rollout's candidate
+  (on the candidate's key): `pair_rows` rows compared, `pair_agree_rows` those of class scores whose
+  top-1 class agrees with live's (out of `pair_class_rows`), and `pair_abs_diff_sum` the sum over
+  the other rows of their mean absolute difference from live's (out of `pair_value_rows`).
 
 Clocks: buckets are named by each worker's wall clock, so hosts are assumed NTP-synchronised to
 well under a bucket.
@@ -52,6 +56,56 @@ def scores_confidence(scores: np.ndarray) -> tuple[float, int]:
     if scores.ndim != 2 or scores.shape[1] < 2 or not np.issubdtype(scores.dtype, np.floating):
         return 0.0, 0
     return float(scores.max(axis=1).sum(dtype=np.float64)), int(scores.shape[0])
+
+
+PAIR_FIELDS = ("pair_rows", "pair_class_rows", "pair_agree_rows", "pair_value_rows", "pair_abs_diff_sum")
+# A row whose difference is not finite (NaN or infinite outputs on one side) counts this much:
+# large enough to breach any threshold, finite so the figures stay valid JSON.
+PAIR_DIFF_NOT_FINITE = float(np.finfo(np.float32).max)
+
+
+def pair_compare(live: dict[str, np.ndarray], shadow: dict[str, np.ndarray]) -> dict[str, float]:
+    """What one mirrored pair adds to the candidate's bucket: per output both answered with the
+    same shape, top-1 agreement per row for class scores, else each row's mean absolute
+    difference. An output missing or shaped otherwise counts its live rows as disagreeing."""
+    fields = dict.fromkeys(PAIR_FIELDS, 0.0)
+    for name, ours in live.items():
+        theirs = shadow.get(name)
+        rows = int(ours.shape[0]) if ours.ndim else 1
+        fields["pair_rows"] += rows
+        if scores_confidence(ours)[1]:
+            fields["pair_class_rows"] += rows
+            if theirs is not None and theirs.shape == ours.shape:
+                fields["pair_agree_rows"] += int((ours.argmax(axis=1) == theirs.argmax(axis=1)).sum())
+            continue
+        numeric = theirs is not None and all(np.issubdtype(a.dtype, np.number) for a in (ours, theirs))
+        if theirs is None or theirs.shape != ours.shape or not numeric:
+            continue  # nothing to measure a difference on: counted, never agreeing
+        diff = np.abs(ours.astype(np.float64) - theirs.astype(np.float64)).reshape(rows, -1)
+        fields["pair_value_rows"] += rows
+        fields["pair_abs_diff_sum"] += float(
+            np.nan_to_num(diff.mean(axis=1), nan=PAIR_DIFF_NOT_FINITE, posinf=PAIR_DIFF_NOT_FINITE).sum()
+        )
+    return fields
+
+
+def version_stats_add(
+    pipe: Any,
+    *,
+    environment: str,
+    model: str,
+    version: int,
+    fields: dict[str, float],
+    now: float | None = None,
+) -> None:
+    """Queue on `pipe` (a sync or asyncio Redis pipeline) the increments of `fields` to the
+    version's current bucket, and its expiry."""
+    bucket = int((time.time() if now is None else now) // BUCKET_S)
+    key = version_stats_key(environment=environment, model=model, version=version, bucket=bucket)
+    for name, value in fields.items():
+        if value:
+            pipe.hincrbyfloat(key, name, value)
+    pipe.expire(key, TTL_S)
 
 
 def version_stats_record(
@@ -101,6 +155,21 @@ class VersionStats:
     latency_buckets: list[tuple[float, int]]
     confidence_sum: float
     confidence_rows: int
+    pair_rows: int = 0
+    pair_class_rows: int = 0
+    pair_agree_rows: int = 0
+    pair_value_rows: int = 0
+    pair_abs_diff_sum: float = 0.0
+
+    @property
+    def agreement(self) -> float | None:
+        """The share of mirrored class-score rows whose top-1 agrees with live's; None without."""
+        return self.pair_agree_rows / self.pair_class_rows if self.pair_class_rows else None
+
+    @property
+    def mean_abs_diff(self) -> float | None:
+        """The mean absolute difference from live's over mirrored rows that are not class scores."""
+        return self.pair_abs_diff_sum / self.pair_value_rows if self.pair_value_rows else None
 
     @property
     def error_rate(self) -> float:
@@ -169,4 +238,9 @@ def version_stats_read(
         ],
         confidence_sum=totals.get("confidence_sum", 0.0),
         confidence_rows=int(totals.get("confidence_rows", 0)),
+        pair_rows=int(totals.get("pair_rows", 0)),
+        pair_class_rows=int(totals.get("pair_class_rows", 0)),
+        pair_agree_rows=int(totals.get("pair_agree_rows", 0)),
+        pair_value_rows=int(totals.get("pair_value_rows", 0)),
+        pair_abs_diff_sum=totals.get("pair_abs_diff_sum", 0.0),
     )

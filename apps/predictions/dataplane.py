@@ -11,7 +11,7 @@ learns nothing about a request's form (401 before any 400).
 
 Every failure leaves as the one error type, `ApiError` (an unreachable Redis included: 503 with
 Retry-After); the adapters render it in their protocol's form. Nothing here knows a protocol's
-JSON. Canary routing and priorities plug in at the route and admit steps.
+JSON. Canary routing and shadow mirroring plug in at the route step, priorities at admit.
 """
 
 import functools
@@ -30,13 +30,14 @@ from apps.predictions.errors import ApiError, bad_request, unavailable
 from apps.predictions.fastpath import db_fresh
 from apps.predictions.health import platform_readiness
 from apps.predictions.observability import request_identified, request_served
-from apps.predictions.selectors import ServedModel, served_model_get, served_model_ready
+from apps.predictions.selectors import Route, ServedModel, route_get, served_model_get, served_model_ready
 from apps.predictions.services import (
     prediction_enqueue,
     prediction_job_get,
     prediction_response,
     prediction_run,
 )
+from apps.predictions.shadow import shadow_mirror
 from apps.predictions.types import Caller, InferenceRequest, InferenceResponse, RequestContext
 from inference_project.errors import DATABASE_UNAVAILABLE, DATABASE_UNAVAILABLE_MESSAGE
 
@@ -96,24 +97,31 @@ async def _served(name: str, version: int | None, routing_key: str | None = None
     return served
 
 
-async def _prepared(request: InferenceRequest, caller: Caller) -> tuple[ServedModel, dict[str, np.ndarray]]:
+async def _prepared(
+    request: InferenceRequest, caller: Caller
+) -> tuple[Route, ServedModel, dict[str, np.ndarray]]:
     """Authorize, route, and check the inputs against the routed version."""
     _authorize(caller, request.model)
-    served = await _served(request.model, request.version, caller.sticky_key)
-    return served, request.inputs(served)
+    route = await route_get(name=request.model, version=request.version)
+    served = route.pick(caller.sticky_key)
+    request_served(model=served.name, version=served.version)
+    return route, served, request.inputs(served)
 
 
 @_one_error_type
 async def infer(request: InferenceRequest, caller: Caller) -> InferenceResponse:
-    """Run one request and wait for its answer, up to the caller's deadline (504 after it)."""
-    served, inputs = await _prepared(request, caller)
-    return await prediction_run(served=served, inputs=inputs, caller=caller)
+    """Run one request and wait for its answer, up to the caller's deadline (504 after it).
+    During a shadow rollout, a copy then goes to the candidate (apps/predictions/shadow.py)."""
+    route, served, inputs = await _prepared(request, caller)
+    response = await prediction_run(served=served, inputs=inputs, caller=caller)
+    shadow_mirror(route=route, response=response, inputs=inputs)
+    return response
 
 
 @_one_error_type
 async def enqueue(request: InferenceRequest, caller: Caller) -> str:
     """Accept one request without waiting: its job id, to look up with `job_get`."""
-    served, inputs = await _prepared(request, caller)
+    _, served, inputs = await _prepared(request, caller)
     return await prediction_enqueue(served=served, inputs=inputs, caller=caller)
 
 

@@ -13,6 +13,7 @@ is asked again every DATABASE_RETRY_S. Only a route this process never loaded an
 import asyncio
 import dataclasses
 import logging
+import random
 import time
 import zlib
 from dataclasses import dataclass
@@ -85,7 +86,8 @@ class Route:
     """Where a model's unpinned requests go: the live version, or while no worker has it loaded,
     the previous one (a swap under way) or the last good one (the live version cannot load).
     During a canary rollout (and once a worker has it loaded), `weight` percent of the routing
-    keys go to its `candidate`."""
+    keys go to its `candidate`; during a shadow rollout, `mirror_percent` percent of the requests
+    are copied to its `shadow` once answered (apps/predictions/shadow.py)."""
 
     live: ServedModel
     previous: ServedModel | None = None
@@ -93,6 +95,8 @@ class Route:
     candidate: ServedModel | None = None
     weight: int = 0
     rollout: int | None = None
+    shadow: ServedModel | None = None
+    mirror_percent: int = 0
 
     def pick(self, routing_key: str | None) -> ServedModel:
         if self.candidate is None or self.rollout is None or not self.weight or routing_key is None:
@@ -100,6 +104,14 @@ class Route:
         if canary_bucket(rollout=self.rollout, routing_key=routing_key) < self.weight:
             return self.candidate
         return self.live
+
+    def mirror(self, served: ServedModel) -> ServedModel | None:
+        """The shadow a request answered by `served` is copied to (`mirror_percent` of them, drawn
+        per request), or None: only requests the live version answers are mirrored."""
+        draw = random.random() * 100  # noqa: S311 (a sample, not a secret)
+        if self.shadow is None or served != self.live or draw >= self.mirror_percent:
+            return None
+        return self.shadow
 
     @property
     def fallbacks(self) -> list[ServedModel]:
@@ -112,6 +124,7 @@ class Route:
     def of(cls, deployment: Deployment, rollout: Rollout | None = None) -> "Route":
         previous, good = deployment.previous_version, deployment.last_good_version
         canary = rollout is not None and rollout.weight > 0
+        shadow = rollout is not None and rollout.mirror_percent > 0 and not canary
         return cls(
             ServedModel.of(deployment.version),
             ServedModel.of(previous) if previous else None,
@@ -119,6 +132,8 @@ class Route:
             candidate=ServedModel.of(rollout.candidate) if rollout is not None and canary else None,
             weight=rollout.weight if rollout is not None else 0,
             rollout=rollout.pk if rollout is not None else None,
+            shadow=ServedModel.of(rollout.candidate) if rollout is not None and shadow else None,
+            mirror_percent=rollout.mirror_percent if rollout is not None and shadow else 0,
         )
 
 
@@ -160,6 +175,11 @@ async def served_model_get(
 ) -> ServedModel:
     """Where to send a request for `name` (pinned to `version` if given); 404 if nowhere.
     `routing_key` (sticky routing during a canary; None: the live version) picks the side."""
+    return (await route_get(name=name, version=version)).pick(routing_key)
+
+
+async def route_get(*, name: str, version: int | None = None) -> Route:
+    """The route of `name`'s requests (pinned to `version` if given); 404 if nowhere."""
     key = (name, version)
     cached = _cache.get(key)
     if cached is None or cached[0] < time.monotonic():
@@ -171,7 +191,7 @@ async def served_model_get(
                 f"model {name!r} is not deployed in {settings.INFERENCE_ENVIRONMENT!r}", field="model"
             )
         raise not_found(f"model {name!r} has no deployed version {version}", field="version")
-    return route.pick(routing_key)
+    return route
 
 
 async def _route_reload(key: tuple[str, int | None]) -> tuple[float, Route | None]:
@@ -198,6 +218,9 @@ async def _route_fetch(key: tuple[str, int | None]) -> tuple[float, Route | None
     if route is not None and route.candidate is not None and not await served_model_ready(route.candidate):
         # A canary's candidate no worker has loaded yet: live serves its share meanwhile.
         route = dataclasses.replace(route, candidate=None)
+        ttl = min(ttl, SWITCH_RECHECK_S)
+    if route is not None and route.shadow is not None and not await served_model_ready(route.shadow):
+        route = dataclasses.replace(route, shadow=None)  # nothing mirrored until it is loaded
         ttl = min(ttl, SWITCH_RECHECK_S)
     if route is not None and route.fallbacks and not await served_model_ready(route.live):
         # The live version is not loaded anywhere (yet): the previous one while a swap is under

@@ -198,6 +198,24 @@ async def prediction_run(
     return prediction_response(task_id=task_id, served=served, meta=result_payload_decode(payload))
 
 
+async def prediction_shadow_run(
+    *, served: ServedModel, inputs: dict[str, np.ndarray], timeout_s: float
+) -> InferenceResponse:
+    """A copy of an answered request sent to a shadow version, answered to nobody: no key's
+    admission nor idempotency (apps/predictions/shadow.py sheds it first); TimeoutError after
+    `timeout_s`, when the worker skips it too."""
+    waiter = result_waiter_get()
+    task_id = waiter.new_task_id()
+    future = waiter.expect(task_id)
+    try:
+        await _submit(served=served, inputs=inputs, task_id=task_id, expires_s=timeout_s, claim=None)
+        payload = await waiter.wait(task_id, future, timeout_s)
+    finally:
+        waiter.forget(task_id)
+        _batcher(served).answered(task_id)
+    return prediction_response(task_id=task_id, served=served, meta=result_payload_decode(payload))
+
+
 async def prediction_enqueue(*, served: ServedModel, inputs: dict[str, np.ndarray], caller: Caller) -> str:
     """Enqueue without waiting; the job id is then polled with `prediction_job_get`."""
     try:

@@ -353,6 +353,13 @@ RELEASE_OUTBOX_SWEEP_S = env.float("RELEASE_OUTBOX_SWEEP_S", default=60.0)
 # step lasts at least INFERENCE_ROLLOUT_DWELL_S unless the rollout sets its own.
 INFERENCE_ROLLOUT_ANALYSIS_S = env.float("INFERENCE_ROLLOUT_ANALYSIS_S", default=5.0)
 INFERENCE_ROLLOUT_DWELL_S = env.float("INFERENCE_ROLLOUT_DWELL_S", default=60.0)
+# Shadow rollouts (apps/predictions/shadow.py): a copy of an answered request is shed when this
+# API process already has INFERENCE_SHADOW_MAX_INFLIGHT copies out or the model's queue holds
+# INFERENCE_SHADOW_MAX_QUEUE_DEPTH batches; a copy not answered within INFERENCE_SHADOW_TIMEOUT_S
+# is given up.
+INFERENCE_SHADOW_MAX_INFLIGHT = env.int("INFERENCE_SHADOW_MAX_INFLIGHT", default=256)
+INFERENCE_SHADOW_MAX_QUEUE_DEPTH = env.int("INFERENCE_SHADOW_MAX_QUEUE_DEPTH", default=16)
+INFERENCE_SHADOW_TIMEOUT_S = env.float("INFERENCE_SHADOW_TIMEOUT_S", default=10.0)
 CELERY_BEAT_SCHEDULE = {
     "publish-release-outbox": {
         "task": "release.publish_outbox",

@@ -15,7 +15,9 @@ from inference_common.version_stats import (
     LATENCY_BOUNDS,
     TTL_S,
     VersionStats,
+    pair_compare,
     scores_confidence,
+    version_stats_add,
     version_stats_key,
     version_stats_read,
     version_stats_record,
@@ -148,3 +150,35 @@ def test_confidence_is_read_only_from_class_scores() -> None:
     assert scores_confidence(np.array([[0.2], [0.4]], dtype=np.float32)) == (0.0, 0)  # one column
     assert scores_confidence(np.array([1.0, 2.0])) == (0.0, 0)  # 1-D: a regression output
     assert scores_confidence(np.array([[1, 0], [0, 1]])) == (0.0, 0)  # integers: not scores
+
+
+def test_shadow_pairs_measure_agreement_and_difference(client: redis.Redis, model: str) -> None:
+    live = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]], dtype=np.float32)
+    shadow = np.array([[0.7, 0.3], [0.9, 0.1], [0.55, 0.45], [0.1, 0.9]], dtype=np.float32)
+    fields = pair_compare(
+        {"scores": live, "value": np.array([[1.0], [2.0]])},
+        {
+            "scores": shadow,
+            "value": np.array([[1.5], [2.0]]),
+        },
+    )
+    assert fields["pair_rows"] == 6
+    assert (fields["pair_class_rows"], fields["pair_agree_rows"]) == (4, 3)
+    assert (fields["pair_value_rows"], fields["pair_abs_diff_sum"]) == (2, 0.5)
+    # A missing or reshaped output counts its rows as compared and never agreeing.
+    assert pair_compare({"scores": live}, {})["pair_agree_rows"] == 0
+    assert pair_compare({"scores": live}, {"scores": shadow[:2]})["pair_class_rows"] == 4
+    # NaN on one side is a large, finite difference.
+    nan = pair_compare({"value": np.array([[1.0]])}, {"value": np.array([[np.nan]])})
+    assert math.isfinite(nan["pair_abs_diff_sum"]) and nan["pair_abs_diff_sum"] > 1e30
+
+    pipe = client.pipeline(transaction=False)
+    version_stats_add(pipe, environment="dev", model=model, version=2, fields=fields, now=T0)
+    version_stats_add(pipe, environment="dev", model=model, version=2, fields=fields, now=T0 + BUCKET_S)
+    pipe.execute()
+    stats = version_stats_read(client, environment="dev", model=model, version=2, since=T0, now=T0 + BUCKET_S)
+    assert stats.agreement == 0.75
+    assert stats.mean_abs_diff == 0.25
+    assert stats.pair_rows == 12
+    empty = version_stats_read(client, environment="dev", model=model, version=3, since=T0, now=T0)
+    assert empty.agreement is None and empty.mean_abs_diff is None

@@ -33,3 +33,17 @@ def test_without_a_candidate_or_a_key_the_live_version_serves() -> None:
     assert Route(LIVE).pick("client-1") == LIVE
     assert _route(50).pick(None) == LIVE
     assert _route(0).pick("client-1") == LIVE
+
+
+def test_a_shadow_gets_a_copy_of_its_share_of_the_live_answers_only() -> None:
+    route = Route(LIVE, shadow=CANDIDATE, mirror_percent=30, rollout=7)
+    copies = sum(route.mirror(LIVE) == CANDIDATE for _ in range(20_000))
+    assert abs(copies / 200 - 30) < 2.0, copies
+    assert all(
+        Route(LIVE, shadow=CANDIDATE, mirror_percent=100).mirror(LIVE) == CANDIDATE for _ in range(100)
+    )
+    # A pinned or fallback answer (another version) is not mirrored, nor anything without a shadow.
+    assert route.mirror(CANDIDATE) is None
+    assert Route(LIVE).mirror(LIVE) is None
+    # The shadow never takes a client's request.
+    assert all(route.pick(key) == LIVE for key in KEYS[:1000])
