@@ -2,11 +2,12 @@
 
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
+from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.http import Http404
+from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.parsers import MultiPartParser
@@ -17,6 +18,7 @@ from rest_framework.views import APIView
 
 from apps.models_registry import selectors
 from apps.models_registry.models import Deployment, ModelVersion, RegisteredModel, RegistryEvent, Rollout
+from apps.models_registry.services.actors import User
 from apps.models_registry.services.deployments import (
     LiveVersionChanged,
     PromotionRefused,
@@ -25,14 +27,7 @@ from apps.models_registry.services.deployments import (
     model_version_promote,
 )
 from apps.models_registry.services.registration import model_card_register
-from apps.models_registry.services.rollouts import (
-    RolloutRefused,
-    rollout_abort,
-    rollout_advance,
-    rollout_promote,
-    rollout_start,
-    rollout_thresholds,
-)
+from apps.models_registry.services.rollouts import RolloutRefused, rollout_start, rollout_thresholds
 from inference_project.errors import error_body
 
 
@@ -502,61 +497,41 @@ class RolloutDetailApi(APIView):
         return Response(RolloutOutputSerializer(_rollout_or_404(name, rollout_id)).data)
 
 
-class _RolloutActionApi(APIView):
+class _RolloutAct(Protocol):
+    """A rollout service an action view calls: rollout_advance, rollout_promote, rollout_abort."""
+
+    def __call__(self, *, rollout: Rollout, user: User, reason: str) -> Rollout: ...
+
+
+class _RolloutActionSchema(AutoSchema):
+    """The schema's summary of a `RolloutActionApi` route is the one its as_view was given."""
+
+    def get_summary(self) -> str | None:
+        return getattr(self.view, "summary", None) or super().get_summary()
+
+
+# POST …/rollouts/{id}/<action>: one view for advance, promote and abort; urls.py gives each route
+# its service (`act`) and the schema's summary through as_view. (A docstring would become the
+# schema's description of all three.)
+class RolloutActionApi(APIView):
     permission_classes = [IsAdminUser]
+    schema = _RolloutActionSchema()
+    act: _RolloutAct | None = None
+    summary = ""
 
-    def _act(self, request: Request, rollout: Rollout, reason: str) -> Rollout:
-        raise NotImplementedError
-
+    @extend_schema(
+        request=RolloutActionInputSerializer,
+        responses={200: RolloutOutputSerializer, 409: ERROR, **ERRORS},
+    )
     def post(self, request: Request, name: str, rollout_id: int) -> Response:
+        if self.act is None:
+            raise ImproperlyConfigured("RolloutActionApi.as_view(act=...) names the rollout service")
         rollout = _rollout_or_404(name, rollout_id)
         serializer = RolloutActionInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         try:
-            acted = self._act(request, rollout, serializer.validated_data["reason"])
+            acted = self.act(rollout=rollout, user=request.user, reason=serializer.validated_data["reason"])
         except PromotionRefused as exc:
             return Response(error_body("rollout_refused", str(exc)), status=status.HTTP_409_CONFLICT)
         acted.refresh_from_db()
         return Response(RolloutOutputSerializer(acted).data)
-
-
-_ACTION_RESPONSES: dict[int, Any] = {200: RolloutOutputSerializer, 409: ERROR, **ERRORS}
-
-
-class RolloutAdvanceApi(_RolloutActionApi):
-    def _act(self, request: Request, rollout: Rollout, reason: str) -> Rollout:
-        return rollout_advance(rollout=rollout, user=request.user, reason=reason)
-
-    @extend_schema(
-        summary="Move a rollout to its next step now (from the last one: promote)",
-        request=RolloutActionInputSerializer,
-        responses=_ACTION_RESPONSES,
-    )
-    def post(self, request: Request, name: str, rollout_id: int) -> Response:
-        return super().post(request, name, rollout_id)
-
-
-class RolloutPromoteApi(_RolloutActionApi):
-    def _act(self, request: Request, rollout: Rollout, reason: str) -> Rollout:
-        return rollout_promote(rollout=rollout, user=request.user, reason=reason)
-
-    @extend_schema(
-        summary="Promote a rollout's candidate now",
-        request=RolloutActionInputSerializer,
-        responses=_ACTION_RESPONSES,
-    )
-    def post(self, request: Request, name: str, rollout_id: int) -> Response:
-        return super().post(request, name, rollout_id)
-
-
-class RolloutAbortApi(_RolloutActionApi):
-    def _act(self, request: Request, rollout: Rollout, reason: str) -> Rollout:
-        return rollout_abort(rollout=rollout, user=request.user, reason=reason)
-
-    @extend_schema(
-        summary="Abort a rollout: its candidate takes no more traffic",
-        request=RolloutActionInputSerializer,
-        responses=_ACTION_RESPONSES,
-    )
-    def post(self, request: Request, name: str, rollout_id: int) -> Response:
-        return super().post(request, name, rollout_id)

@@ -9,6 +9,8 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.test import Client
 
+from inference_project.openapi import openapi_schema
+
 if TYPE_CHECKING:  # a name only django-stubs has: the test client's response
     from django.test.client import _MonkeyPatchedWSGIResponse
 
@@ -215,3 +217,22 @@ def test_rollouts_over_rest(demo_model_dir: Path) -> None:
     assert ended.status_code == 409 and "has ended" in ended.json()["error"]["message"]
     assert client.get(f"{url}/999").status_code == 404
     assert client.get("/api/v1/models/digits").json()["deployments"]["dev"]["version"] == 1
+
+    second = client.post(url, {"version": 2, "strategy": "shadow"}, content_type="application/json")
+    promoted = client.post(f"{url}/{second.json()['id']}/promote", {}, content_type="application/json")
+    assert promoted.status_code == 200 and promoted.json()["state"] == "promoted"
+    assert client.get("/api/v1/models/digits").json()["deployments"]["dev"]["version"] == 2
+    reader = client_for()
+    refused = reader.post(f"{url}/{second.json()['id']}/abort", {}, content_type="application/json")
+    assert refused.status_code == 403
+
+
+def test_each_rollout_action_keeps_its_summary_in_the_schema() -> None:
+    paths = openapi_schema()["paths"]
+    action = "/api/v1/models/{name}/rollouts/{rollout_id}/"
+    assert {name: paths[action + name]["post"]["summary"] for name in ("advance", "promote", "abort")} == {
+        "advance": "Move a rollout to its next step now (from the last one: promote)",
+        "promote": "Promote a rollout's candidate now",
+        "abort": "Abort a rollout: its candidate takes no more traffic",
+    }
+    assert paths[action + "abort"]["post"]["operationId"] == "models_rollouts_abort_create"
