@@ -1,9 +1,14 @@
 """Celery tasks of the registry: thin wrappers, run by the platform worker (queue `platform`)."""
 
+from threading import Thread
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 from celery import shared_task
+from celery.signals import worker_process_init
+from django.conf import settings
 
+from apps.models_registry.metrics import rollout_metrics_serve, rollout_metrics_update
 from apps.models_registry.models import ModelVersion
 from apps.models_registry.release import PublishFailed, outbox_publish_pending
 from apps.models_registry.services.gates import gate_checksums, gate_job, gate_subprocess_run
@@ -45,4 +50,23 @@ def profile_version(version_id: int) -> bool:
 
 @shared_task(name=ANALYSE_ROLLOUTS_TASK, ignore_result=True)
 def analyse_rollouts() -> int:
-    return rollouts_analyse()
+    analysed = rollouts_analyse()
+    rollout_metrics_update()
+    return analysed
+
+
+# The platform worker's port for its rollout metrics (apps/models_registry/metrics.py); 9463 sits
+# below the inference workers' 9464 + n.
+PLATFORM_METRICS_PORT = 9463
+
+
+@worker_process_init.connect
+def _serve_rollout_metrics(**_: Any) -> tuple[WSGIServer, Thread] | None:
+    """The platform worker's pool child runs every analysis (`--concurrency 1`): it serves the
+    rollout figures each one leaves."""
+    if settings.INFERENCE_WORKER_ROLE != "platform":
+        return None
+    return rollout_metrics_serve(
+        port=getattr(settings, "INFERENCE_PLATFORM_METRICS_PORT", PLATFORM_METRICS_PORT),
+        host=settings.INFERENCE_WORKER_METRICS_HOST,
+    )
