@@ -308,7 +308,7 @@ def rollout_advance(
     with transaction.atomic():
         current = _locked_running(rollout)
         if current.step + 1 >= len(current.steps):
-            return rollout_promote(rollout=current, user=user, actor=actor, reason=reason, figures=figures)
+            return _promote_locked(current, user=user, actor=actor, reason=reason, figures=figures)
         weight_before = current.weight
         current.step += 1
         current.step_started_at = timezone.now()
@@ -339,49 +339,80 @@ def rollout_promote(
     rollout), refused if something other than the rollout's baseline is live by now."""
     actor_permission_require(user=user, perm="models_registry.promote_deployment")
     with transaction.atomic():
-        current = _locked_running(rollout)
-        current.state = Rollout.State.PROMOTED
-        current.ended_at = timezone.now()
-        current.reason = reason or "promoted"
-        current.save(update_fields=["state", "ended_at", "reason"])
-        _record(
-            current,
-            action=RegistryEvent.Action.ROLLOUT_PROMOTE,
-            user=user,
-            actor=actor,
-            reason=reason,
-            figures=figures,
+        return _promote_locked(
+            _locked_running(rollout), user=user, actor=actor, reason=reason, figures=figures
         )
-        deployment_switch(
-            version=current.candidate,
-            environment=current.environment,
-            user=user,
-            action=RegistryEvent.Action.PROMOTE,
-            reason=reason or f"rollout {current.pk} promoted",
-            details={"rollout": current.pk, **({"figures": figures} if figures else {})},
-            actor=actor,
-            expect_live=current.baseline.number,
-        )
+
+
+def _promote_locked(
+    current: Rollout, *, user: User, actor: str | None, reason: str, figures: dict[str, Any] | None
+) -> Rollout:
+    """rollout_promote's work on `current`, the running rollout's row locked in the caller's
+    transaction (rollout_advance's last step is a promotion)."""
+    current.state = Rollout.State.PROMOTED
+    current.ended_at = timezone.now()
+    current.reason = reason or "promoted"
+    current.save(update_fields=["state", "ended_at", "reason"])
+    _record(
+        current,
+        action=RegistryEvent.Action.ROLLOUT_PROMOTE,
+        user=user,
+        actor=actor,
+        reason=reason,
+        figures=figures,
+    )
+    deployment_switch(
+        version=current.candidate,
+        environment=current.environment,
+        user=user,
+        action=RegistryEvent.Action.PROMOTE,
+        reason=reason or f"rollout {current.pk} promoted",
+        details={"rollout": current.pk, **({"figures": figures} if figures else {})},
+        actor=actor,
+        expect_live=current.baseline.number,
+    )
     return current
+
+
+@dataclass(frozen=True)
+class _Ending:
+    """How a rollout ends without promotion: who may end it, what it records."""
+
+    perm: str
+    action: str
+    default_reason: str
+
+
+_ENDINGS: dict[str, _Ending] = {
+    Rollout.State.ABORTED: _Ending(
+        "models_registry.rollback_deployment", RegistryEvent.Action.ROLLOUT_ABORT, "aborted"
+    ),
+    Rollout.State.ROLLED_BACK: _Ending(
+        "models_registry.rollback_deployment", RegistryEvent.Action.ROLLOUT_ROLLBACK, "rolled back"
+    ),
+}
 
 
 def _rollout_end(
     rollout: Rollout,
     *,
-    state: str,
-    action: str,
+    outcome: str,
     user: User,
     actor: str | None,
     reason: str,
     figures: dict[str, Any] | None,
 ) -> Rollout:
+    """The candidate takes no more traffic (`outcome`: aborted or rolled_back); live never changed."""
+    ending = _ENDINGS[outcome]
+    actor_permission_require(user=user, perm=ending.perm)
+    reason = reason or ending.default_reason
     with transaction.atomic():
         current = _locked_running(rollout)
-        current.state = state
+        current.state = outcome
         current.ended_at = timezone.now()
         current.reason = reason
         current.save(update_fields=["state", "ended_at", "reason"])
-        _record(current, action=action, user=user, actor=actor, reason=reason, figures=figures)
+        _record(current, action=ending.action, user=user, actor=actor, reason=reason, figures=figures)
         transaction.on_commit(lambda: _after(current, load=False))
     return current
 
@@ -390,15 +421,8 @@ def rollout_abort(
     *, rollout: Rollout, user: User = None, actor: str | None = None, reason: str = ""
 ) -> Rollout:
     """An operator stops the rollout: the candidate takes no more traffic; live never changed."""
-    actor_permission_require(user=user, perm="models_registry.rollback_deployment")
     return _rollout_end(
-        rollout,
-        state=Rollout.State.ABORTED,
-        action=RegistryEvent.Action.ROLLOUT_ABORT,
-        user=user,
-        actor=actor,
-        reason=reason or "aborted",
-        figures=None,
+        rollout, outcome=Rollout.State.ABORTED, user=user, actor=actor, reason=reason, figures=None
     )
 
 
@@ -411,15 +435,8 @@ def rollout_roll_back(
     actor: str | None = None,
 ) -> Rollout:
     """The analysis (or an operator) found the candidate worse: it takes no more traffic."""
-    actor_permission_require(user=user, perm="models_registry.rollback_deployment")
     return _rollout_end(
-        rollout,
-        state=Rollout.State.ROLLED_BACK,
-        action=RegistryEvent.Action.ROLLOUT_ROLLBACK,
-        user=user,
-        actor=actor,
-        reason=reason,
-        figures=figures,
+        rollout, outcome=Rollout.State.ROLLED_BACK, user=user, actor=actor, reason=reason, figures=figures
     )
 
 

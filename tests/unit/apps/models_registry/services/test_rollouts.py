@@ -20,6 +20,7 @@ from apps.models_registry.services.rollouts import (
     rollout_advance,
     rollout_analyse,
     rollout_decide,
+    rollout_roll_back,
     rollout_start,
 )
 from inference_common.version_stats import version_stats_record
@@ -184,3 +185,27 @@ def test_abort_needs_the_rollback_permission_and_a_promotion_supersedes(demo_mod
     model_version_promote(version=candidate, environment="dev")
     again.refresh_from_db()
     assert again.state == "aborted" and again.reason.startswith("superseded")
+
+
+def test_an_operator_rolls_back_or_advances_to_promotion_with_the_matching_permission(
+    demo_model_dir: Path,
+) -> None:
+    _, candidate = _live_and_candidate(demo_model_dir)
+    promoter = staff("promote_deployment")
+    rollout = rollout_start(version=candidate, strategy="canary", environment="dev", steps=[100])
+    with pytest.raises(PermissionDenied):
+        rollout_roll_back(rollout=rollout, reason="slow", user=promoter)
+    rolled_back = rollout_roll_back(rollout=rollout, reason="slow", actor="ops")
+    assert (rolled_back.state, rolled_back.reason) == ("rolled_back", "slow")
+    event = RegistryEvent.objects.get(action=RegistryEvent.Action.ROLLOUT_ROLLBACK)
+    assert (event.actor, event.reason, event.details["state"]) == ("ops", "slow", "rolled_back")
+    with pytest.raises(RolloutRefused, match="has ended"):
+        rollout_abort(rollout=rollout)
+
+    # A shadow's only step: advancing promotes, in the same locked transaction, once.
+    shadow = rollout_start(version=candidate, strategy="shadow", environment="dev")
+    promoted = rollout_advance(rollout=shadow, user=promoter)
+    assert (promoted.state, promoted.reason) == ("promoted", "promoted")
+    assert Deployment.objects.get(environment="dev").version == candidate
+    assert len(_payloads("rollout_promote")) == 1 and not _payloads("rollout_step")
+    assert RegistryEvent.objects.filter(action=RegistryEvent.Action.PROMOTE, to_version=2).count() == 1
