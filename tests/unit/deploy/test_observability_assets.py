@@ -40,7 +40,8 @@ def test_alert_rules_are_valid_and_pass_their_unit_tests() -> None:
         for group in yaml.safe_load((PROMETHEUS / "rules" / "inference.yml").read_text())["groups"]
         for rule in group["rules"]
     }
-    # What the issue asks to alert on: errors, p99 latency, queue growth, no worker, drift.
+    # What the issues ask to alert on: errors, p99 latency, queue growth, no worker, drift, and a
+    # rollout rolled back.
     assert {
         "InferenceHighErrorRate",
         "InferenceLatencyP99High",
@@ -49,6 +50,7 @@ def test_alert_rules_are_valid_and_pass_their_unit_tests() -> None:
         "InferenceInputDrift",
         "InferencePredictionShift",
         "InferenceConfidenceDrop",
+        "InferenceRolloutRolledBack",
     } <= alerts
 
 
@@ -86,6 +88,11 @@ def test_dashboard_has_the_panels_operators_need() -> None:
         "inference_worker_resident_memory_bytes",
         "node_cpu_seconds_total",  # host CPU via node exporter
         "inference_drift_input_psi_max",
+        # Rollouts: weight per candidate, candidate vs live error rate and p99, agreement.
+        "inference_rollout_weight_percent",
+        "inference_rollout_error_ratio",
+        "inference_rollout_p99_seconds",
+        "inference_rollout_agreement_ratio",
     ):
         assert metric in text, metric
     provisioning = yaml.safe_load(
