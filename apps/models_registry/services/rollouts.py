@@ -13,6 +13,7 @@ INFERENCE_ROLLOUT_ANALYSIS_S and calls advance, promote or roll back itself.
 
 import itertools
 import logging
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -70,23 +71,32 @@ class RolloutRefused(PromotionRefused):
 
 @dataclass(frozen=True)
 class Side:
-    """One version's figures over the current step's window."""
+    """One version's figures over the current step's window. A p99 past the largest latency
+    bucket is kept as that bucket's bound with `p99_beyond_buckets` (the figures are stored and
+    served as JSON, which has no infinity)."""
 
     version: int
     requests: int
     error_rate: float
     p99_s: float | None
     mean_confidence: float | None
+    p99_beyond_buckets: bool = False
 
     @classmethod
     def of(cls, version: int, stats: VersionStats) -> "Side":
+        p99 = stats.quantile(0.99)
+        beyond = p99 is not None and math.isinf(p99)
         return cls(
             version=version,
             requests=stats.requests,
             error_rate=round(stats.error_rate, 6),
-            p99_s=stats.quantile(0.99),
+            p99_s=max(b for b, _ in stats.latency_buckets if math.isfinite(b)) if beyond else p99,
+            p99_beyond_buckets=beyond,
             mean_confidence=None if stats.mean_confidence is None else round(stats.mean_confidence, 6),
         )
+
+    def p99_text(self) -> str:
+        return f"{'beyond ' if self.p99_beyond_buckets else ''}{(self.p99_s or 0) * 1000:.1f} ms"
 
 
 @dataclass(frozen=True)
@@ -478,11 +488,11 @@ def _breaches(candidate: Side, live: Side, limits: dict[str, float]) -> list[str
         )
     if candidate.p99_s is not None and live.p99_s is not None:
         allowed = max(live.p99_s * limits["max_p99_ratio"], live.p99_s + P99_SLACK_S)
-        if candidate.p99_s > allowed:
-            found.append(
-                f"p99 {candidate.p99_s * 1000:.1f} ms > {allowed * 1000:.1f} ms "
-                f"(live {live.p99_s * 1000:.1f} ms)"
-            )
+        # A candidate past the largest bucket while live is not breaches whatever the ratio: its
+        # p99_s is only that bound, a lower estimate.
+        beyond = candidate.p99_beyond_buckets and not live.p99_beyond_buckets
+        if beyond or candidate.p99_s > allowed:
+            found.append(f"p99 {candidate.p99_text()} > {allowed * 1000:.1f} ms (live {live.p99_text()})")
     if candidate.mean_confidence is not None and live.mean_confidence:
         allowed = live.mean_confidence * limits["min_confidence_ratio"]
         if candidate.mean_confidence < allowed:

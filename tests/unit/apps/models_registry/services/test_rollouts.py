@@ -2,6 +2,7 @@
 canary's steps to promotion, what each records and publishes, the analysis on figures the
 workers record (inference_common.version_stats), abort and a promotion that supersedes."""
 
+import json
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from apps.models_registry.services.rollouts import (
     rollout_roll_back,
     rollout_start,
 )
-from inference_common.version_stats import version_stats_record
+from inference_common.version_stats import LATENCY_BOUNDS, version_stats_record
 from tests.unit.apps.models_registry.helpers import register, staff
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("registry_settings")]
@@ -170,6 +171,23 @@ def test_a_ten_times_slower_candidate_is_rolled_back(demo_model_dir: Path) -> No
     _stats(2, requests=100, latency_s=0.04)
     verdict = rollout_decide(rollout=rollout)
     assert verdict.decision == "roll_back" and verdict.breaches[0].startswith("p99")
+
+
+def test_a_p99_past_the_largest_bucket_is_valid_json_and_a_breach(demo_model_dir: Path) -> None:
+    _, candidate = _live_and_candidate(demo_model_dir)
+    rollout = rollout_start(
+        version=candidate, strategy="canary", environment="dev", dwell_s=0, thresholds={"min_samples": 50}
+    )
+    _stats(1, requests=100, latency_s=0.004)
+    _stats(2, requests=100, latency_s=LATENCY_BOUNDS[-2] * 2)  # past every finite bound
+    analysis = rollout_analyse(rollout=rollout)
+    figures = json.loads(json.dumps(analysis.as_dict(), allow_nan=False))
+    assert figures["candidate"]["p99_s"] == LATENCY_BOUNDS[-2] and figures["candidate"]["p99_beyond_buckets"]
+    assert figures["live"]["p99_s"] == 0.005 and not figures["live"]["p99_beyond_buckets"]
+    assert analysis.decision == "roll_back" and analysis.breaches[0].startswith("p99 beyond 60000.0 ms")
+    rollout_decide(rollout=rollout)
+    rollout.refresh_from_db()
+    assert rollout.state == "rolled_back" and rollout.reason.startswith("p99 beyond")
 
 
 def test_abort_needs_the_rollback_permission_and_a_promotion_supersedes(demo_model_dir: Path) -> None:
