@@ -252,7 +252,9 @@ class ModelRuntime:
             return list(self._loaded)
 
     def preload(self, *, model_names: list[str]) -> None:
-        """Load the versions deployed in this environment, so the first request is fast."""
+        """Load the versions deployed in this environment, so the first request is fast, and the
+        candidate of a rollout running here, so a child that starts (or restarts) mid-rollout
+        serves the candidate's share again without waiting for the next deployment message."""
         for deployment in selectors.deployment_list(environment=self.environment):
             if model_names and deployment.model.name not in model_names:
                 continue
@@ -261,6 +263,7 @@ class ModelRuntime:
             except ModelUnavailable:
                 logger.exception("could not preload %s", deployment)
                 self._preload_last_good(deployment)
+            self._preload_candidate(deployment)
 
     def _preload_last_good(self, deployment: Deployment) -> None:
         """The live version cannot load: load the last one that served, so it keeps serving."""
@@ -273,6 +276,22 @@ class ModelRuntime:
             logger.exception("could not preload the last good version %s either", good)
         else:
             logger.warning("%s cannot load; its last good version v%s serves", deployment, good.number)
+
+    def _preload_candidate(self, deployment: Deployment) -> None:
+        """After the live version (whose load it never stops): the running rollout's candidate.
+        One that cannot load is logged (and recorded by `predictor_build`); live serves its share."""
+        rollout = selectors.rollout_running(model_name=deployment.model.name, environment=self.environment)
+        if rollout is None or rollout.candidate_id == deployment.version_id:
+            return
+        try:
+            self.predictor_get(model_name=deployment.model.name, version=rollout.candidate.number)
+        except ModelUnavailable:
+            logger.exception(
+                "could not preload %s, the candidate of the %s rollout running in %s",
+                rollout.candidate,
+                rollout.strategy,
+                self.environment,
+            )
 
     def load_watched(self, *, model_name: str, version: int, load_timeout_s: float) -> Predictor:
         """Load a version beside the loaded ones (or find it loaded), retiring none of them.
