@@ -61,12 +61,21 @@ ANALYSIS_DEFAULTS: dict[str, float] = {
     "min_confidence_ratio": 0.8,
     # Shadow: the share of mirrored requests whose top-1 class agrees with live's.
     "min_agreement": 0.9,
+    # The drift monitors' figures against each version's own reference (its validation set),
+    # once both have a full window: the candidate's largest input PSI and its prediction PSI may
+    # exceed live's by at most these.
+    "max_input_psi_increase": 0.25,
+    "max_prediction_psi_increase": 0.25,
 }
 P99_SLACK_S = 0.005
 
 
 class RolloutRefused(PromotionRefused):
     """The rollout cannot start or move on (one already runs, it has ended, bad steps)."""
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 6)
 
 
 @dataclass(frozen=True)
@@ -81,18 +90,32 @@ class Side:
     p99_s: float | None
     mean_confidence: float | None
     p99_beyond_buckets: bool = False
+    # Shadow pairs (the candidate's side only): rows compared, top-1 agreement, mean absolute
+    # difference of the outputs that are not class scores.
+    pairs: int = 0
+    agreement: float | None = None
+    mean_abs_diff: float | None = None
+    # The drift monitors' latest window (None until a worker's window is full enough).
+    input_psi_max: float | None = None
+    prediction_psi: float | None = None
 
     @classmethod
-    def of(cls, version: int, stats: VersionStats) -> "Side":
+    def of(cls, version: int, stats: VersionStats, drift: dict[str, Any] | None = None) -> "Side":
         p99 = stats.quantile(0.99)
         beyond = p99 is not None and math.isinf(p99)
+        drift = drift or {}
         return cls(
             version=version,
             requests=stats.requests,
             error_rate=round(stats.error_rate, 6),
             p99_s=max(b for b, _ in stats.latency_buckets if math.isfinite(b)) if beyond else p99,
             p99_beyond_buckets=beyond,
-            mean_confidence=None if stats.mean_confidence is None else round(stats.mean_confidence, 6),
+            mean_confidence=_rounded(stats.mean_confidence),
+            pairs=stats.pair_rows,
+            agreement=_rounded(stats.agreement),
+            mean_abs_diff=_rounded(stats.mean_abs_diff),
+            input_psi_max=_rounded(drift.get("input_psi_max")),
+            prediction_psi=_rounded(drift.get("prediction_psi")),
         )
 
     def p99_text(self) -> str:
@@ -450,15 +473,17 @@ def rollout_roll_back(
     )
 
 
-def _side(rollout: Rollout, version: int, since: float) -> Side:
+def _side(rollout: Rollout, version: ModelVersion, since: float) -> Side:
+    client = redis_sync()
     stats = version_stats_read(
-        redis_sync(),
+        client,
         environment=rollout.environment,
         model=rollout.model.name,
-        version=version,
+        version=version.number,
         since=since,
     )
-    return Side.of(version, stats)
+    drift = selectors.drift_report_get(version=version, environment=rollout.environment, client=client)
+    return Side.of(version.number, stats, drift.measures)
 
 
 def rollout_analyse(*, rollout: Rollout, now: float | None = None) -> Analysis:
@@ -466,9 +491,12 @@ def rollout_analyse(*, rollout: Rollout, now: float | None = None) -> Analysis:
     now = timezone.now().timestamp() if now is None else now
     since = rollout.step_started_at.timestamp()
     limits = rollout_thresholds(rollout=rollout)
-    candidate = _side(rollout, rollout.candidate.number, since)
-    live = _side(rollout, rollout.baseline.number, since)
-    waiting_for = max(0, int(limits["min_samples"]) - candidate.requests)
+    candidate = _side(rollout, rollout.candidate, since)
+    live = _side(rollout, rollout.baseline, since)
+    samples = candidate.requests
+    if rollout.strategy == Rollout.Strategy.SHADOW:
+        samples = min(samples, candidate.pairs)  # its answers, and as many compared with live's
+    waiting_for = max(0, int(limits["min_samples"]) - samples)
     dwell_left = max(0.0, rollout.dwell_s - (now - since))
     stamp = timezone.now().isoformat(timespec="seconds")
     if waiting_for:
@@ -500,6 +528,15 @@ def _breaches(candidate: Side, live: Side, limits: dict[str, float]) -> list[str
                 f"mean confidence {candidate.mean_confidence:.3f} < {allowed:.3f} "
                 f"(live {live.mean_confidence:.3f})"
             )
+    if candidate.agreement is not None and candidate.agreement < limits["min_agreement"]:
+        found.append(f"shadow agreement {candidate.agreement:.1%} < {limits['min_agreement']:.1%}")
+    for figure, limit, words in (
+        ("input_psi_max", "max_input_psi_increase", "input drift (largest PSI)"),
+        ("prediction_psi", "max_prediction_psi_increase", "prediction shift (PSI)"),
+    ):
+        ours, theirs = getattr(candidate, figure), getattr(live, figure)
+        if ours is not None and theirs is not None and ours > theirs + limits[limit]:
+            found.append(f"{words} {ours:.3f} > {theirs + limits[limit]:.3f} (live {theirs:.3f})")
     return found
 
 

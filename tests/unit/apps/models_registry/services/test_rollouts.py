@@ -16,7 +16,10 @@ from apps.models_registry import selectors
 from apps.models_registry.models import Deployment, ModelVersion, OutboxEvent, RegistryEvent, Rollout
 from apps.models_registry.services.deployments import PromotionRefused, deployment_set, model_version_promote
 from apps.models_registry.services.rollouts import (
+    ANALYSIS_DEFAULTS,
     RolloutRefused,
+    Side,
+    _breaches,
     rollout_abort,
     rollout_advance,
     rollout_analyse,
@@ -24,7 +27,7 @@ from apps.models_registry.services.rollouts import (
     rollout_roll_back,
     rollout_start,
 )
-from inference_common.version_stats import LATENCY_BOUNDS, version_stats_record
+from inference_common.version_stats import LATENCY_BOUNDS, version_stats_add, version_stats_record
 from tests.unit.apps.models_registry.helpers import register, staff
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("registry_settings")]
@@ -227,3 +230,42 @@ def test_an_operator_rolls_back_or_advances_to_promotion_with_the_matching_permi
     assert Deployment.objects.get(environment="dev").version == candidate
     assert len(_payloads("rollout_promote")) == 1 and not _payloads("rollout_step")
     assert RegistryEvent.objects.filter(action=RegistryEvent.Action.PROMOTE, to_version=2).count() == 1
+
+
+def _pairs(version: int, *, rows: int, agreeing: int) -> None:
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    pipe = client.pipeline(transaction=False)
+    fields = {"pair_rows": rows, "pair_class_rows": rows, "pair_agree_rows": agreeing}
+    version_stats_add(pipe, environment="dev", model="digits", version=version, fields=fields)
+    pipe.execute()
+
+
+def test_a_shadow_waits_for_compared_pairs_and_rolls_back_on_disagreement(demo_model_dir: Path) -> None:
+    """A confident, error-free, as fast candidate that disagrees with live: only agreement says so."""
+    _, candidate = _live_and_candidate(demo_model_dir)
+    rollout = rollout_start(
+        version=candidate, strategy="shadow", environment="dev", dwell_s=600, thresholds={"min_samples": 50}
+    )
+    _stats(1, requests=100)
+    _stats(2, requests=100)
+    _pairs(2, rows=20, agreeing=20)
+    waiting = rollout_analyse(rollout=rollout)
+    assert (waiting.decision, waiting.waiting_for, waiting.candidate.pairs) == ("wait", 30, 20)
+    _pairs(2, rows=80, agreeing=20)
+    verdict = rollout_decide(rollout=rollout)
+    assert verdict.candidate.agreement == 0.4
+    assert verdict.decision == "roll_back" and verdict.breaches == ["shadow agreement 40.0% < 90.0%"]
+    rollout.refresh_from_db()
+    assert rollout.state == "rolled_back" and rollout.analysis["candidate"]["agreement"] == 0.4
+
+
+def test_drift_figures_breach_only_past_lives_by_the_threshold() -> None:
+    limits = {**ANALYSIS_DEFAULTS}
+    figures = {"requests": 100, "error_rate": 0.0, "p99_s": 0.005, "mean_confidence": 0.9}
+    live = Side(version=1, **figures, input_psi_max=0.1, prediction_psi=0.05)
+    close = Side(version=2, **figures, input_psi_max=0.3, prediction_psi=0.2)
+    shifted = Side(version=2, **figures, input_psi_max=0.1, prediction_psi=0.6)
+    unknown = Side(version=2, **figures)
+    assert _breaches(close, live, limits) == []
+    assert _breaches(unknown, live, limits) == []
+    assert _breaches(shifted, live, limits) == ["prediction shift (PSI) 0.600 > 0.300 (live 0.050)"]
