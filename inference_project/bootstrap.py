@@ -105,13 +105,15 @@ def demo_model_ensure(*, environment: str, demo_dir: Path, log: Callable[[str], 
 
 def prometheus_config_write(*, folder: Path, models: list[str], node_exporter: bool) -> None:
     """deploy/prometheus/prometheus.local.yml with its rules, scraping the API, each model's worker
-    (WORKER_METRICS_PORT + its index, as deploy/bin/worker listens) and the node exporter."""
+    (WORKER_METRICS_PORT + its index, as deploy/bin/worker listens), the platform worker
+    (INFERENCE_PLATFORM_METRICS_PORT) and the node exporter."""
     template = Path(settings.BASE_DIR) / "deploy" / "prometheus"
     api = f"{os.environ.get('API_HOST', '127.0.0.1')}:{os.environ.get('API_PORT', '8000')}"
     first_worker_port = int(os.environ.get("WORKER_METRICS_PORT", "9464"))
     targets = {
         "inference-api": [api],
         "inference-worker": [f"127.0.0.1:{first_worker_port + index}" for index in range(len(models))],
+        "inference-platform": [f"127.0.0.1:{settings.INFERENCE_PLATFORM_METRICS_PORT}"],
         "node": [f"127.0.0.1:{os.environ.get('NODE_EXPORTER_PORT', '9100')}"] if node_exporter else [],
     }
     folder.mkdir(parents=True, exist_ok=True)

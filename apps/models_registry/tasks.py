@@ -55,11 +55,6 @@ def analyse_rollouts() -> int:
     return analysed
 
 
-# The platform worker's port for its rollout metrics (apps/models_registry/metrics.py); 9463 sits
-# below the inference workers' 9464 + n.
-PLATFORM_METRICS_PORT = 9463
-
-
 @worker_process_init.connect
 def _serve_rollout_metrics(**_: Any) -> tuple[WSGIServer, Thread] | None:
     """The platform worker's pool child runs every analysis (`--concurrency 1`): it serves the
@@ -67,6 +62,6 @@ def _serve_rollout_metrics(**_: Any) -> tuple[WSGIServer, Thread] | None:
     if settings.INFERENCE_WORKER_ROLE != "platform":
         return None
     return rollout_metrics_serve(
-        port=getattr(settings, "INFERENCE_PLATFORM_METRICS_PORT", PLATFORM_METRICS_PORT),
+        port=settings.INFERENCE_PLATFORM_METRICS_PORT,
         host=settings.INFERENCE_WORKER_METRICS_HOST,
     )

@@ -387,6 +387,8 @@ INFERENCE_LOAD_TIMEOUT_S = env.float("INFERENCE_LOAD_TIMEOUT_S", default=120.0)
 # Each inference worker serves Prometheus metrics on this port (needs PROMETHEUS_MULTIPROC_DIR).
 INFERENCE_WORKER_METRICS_PORT = env.int("INFERENCE_WORKER_METRICS_PORT", default=9464)
 INFERENCE_WORKER_METRICS_HOST = env("INFERENCE_WORKER_METRICS_HOST", default="0.0.0.0")  # noqa: S104 (pods)
+# The platform worker serves the rollout figures on this port (apps/models_registry/metrics.py).
+INFERENCE_PLATFORM_METRICS_PORT = env.int("INFERENCE_PLATFORM_METRICS_PORT", default=9463)
 # Drift detection (workers/monitoring.py): each worker child compares its last WINDOW rows per
 # version with the version's reference statistics every EVAL_S seconds, from MIN_ROWS rows on.
 INFERENCE_DRIFT_WINDOW = env.int("INFERENCE_DRIFT_WINDOW", default=1000)

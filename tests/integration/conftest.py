@@ -93,6 +93,7 @@ def platform_env(root: Path, demo_model_dir: Path, **overrides: str) -> dict[str
             # in the container deployment (unit tests cover the local runner).
             "PROMOTION_GATE_RUNNER": "worker",
             "WORKER_METRICS_PORT": str(free_port()),
+            "INFERENCE_PLATFORM_METRICS_PORT": str(free_port()),
             "PROMETHEUS_PORT": str(free_port()),
             "NODE_EXPORTER_PORT": str(free_port()),
             "PROMETHEUS_SCRAPE_INTERVAL": "1s",
