@@ -244,3 +244,43 @@ def version_stats_read(
         pair_value_rows=int(totals.get("pair_value_rows", 0)),
         pair_abs_diff_sum=totals.get("pair_abs_diff_sum", 0.0),
     )
+
+
+def _stats_of(found: dict[Any, Any]) -> VersionStats:
+    """One bucket's hash (as HGETALL returns it) as figures: every field of `VersionStats` read
+    by its name (whole numbers as int), the latency buckets from their fields."""
+    totals = {_text(k): float(_text(v)) for k, v in found.items()}
+    values: dict[str, Any] = {
+        name: int(totals.get(name, 0)) if f.type is int else totals.get(name, 0.0)
+        for name, f in VersionStats.__dataclass_fields__.items()
+        if name != "latency_buckets"
+    }
+    values["latency_buckets"] = [
+        (bound, int(totals.get(name, 0))) for bound, name in zip(LATENCY_BOUNDS, _LATENCY_FIELDS, strict=True)
+    ]
+    return VersionStats(**values)
+
+
+def version_stats_series(
+    client: redis.Redis,
+    *,
+    environment: str,
+    model: str,
+    version: int,
+    since: float,
+    now: float | None = None,
+) -> list[tuple[float, VersionStats]]:
+    """The version's figures per bucket from `since` to `now`, oldest first: (the bucket's start,
+    its figures), one entry per `BUCKET_S` seconds, an empty bucket as zeros (for charts). One
+    pipelined round trip; as in `version_stats_read`, buckets older than `TTL_S` are not asked for."""
+    now = time.time() if now is None else now
+    last = int(now // BUCKET_S)
+    first = max(int(since // BUCKET_S), last - TTL_S // BUCKET_S)
+    buckets = range(first, last + 1)
+    pipe = client.pipeline(transaction=False)
+    for bucket in buckets:
+        pipe.hgetall(version_stats_key(environment=environment, model=model, version=version, bucket=bucket))
+    return [
+        (float(bucket * BUCKET_S), _stats_of(found))
+        for bucket, found in zip(buckets, pipe.execute(), strict=True)
+    ]
