@@ -10,7 +10,7 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Case, IntegerField, Model, OuterRef, QuerySet, Subquery, Value, When
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
@@ -20,6 +20,7 @@ from django.utils.safestring import SafeString, mark_safe
 
 from apps.models_registry import drift, selectors
 from apps.models_registry.charts import bars_svg
+from apps.models_registry.forms import RolloutStartForm
 from apps.models_registry.models import (
     Artifact,
     Deployment,
@@ -30,6 +31,7 @@ from apps.models_registry.models import (
     Rollout,
     SignatureStatus,
 )
+from apps.models_registry.rollout_page import rollout_page_get, rollout_start_plan
 from apps.models_registry.services.deployments import (
     ANY_LIVE,
     LiveVersionChanged,
@@ -39,6 +41,12 @@ from apps.models_registry.services.deployments import (
     environments_skipped,
     model_version_promote,
     rollback_target,
+)
+from apps.models_registry.services.rollouts import (
+    rollout_abort,
+    rollout_advance,
+    rollout_promote,
+    rollout_start,
 )
 from apps.models_registry.services.trust import version_trust_unsafe
 from inference_project.redis_clients import redis_sync
@@ -316,7 +324,7 @@ class ModelVersionAdmin(ReadOnlyAdmin[ModelVersion]):
         "creator",
     )
     inlines = [ArtifactInline]
-    actions = ["promote_next", "trust_unsafe"]
+    actions = ["promote_next", "start_rollout", "trust_unsafe"]
     created = _seconds_column("created_at", "created at")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ModelVersion]:
@@ -445,6 +453,48 @@ class ModelVersionAdmin(ReadOnlyAdmin[ModelVersion]):
         }
         return TemplateResponse(request, "admin/models_registry/promote_confirm.html", context)
 
+    @admin.action(description="Start a rollout…", permissions=["promote"])
+    def start_rollout(self, request: HttpRequest, queryset: QuerySet[ModelVersion]) -> HttpResponse | None:
+        """The form of a canary or shadow rollout of one version; confirmed, rollout_start runs
+        (the gates first) and the rollout's page opens. A refusal is said, nothing starts."""
+        versions = list(queryset.select_related("model"))
+        if len(versions) != 1:
+            self.message_user(request, "A rollout is of one version: select one.", messages.ERROR)
+            return None
+        version = versions[0]
+        plan = rollout_start_plan(version=version, environments=settings.INFERENCE_ENVIRONMENTS)
+        confirmed = request.POST.get("confirm") == "yes"
+        form = RolloutStartForm(request.POST if confirmed else None, next_environment=plan.next_environment)
+        if confirmed and form.is_valid():
+            try:
+                rollout = rollout_start(version=version, user=request.user, **form.rollout_arguments())
+            except PromotionRefused as exc:
+                failed = "Gate failed, nothing started." if exc.report else "Nothing started:"
+                self.message_user(request, f"{failed} {exc}", messages.ERROR)
+            except (PermissionDenied, ValidationError) as exc:
+                self.message_user(
+                    request, f"Nothing started. {version}: {_field_messages(exc)}", messages.ERROR
+                )
+            else:
+                self.message_user(
+                    request,
+                    f"Started a {rollout.strategy} rollout of {version} in {rollout.environment}.",
+                    messages.SUCCESS,
+                )
+                page = reverse("admin:models_registry_rollout_change", args=[rollout.pk])
+                return HttpResponseRedirect(page)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Start a rollout of {version}",
+            "version": version,
+            "plan": plan,
+            "form": form,
+            "queryset": queryset,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/models_registry/rollout_start.html", context)
+
     @admin.action(
         description="Trust unsafe deserialization (superuser, with a reason)", permissions=["trust"]
     )
@@ -511,6 +561,13 @@ def _expected_live(request: HttpRequest, pk: int) -> int | None:
 
 def _messages(exc: Exception) -> list[str]:
     return list(getattr(exc, "messages", None) or [str(exc)])
+
+
+def _field_messages(exc: Exception) -> str:
+    """A service's refusal in one line, each message after the field it is about."""
+    if isinstance(exc, ValidationError) and hasattr(exc, "error_dict"):
+        return "; ".join(f"{name}: {' '.join(said)}" for name, said in exc.message_dict.items())
+    return "; ".join(_messages(exc))
 
 
 def _versions_of_one_model(versions: list[ModelVersion]) -> str:
@@ -673,9 +730,33 @@ class OutboxEventAdmin(ReadOnlyAdmin[OutboxEvent]):
         return super().changelist_view(request, extra_context)
 
 
+# The rollout page's buttons: the service each calls and the permission it needs (the services'
+# own: promotion's for advance and promote, rollback's for abort).
+_ROLLOUT_ACTS: dict[str, tuple[Callable[..., Rollout], str]] = {
+    "advance": (rollout_advance, "models_registry.promote_deployment"),
+    "promote": (rollout_promote, "models_registry.promote_deployment"),
+    "abort": (rollout_abort, "models_registry.rollback_deployment"),
+}
+# How often the page of a running rollout reloads itself (the analysis runs every 5 s).
+ROLLOUT_PAGE_REFRESH_S = 5
+
+
+def _rollout_acted(rollout: Rollout) -> str:
+    """The success message of a rollout button."""
+    candidate, environment = rollout.candidate, rollout.environment
+    if rollout.state == Rollout.State.PROMOTED:
+        return f"Promoted: {candidate} is now live in {environment}."
+    if rollout.state == Rollout.State.ABORTED:
+        return f"Aborted: {candidate} takes no more traffic; {rollout.baseline} stays live in {environment}."
+    return (
+        f"Advanced to step {rollout.step + 1} of {len(rollout.steps)}: {candidate} takes {rollout.weight} %."
+    )
+
+
 @admin.register(Rollout)
 class RolloutAdmin(ReadOnlyAdmin[Rollout]):
-    """Rollouts as recorded (start, advance, promote and abort are REST for now: docs/registry.md)."""
+    """Rollouts as recorded; a rollout's page (its change view) is live: step, weights, the
+    analysis' figures and charts, the decision log, and advance / promote now / abort."""
 
     list_display = (
         "created",
@@ -707,3 +788,67 @@ class RolloutAdmin(ReadOnlyAdmin[Rollout]):
         if analysis.get("waiting_for"):
             return f"waits for {analysis['waiting_for']} more samples"
         return str(analysis.get("decision", "not analysed yet"))
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Rollout]:
+        return super().get_queryset(request).select_related("model", "candidate__model", "baseline__model")
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return request.user.is_staff
+
+    def get_urls(self) -> list[URLPattern]:
+        acts = [
+            path(
+                f"<int:object_id>/{act}/",
+                self.admin_site.admin_view(self.act_view),
+                {"act": act},
+                name=f"models_registry_rollout_{act}",
+            )
+            for act in _ROLLOUT_ACTS
+        ]
+        return [*acts, *super().get_urls()]
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        """The rollout's live page instead of the read-only form."""
+        rollout = self.get_object(request, object_id)
+        if rollout is None:
+            raise Http404(f"no rollout {object_id}")
+        if not self.has_view_permission(request, rollout):
+            raise PermissionDenied
+        user = request.user
+        page = rollout_page_get(rollout=rollout, client=redis_sync())
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Rollout {rollout.pk}: {rollout}",
+            "opts": self.model._meta,
+            "original": rollout,
+            "page": page,
+            "charts": [mark_safe(svg) for svg in page.charts],  # noqa: S308 (built by sparkline_svg, escaped)
+            "can_promote": user.has_perm(_ROLLOUT_ACTS["promote"][1]),
+            "can_abort": user.has_perm(_ROLLOUT_ACTS["abort"][1]),
+            "refresh_s": ROLLOUT_PAGE_REFRESH_S,
+        }
+        return TemplateResponse(request, "admin/models_registry/rollout.html", context)
+
+    def act_view(self, request: HttpRequest, object_id: int, act: str) -> HttpResponse:
+        """A button of the rollout page: POST only, with the service's permission (else 403)."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        service, perm = _ROLLOUT_ACTS[act]
+        if not request.user.has_perm(perm):
+            raise PermissionDenied
+        rollout = get_object_or_404(
+            Rollout.objects.select_related("model", "candidate__model", "baseline__model"), pk=object_id
+        )
+        try:
+            acted = service(rollout=rollout, user=request.user, reason=request.POST.get("reason", ""))
+        except PromotionRefused as exc:
+            self.message_user(request, f"Nothing changed: {exc}", messages.ERROR)
+        else:
+            self.message_user(request, _rollout_acted(acted), messages.SUCCESS)
+        return HttpResponseRedirect(reverse("admin:models_registry_rollout_change", args=[rollout.pk]))
