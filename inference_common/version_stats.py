@@ -9,8 +9,9 @@ Buckets cover `BUCKET_S` seconds of wall time: `inference:vstats:{environment}:{
   `rows`: input rows computed;
 - `latency_le_<bound>`: how many requests took at most `<bound>` seconds in the worker, cumulative
   over `LATENCY_BOUNDS` (the Prometheus latency buckets, then `+Inf`), each request observed with
-  its batch's predict wall time; a request that never reached predict (its version could not
-  load) is counted in `requests` and `errors` but has no latency;
+  its batch's predict wall time, and `latency_sum` their sum (an exact mean, where the buckets
+  only bound a quantile); a request that never reached predict (its version could not load) is
+  counted in `requests` and `errors` but has no latency;
 - `confidence_sum` / `confidence_rows`: the sum of the top-1 score over rows and how many rows,
   where the output looks like class scores (2-D float with more than one column);
 - shadow pairs, added by the API that mirrored a live request to a shadow rollout's candidate
@@ -137,6 +138,7 @@ def version_stats_record(
         for bound, field in zip(LATENCY_BOUNDS, _LATENCY_FIELDS, strict=True):
             if latency_s <= bound:
                 pipe.hincrby(key, field, requests)
+        pipe.hincrbyfloat(key, "latency_sum", latency_s * requests)
     if confidence_rows:
         pipe.hincrbyfloat(key, "confidence_sum", confidence_sum)
         pipe.hincrby(key, "confidence_rows", confidence_rows)
@@ -160,6 +162,12 @@ class VersionStats:
     pair_agree_rows: int = 0
     pair_value_rows: int = 0
     pair_abs_diff_sum: float = 0.0
+    latency_sum: float = 0.0
+
+    @property
+    def mean_latency_s(self) -> float | None:
+        """The mean predict time of the requests that reached predict; None without any."""
+        return self.latency_sum / self.latency_count if self.latency_count else None
 
     @property
     def agreement(self) -> float | None:
@@ -243,6 +251,7 @@ def version_stats_read(
         pair_agree_rows=int(totals.get("pair_agree_rows", 0)),
         pair_value_rows=int(totals.get("pair_value_rows", 0)),
         pair_abs_diff_sum=totals.get("pair_abs_diff_sum", 0.0),
+        latency_sum=totals.get("latency_sum", 0.0),
     )
 
 

@@ -1,9 +1,16 @@
-"""A canary rollout on the running platform: the digits model retrained with another seed goes
-from 10 % to 100 % by itself (the platform worker's analysis), with 0 failed requests, and at
-each step the measured share of traffic on the candidate is within 5 points of its weight.
+"""Rollouts on the running platform, analysed by the platform worker (every second here).
+
+- The digits model retrained with another seed goes through a canary from 10 % to 100 % by itself,
+  with 0 failed requests, and at each step the measured share of traffic on the candidate is
+  within 5 points of its weight.
+- Bad candidates that pass their gates are rolled back by themselves within two analysis periods
+  once the minimum samples are in: one that raises at predict on live inputs (errors), one ten
+  times slower (p99), and one confident and error-free but wrong, which only shadow agreement
+  catches; no client ever gets an answer from a shadow.
 
 Clients send a fresh X-Routing-Key per request, so each request is a draw; a key sent twice
-reaches the same version (sticky routing).
+reaches the same version (sticky routing). The bad candidates are built by tests/candidates.py
+from the reseeded model and cached in .cache/.
 """
 
 import random
@@ -20,7 +27,9 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
+from inference_common.version_stats import version_stats_read
 from tests.conftest import CACHE, ROOT, Heldout
 from tests.integration.conftest import Platform, platform_env, running_platform
 from tests.integration.load import wait_ready
@@ -75,29 +84,45 @@ class Answer:
     at: float
     status: int
     version: int | None
+    row: int
+    top1: int | None
+    latency_s: float
 
 
 class Traffic:
-    """Clients in threads, each request with a fresh routing key; every answer kept."""
+    """Clients in threads, each request a heldout row (cycling, each client from its own place)
+    with a fresh routing key; `interval_s` paces each client (None: as fast as answers come).
+    Every answer kept."""
 
-    def __init__(self, platform: Platform, row: list[float], clients: int = 6) -> None:
-        self.platform, self.row, self.clients = platform, row, clients
+    def __init__(
+        self, platform: Platform, rows: list[list[float]], clients: int = 6, interval_s: float | None = None
+    ) -> None:
+        self.platform, self.rows, self.clients, self.interval_s = platform, rows, clients, interval_s
         self.answers: list[Answer] = []
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(clients)]
 
     def _run(self, index: int) -> None:
         rng = random.Random(index)
+        n = index * 37
         with self.platform.client() as client:
             while not self.stop.is_set():
-                key = f"client-{index}-{rng.getrandbits(64):x}"
+                n = (n + 1) % len(self.rows)
+                sent = time.perf_counter()
                 response = client.post(
                     "/api/v1/predictions",
-                    json={"model": "digits", "inputs": [self.row]},
-                    headers={"X-Routing-Key": key},
+                    json={"model": "digits", "inputs": [self.rows[n]]},
+                    headers={"X-Routing-Key": f"client-{index}-{rng.getrandbits(64):x}"},
                 )
-                version = response.json().get("version") if response.status_code == 200 else None
-                self.answers.append(Answer(time.time(), response.status_code, version))
+                latency = time.perf_counter() - sent
+                body = response.json() if response.status_code == 200 else {}
+                scores = body.get("outputs", {}).get("scores")
+                top1 = max(range(10), key=scores[0].__getitem__) if scores else None
+                self.answers.append(
+                    Answer(time.time(), response.status_code, body.get("version"), n, top1, latency)
+                )
+                if self.interval_s is not None:
+                    self.stop.wait(max(0.0, self.interval_s - latency))
 
     def __enter__(self) -> "Traffic":
         for thread in self.threads:
@@ -110,64 +135,195 @@ class Traffic:
             thread.join(timeout=60)
 
 
+def register(staff: httpx.Client, folder: Path) -> int:
+    files = [("files", (p.name, p.read_bytes())) for p in sorted(folder.iterdir())]
+    answer = staff.post("/api/v1/models/digits/versions", files=files)
+    assert answer.status_code == 201, answer.text
+    return int(answer.json()["number"])
+
+
+def rollout_start(staff: httpx.Client, **body: Any) -> dict[str, Any]:
+    started = staff.post("/api/v1/models/digits/rollouts", json={"environment": "dev", **body})
+    assert started.status_code == 201, started.text
+    rollout: dict[str, Any] = started.json()
+    return rollout
+
+
+def rollout_wait_end(staff: httpx.Client, rollout_id: int, *, timeout_s: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while (state := staff.get(f"/api/v1/models/digits/rollouts/{rollout_id}").json())["state"] == "running":
+        assert time.monotonic() < deadline, state
+        time.sleep(0.25)
+    return state  # type: ignore[no-any-return]
+
+
+def rollout_events(staff: httpx.Client, rollout_id: int) -> list[dict[str, Any]]:
+    history = staff.get("/api/v1/models/digits/history").json()
+    return sorted(
+        (
+            e
+            for e in history
+            if e["action"].startswith("rollout_") and e["details"].get("rollout") == rollout_id
+        ),
+        key=lambda e: e["created_at"],
+    )
+
+
+def stamp(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
 def test_a_good_candidate_goes_through_a_canary_to_100_by_itself(
     dev: Platform, reseeded_model_dir: Path, heldout: Heldout
 ) -> None:
     with staff_client(dev) as staff:
-        files = [("files", (p.name, p.read_bytes())) for p in sorted(reseeded_model_dir.iterdir())]
-        assert staff.post("/api/v1/models/digits/versions", files=files).status_code == 201
-        with Traffic(dev, heldout[0][0]) as traffic:
+        candidate = register(staff, reseeded_model_dir)
+        with Traffic(dev, heldout[0][:1]) as traffic:
             time.sleep(1)
-            started = staff.post(
-                "/api/v1/models/digits/rollouts",
-                json={
-                    "version": 2,
-                    "environment": "dev",
-                    "strategy": "canary",
-                    "steps": STEPS,
-                    "dwell_s": DWELL_S,
-                    "thresholds": {"min_samples": 50},
-                },
+            started = rollout_start(
+                staff,
+                version=candidate,
+                strategy="canary",
+                steps=STEPS,
+                dwell_s=DWELL_S,
+                thresholds={"min_samples": 50},
             )
-            assert started.status_code == 201, started.text
-            rollout_url = f"/api/v1/models/digits/rollouts/{started.json()['id']}"
-            deadline = time.monotonic() + 120
-            while (state := staff.get(rollout_url).json())["state"] == "running":
-                assert time.monotonic() < deadline, state
-                time.sleep(0.5)
+            state = rollout_wait_end(staff, started["id"])
             time.sleep(SETTLE_S + 1)
         assert state["state"] == "promoted", state
-        history = staff.get("/api/v1/models/digits/history").json()
+        events = rollout_events(staff, state["id"])
 
     failed = [a for a in traffic.answers if a.status != 200]
     assert not failed, failed[:5]
-    rollout_events = sorted(
-        (
-            e
-            for e in history
-            if e["action"].startswith("rollout_") and e["details"].get("rollout") == state["id"]
-        ),
-        key=lambda e: e["created_at"],
-    )
-    assert [e["action"] for e in rollout_events] == [
+    assert [e["action"] for e in events] == [
         "rollout_start",
         "rollout_step",
         "rollout_step",
         "rollout_promote",
     ]
-    assert all(e["actor"] == "rollout-analysis" for e in rollout_events[1:])
-    times = [
-        datetime.fromisoformat(e["created_at"].replace("Z", "+00:00")).timestamp() for e in rollout_events
-    ]
+    assert all(e["actor"] == "rollout-analysis" for e in events[1:])
+    times = [stamp(e["created_at"]) for e in events]
     shares: list[dict[str, Any]] = []
     for weight, begin, end in zip(STEPS, times[:-1], times[1:], strict=True):
         window = [a for a in traffic.answers if begin + SETTLE_S <= a.at < end]
-        share = 100 * sum(a.version == 2 for a in window) / max(1, len(window))
+        share = 100 * sum(a.version == candidate for a in window) / max(1, len(window))
         shares.append({"weight": weight, "requests": len(window), "share": round(share, 1)})
     after = [a for a in traffic.answers if a.at >= times[-1] + SETTLE_S]
-    shares.append({"weight": "promoted", "requests": len(after), "v2": sum(a.version == 2 for a in after)})
+    shares.append(
+        {"weight": "promoted", "requests": len(after), "new": sum(a.version == candidate for a in after)}
+    )
     print("canary shares:", shares)
     for measured in shares[:-1]:
         assert measured["requests"] >= 300, shares
         assert abs(measured["share"] - measured["weight"]) <= 5, shares
-    assert after and all(a.version == 2 for a in after), shares
+    assert after and all(a.version == candidate for a in after), shares
+
+
+@pytest.fixture(scope="module")
+def bad_candidate(reseeded_model_dir: Path) -> Any:
+    """`bad_candidate(kind)`: a folder of tests/candidates.py's `kind` built from the reseeded
+    model (cached in .cache/)."""
+
+    def build(kind: str) -> Path:
+        out = CACHE / f"digits-candidate-{kind}"
+        if not (out / "model_card.json").exists():
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.candidates",
+                    "--kind",
+                    kind,
+                    "--base",
+                    str(reseeded_model_dir),
+                    "--out",
+                    str(out),
+                ],
+                cwd=ROOT,
+                check=True,
+                capture_output=True,
+            )
+        return out
+
+    return build
+
+
+ANALYSIS_S = 1.0
+MIN_SAMPLES = 50
+
+
+def minimum_reached_at(
+    platform: Platform, *, version: int, since: float, stop: threading.Event, found: list[float]
+) -> None:
+    """Appends to `found` the time the candidate's own figures (what the analysis reads) first
+    hold MIN_SAMPLES requests since `since`."""
+    client = redis.Redis(port=int(platform.env["REDIS_PORT"]))
+    while not stop.wait(0.1):
+        stats = version_stats_read(client, environment="dev", model="digits", version=version, since=since)
+        if stats.requests >= MIN_SAMPLES:
+            found.append(time.time())
+            return
+
+
+def bad_rollout(
+    dev: Platform, staff: httpx.Client, *, folder: Path, rows: list[list[float]], **body: Any
+) -> tuple[dict[str, Any], list[Answer], float, int]:
+    """Register `folder`, roll it out under traffic until the analysis ends it; the final
+    rollout, the answers, the seconds from the minimum samples to the rollback, the version."""
+    candidate = register(staff, folder)
+    stop, found = threading.Event(), list[float]()
+    with Traffic(dev, rows) as traffic:
+        started = rollout_start(
+            staff, version=candidate, dwell_s=600, thresholds={"min_samples": MIN_SAMPLES}, **body
+        )
+        since = stamp(started["step_started_at"])
+        watch = threading.Thread(
+            target=minimum_reached_at,
+            kwargs={"platform": dev, "version": candidate, "since": since, "stop": stop, "found": found},
+            daemon=True,
+        )
+        watch.start()
+        state = rollout_wait_end(staff, started["id"], timeout_s=90)
+        stop.set()
+        watch.join()
+    events = rollout_events(staff, state["id"])
+    assert [e["action"] for e in events] == ["rollout_start", "rollout_rollback"], events
+    assert events[-1]["actor"] == "rollout-analysis"
+    assert found, "the candidate never had the minimum samples"
+    return state, traffic.answers, stamp(events[-1]["created_at"]) - found[0], candidate
+
+
+def test_bad_candidates_are_rolled_back_by_themselves(
+    dev: Platform, bad_candidate: Any, heldout: Heldout
+) -> None:
+    rows = heldout[0]
+    # The failing candidate raises on a pixel above the digits' 0..16, which its validation set
+    # never has; the live model answers such rows.
+    poisoned = [[*row[:-1], 20.0] for row in rows]
+    figures: dict[str, Any] = {}
+    with staff_client(dev) as staff:
+        live = staff.get("/api/v1/models/digits").json()
+        for kind, strategy, traffic_rows, breach in (
+            ("failing", "canary", poisoned, "error rate"),
+            ("slow", "canary", rows, "latency"),
+            ("wrong", "shadow", rows, "agreement"),
+        ):
+            # A small canary share: the slow candidate computes on the live version's cores too.
+            extra: dict[str, Any] = {"steps": [10, 100]} if strategy == "canary" else {"mirror_percent": 100}
+            state, answers, decided_after_s, candidate = bad_rollout(
+                dev, staff, folder=bad_candidate(kind), rows=traffic_rows, strategy=strategy, **extra
+            )
+            figures[kind] = {
+                "decided_after_minimum_s": round(decided_after_s, 2),
+                "answers": len(answers),
+                "reason": state["reason"],
+            }
+            assert state["state"] == "rolled_back", state
+            assert breach in state["reason"], state
+            assert decided_after_s <= 2 * ANALYSIS_S + 1.0, figures
+            if strategy == "shadow":
+                # Nobody got the shadow's answer: every one is live's, and right.
+                assert answers and all(a.status == 200 and a.version != candidate for a in answers)
+                assert {a.version for a in answers} == {live["deployments"]["dev"]["version"]}
+    print("bad candidates:", figures)
+

@@ -57,6 +57,10 @@ ANALYSIS_DEFAULTS: dict[str, float] = {
     "max_error_rate_increase": 0.02,
     # Its p99 worker latency may be at most this many times live's (and at least 5 ms more).
     "max_p99_ratio": 3.0,
+    # Its mean worker latency at most this many times live's (and at least 2 ms more): exact where
+    # the p99 is only a bucket's bound, and not lifted by the tail a slow candidate causes live
+    # on the cores they share.
+    "max_mean_latency_ratio": 3.0,
     # Its mean top-1 confidence (classifiers) at least this share of live's.
     "min_confidence_ratio": 0.8,
     # Shadow: the share of mirrored requests whose top-1 class agrees with live's.
@@ -68,6 +72,7 @@ ANALYSIS_DEFAULTS: dict[str, float] = {
     "max_prediction_psi_increase": 0.25,
 }
 P99_SLACK_S = 0.005
+MEAN_LATENCY_SLACK_S = 0.002
 
 
 class RolloutRefused(PromotionRefused):
@@ -90,6 +95,7 @@ class Side:
     p99_s: float | None
     mean_confidence: float | None
     p99_beyond_buckets: bool = False
+    mean_latency_s: float | None = None
     # Shadow pairs (the candidate's side only): rows compared, top-1 agreement, mean absolute
     # difference of the outputs that are not class scores.
     pairs: int = 0
@@ -110,6 +116,7 @@ class Side:
             error_rate=round(stats.error_rate, 6),
             p99_s=max(b for b, _ in stats.latency_buckets if math.isfinite(b)) if beyond else p99,
             p99_beyond_buckets=beyond,
+            mean_latency_s=_rounded(stats.mean_latency_s),
             mean_confidence=_rounded(stats.mean_confidence),
             pairs=stats.pair_rows,
             agreement=_rounded(stats.agreement),
@@ -521,6 +528,15 @@ def _breaches(candidate: Side, live: Side, limits: dict[str, float]) -> list[str
         beyond = candidate.p99_beyond_buckets and not live.p99_beyond_buckets
         if beyond or candidate.p99_s > allowed:
             found.append(f"p99 {candidate.p99_text()} > {allowed * 1000:.1f} ms (live {live.p99_text()})")
+    if candidate.mean_latency_s is not None and live.mean_latency_s is not None:
+        allowed = max(
+            live.mean_latency_s * limits["max_mean_latency_ratio"], live.mean_latency_s + MEAN_LATENCY_SLACK_S
+        )
+        if candidate.mean_latency_s > allowed:
+            found.append(
+                f"mean latency {candidate.mean_latency_s * 1000:.1f} ms > {allowed * 1000:.1f} ms "
+                f"(live {live.mean_latency_s * 1000:.1f} ms)"
+            )
     if candidate.mean_confidence is not None and live.mean_confidence:
         allowed = live.mean_confidence * limits["min_confidence_ratio"]
         if candidate.mean_confidence < allowed:
