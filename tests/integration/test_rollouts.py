@@ -326,4 +326,3 @@ def test_bad_candidates_are_rolled_back_by_themselves(
                 assert answers and all(a.status == 200 and a.version != candidate for a in answers)
                 assert {a.version for a in answers} == {live["deployments"]["dev"]["version"]}
     print("bad candidates:", figures)
-

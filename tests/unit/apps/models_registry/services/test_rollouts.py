@@ -235,7 +235,7 @@ def test_an_operator_rolls_back_or_advances_to_promotion_with_the_matching_permi
 def _pairs(version: int, *, rows: int, agreeing: int) -> None:
     client = redis.Redis.from_url(settings.REDIS_URL)
     pipe = client.pipeline(transaction=False)
-    fields = {"pair_rows": rows, "pair_class_rows": rows, "pair_agree_rows": agreeing}
+    fields: dict[str, float] = {"pair_rows": rows, "pair_class_rows": rows, "pair_agree_rows": agreeing}
     version_stats_add(pipe, environment="dev", model="digits", version=version, fields=fields)
     pipe.execute()
 
@@ -261,11 +261,22 @@ def test_a_shadow_waits_for_compared_pairs_and_rolls_back_on_disagreement(demo_m
 
 def test_drift_figures_breach_only_past_lives_by_the_threshold() -> None:
     limits = {**ANALYSIS_DEFAULTS}
-    figures = {"requests": 100, "error_rate": 0.0, "p99_s": 0.005, "mean_confidence": 0.9}
-    live = Side(version=1, **figures, input_psi_max=0.1, prediction_psi=0.05)
-    close = Side(version=2, **figures, input_psi_max=0.3, prediction_psi=0.2)
-    shifted = Side(version=2, **figures, input_psi_max=0.1, prediction_psi=0.6)
-    unknown = Side(version=2, **figures)
+
+    def side(version: int, input_psi: float | None = None, prediction_psi: float | None = None) -> Side:
+        return Side(
+            version=version,
+            requests=100,
+            error_rate=0.0,
+            p99_s=0.005,
+            mean_confidence=0.9,
+            input_psi_max=input_psi,
+            prediction_psi=prediction_psi,
+        )
+
+    live = side(1, 0.1, 0.05)
+    close = side(2, 0.3, 0.2)
+    shifted = side(2, 0.1, 0.6)
+    unknown = side(2)
     assert _breaches(close, live, limits) == []
     assert _breaches(unknown, live, limits) == []
     assert _breaches(shifted, live, limits) == ["prediction shift (PSI) 0.600 > 0.300 (live 0.050)"]
