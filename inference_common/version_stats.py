@@ -213,6 +213,48 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _buckets_fetch(
+    client: redis.Redis, *, environment: str, model: str, version: int, since: float, now: float | None
+) -> list[tuple[int, dict[str, float]]]:
+    """Each bucket from the one holding `since` to the one holding `now` (buckets older than
+    `TTL_S` have expired and are not asked for), with its fields as numbers: one round trip."""
+    now = time.time() if now is None else now
+    last = int(now // BUCKET_S)
+    buckets = range(max(int(since // BUCKET_S), last - TTL_S // BUCKET_S), last + 1)
+    pipe = client.pipeline(transaction=False)
+    for bucket in buckets:
+        pipe.hgetall(version_stats_key(environment=environment, model=model, version=version, bucket=bucket))
+    found = pipe.execute()
+    return [
+        (bucket, {_text(k): float(_text(v)) for k, v in fields.items()})
+        for bucket, fields in zip(buckets, found, strict=True)
+    ]
+
+
+def _stats_of(totals: dict[str, float]) -> VersionStats:
+    """Figures from a bucket's fields, or the sum of several buckets'."""
+
+    def count(name: str) -> int:
+        return int(totals.get(name, 0))
+
+    return VersionStats(
+        requests=count("requests"),
+        errors=count("errors"),
+        rows=count("rows"),
+        latency_buckets=[
+            (bound, count(name)) for bound, name in zip(LATENCY_BOUNDS, _LATENCY_FIELDS, strict=True)
+        ],
+        confidence_sum=totals.get("confidence_sum", 0.0),
+        confidence_rows=count("confidence_rows"),
+        pair_rows=count("pair_rows"),
+        pair_class_rows=count("pair_class_rows"),
+        pair_agree_rows=count("pair_agree_rows"),
+        pair_value_rows=count("pair_value_rows"),
+        pair_abs_diff_sum=totals.get("pair_abs_diff_sum", 0.0),
+        latency_sum=totals.get("latency_sum", 0.0),
+    )
+
+
 def version_stats_read(
     client: redis.Redis,
     *,
@@ -223,51 +265,14 @@ def version_stats_read(
     now: float | None = None,
 ) -> VersionStats:
     """The version's figures from `since` to `now`, summed over its buckets (one pipelined round
-    trip). The bucket holding `since` counts whole: a window starts up to `BUCKET_S` early.
-    Buckets older than `TTL_S` have expired and are not asked for."""
-    now = time.time() if now is None else now
-    last = int(now // BUCKET_S)
-    first = max(int(since // BUCKET_S), last - TTL_S // BUCKET_S)
-    pipe = client.pipeline(transaction=False)
-    for bucket in range(first, last + 1):
-        pipe.hgetall(version_stats_key(environment=environment, model=model, version=version, bucket=bucket))
+    trip). The bucket holding `since` counts whole: a window starts up to `BUCKET_S` early."""
     totals: dict[str, float] = {}
-    for found in pipe.execute():
-        for field, value in found.items():
-            name = _text(field)
-            totals[name] = totals.get(name, 0.0) + float(_text(value))
-    return VersionStats(
-        requests=int(totals.get("requests", 0)),
-        errors=int(totals.get("errors", 0)),
-        rows=int(totals.get("rows", 0)),
-        latency_buckets=[
-            (bound, int(totals.get(field, 0)))
-            for bound, field in zip(LATENCY_BOUNDS, _LATENCY_FIELDS, strict=True)
-        ],
-        confidence_sum=totals.get("confidence_sum", 0.0),
-        confidence_rows=int(totals.get("confidence_rows", 0)),
-        pair_rows=int(totals.get("pair_rows", 0)),
-        pair_class_rows=int(totals.get("pair_class_rows", 0)),
-        pair_agree_rows=int(totals.get("pair_agree_rows", 0)),
-        pair_value_rows=int(totals.get("pair_value_rows", 0)),
-        pair_abs_diff_sum=totals.get("pair_abs_diff_sum", 0.0),
-        latency_sum=totals.get("latency_sum", 0.0),
-    )
-
-
-def _stats_of(found: dict[Any, Any]) -> VersionStats:
-    """One bucket's hash (as HGETALL returns it) as figures: every field of `VersionStats` read
-    by its name (whole numbers as int), the latency buckets from their fields."""
-    totals = {_text(k): float(_text(v)) for k, v in found.items()}
-    values: dict[str, Any] = {
-        name: int(totals.get(name, 0)) if f.type is int else totals.get(name, 0.0)
-        for name, f in VersionStats.__dataclass_fields__.items()
-        if name != "latency_buckets"
-    }
-    values["latency_buckets"] = [
-        (bound, int(totals.get(name, 0))) for bound, name in zip(LATENCY_BOUNDS, _LATENCY_FIELDS, strict=True)
-    ]
-    return VersionStats(**values)
+    for _, fields in _buckets_fetch(
+        client, environment=environment, model=model, version=version, since=since, now=now
+    ):
+        for name, value in fields.items():
+            totals[name] = totals.get(name, 0.0) + value
+    return _stats_of(totals)
 
 
 def version_stats_series(
@@ -281,15 +286,8 @@ def version_stats_series(
 ) -> list[tuple[float, VersionStats]]:
     """The version's figures per bucket from `since` to `now`, oldest first: (the bucket's start,
     its figures), one entry per `BUCKET_S` seconds, an empty bucket as zeros (for charts). One
-    pipelined round trip; as in `version_stats_read`, buckets older than `TTL_S` are not asked for."""
-    now = time.time() if now is None else now
-    last = int(now // BUCKET_S)
-    first = max(int(since // BUCKET_S), last - TTL_S // BUCKET_S)
-    buckets = range(first, last + 1)
-    pipe = client.pipeline(transaction=False)
-    for bucket in buckets:
-        pipe.hgetall(version_stats_key(environment=environment, model=model, version=version, bucket=bucket))
-    return [
-        (float(bucket * BUCKET_S), _stats_of(found))
-        for bucket, found in zip(buckets, pipe.execute(), strict=True)
-    ]
+    pipelined round trip, over the buckets `version_stats_read` would sum."""
+    found = _buckets_fetch(
+        client, environment=environment, model=model, version=version, since=since, now=now
+    )
+    return [(float(bucket * BUCKET_S), _stats_of(fields)) for bucket, fields in found]
