@@ -1,14 +1,19 @@
-"""What the registry's tests share: a version registered from a model folder, a staff user."""
+"""What the registry's tests share: a version registered from a model folder, a staff user, a
+live version and a candidate, and the figures workers record for a rollout's analysis."""
 
 import json
 from pathlib import Path
 from typing import Any
 
+import redis
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 
 from apps.models_registry.models import ModelVersion
+from apps.models_registry.services.deployments import deployment_set
 from apps.models_registry.services.registration import model_version_register
+from inference_common.version_stats import version_stats_record
 
 
 def register(folder: Path, name: str = "digits", **overrides: Any) -> ModelVersion:
@@ -32,3 +37,39 @@ def staff(*perms: str, superuser: bool = False) -> Any:
     user = user_model.objects.create_user("operator", password="x", is_staff=True)
     user.user_permissions.set(Permission.objects.filter(codename__in=perms))
     return user_model.objects.get(pk=user.pk)
+
+
+def live_and_candidate(folder: Path) -> tuple[ModelVersion, ModelVersion]:
+    """Two digits versions from `folder`: the first live in dev, the second a rollout's candidate."""
+    live, candidate = register(folder), register(folder)
+    deployment_set(version=live, environment="dev")
+    return live, candidate
+
+
+def figures_write(
+    version: int,
+    *,
+    requests: int,
+    errors: int = 0,
+    latency_s: float = 0.002,
+    confidence: float = 0.9,
+    at: float | None = None,
+) -> None:
+    """What inference workers record for `requests` answered requests of digits `version` in dev,
+    10 per batch (`errors` spread over them), in the 5 s bucket of `at` (else now)."""
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    batches = requests // 10
+    for _ in range(batches):
+        version_stats_record(
+            client,
+            environment="dev",
+            model="digits",
+            version=version,
+            requests=10,
+            errors=errors // max(1, batches),
+            rows=10,
+            latency_s=latency_s,
+            confidence_sum=confidence * 10,
+            confidence_rows=10,
+            now=at,
+        )

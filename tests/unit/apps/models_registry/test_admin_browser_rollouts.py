@@ -6,7 +6,6 @@ Screenshots are kept in test-artifacts/admin-rollout-*.png."""
 from pathlib import Path
 
 import pytest
-import redis
 from playwright.sync_api import Page, expect
 from pytest_django import Settings
 from pytest_django.live_server_helper import LiveServer
@@ -14,10 +13,9 @@ from pytest_django.live_server_helper import LiveServer
 from apps.models_registry.models import Deployment, RegistryEvent, Rollout
 from apps.models_registry.services.deployments import deployment_set
 from apps.models_registry.services.rollouts import rollout_decide
-from inference_common.version_stats import version_stats_record
 from tests.integration.conftest import ARTIFACTS_DIR
 from tests.unit.apps.models_registry import test_admin_browser as flows
-from tests.unit.apps.models_registry.helpers import register, staff
+from tests.unit.apps.models_registry.helpers import figures_write, register, staff
 from tests.unit.apps.models_registry.test_operator_flows import gates_pass  # noqa: F401 (fixture)
 
 pytestmark = [
@@ -31,24 +29,6 @@ browser, page, server = flows.browser, flows.page, flows.server
 def screenshot(page: Page, name: str) -> None:
     ARTIFACTS_DIR.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS_DIR / f"admin-rollout-{name}.png"), full_page=True)
-
-
-def figures_write(settings: Settings, version: int, *, requests: int) -> None:
-    """What the inference workers record for `requests` answered requests of `version` in dev."""
-    client = redis.Redis.from_url(settings.REDIS_URL)
-    for i in range(requests // 10):
-        version_stats_record(
-            client,
-            environment="dev",
-            model="digits",
-            version=version,
-            requests=10,
-            errors=0,
-            rows=10,
-            latency_s=0.002 if i % 2 else 0.004,
-            confidence_sum=9.1 if version == 1 else 8.8,
-            confidence_rows=10,
-        )
 
 
 def test_an_operator_starts_a_canary_watches_a_step_and_aborts_it(
@@ -85,8 +65,8 @@ def test_an_operator_starts_a_canary_watches_a_step_and_aborts_it(
     expect(page.locator("#rollout-log")).to_contain_text("v2 on a tenth first")
 
     # The platform worker's analysis, once, on what the workers recorded: too few samples yet.
-    figures_write(registry_settings, 1, requests=200)
-    figures_write(registry_settings, 2, requests=10)
+    figures_write(1, requests=200)
+    figures_write(2, requests=10)
     assert rollout_decide(rollout=rollout).decision == "wait"
     page.reload()  # the page also reloads itself every few seconds while the rollout runs
     expect(page.locator("#rollout-decision")).to_contain_text("Waits for 30 more samples")
@@ -94,7 +74,7 @@ def test_an_operator_starts_a_canary_watches_a_step_and_aborts_it(
     expect(page.locator("#rollout-charts svg.sparkline")).to_have_count(4)
     screenshot(page, "running")
 
-    figures_write(registry_settings, 2, requests=40)
+    figures_write(2, requests=40)
     assert rollout_decide(rollout=rollout).decision == "advance"
     # The page notices by itself: it reloads while nothing is being typed.
     expect(page.locator("#rollout-step")).to_contain_text("step 2 of 3", timeout=15_000)

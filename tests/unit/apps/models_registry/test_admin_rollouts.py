@@ -19,12 +19,11 @@ from pytest_django import Settings
 
 from apps.models_registry.models import Deployment, ModelVersion, RegistryEvent, Rollout
 from apps.models_registry.rollout_page import rollout_charts, rollout_figures
-from apps.models_registry.services.deployments import deployment_set
 from apps.models_registry.services.rollouts import ANALYSIS_DEFAULTS, rollout_decide, rollout_start
 from apps.models_registry.sparklines import sparkline_svg
 from inference_common.version_stats import BUCKET_S, version_stats_record, version_stats_series
 from tests.conftest import free_port
-from tests.unit.apps.models_registry.helpers import register, staff
+from tests.unit.apps.models_registry.helpers import figures_write, live_and_candidate, staff
 from tests.unit.apps.models_registry.test_operator_flows import gates_pass  # noqa: F401 (fixture)
 
 pytestmark = [
@@ -45,34 +44,6 @@ def client_of(user: object) -> Client:
     client = Client()
     client.force_login(user)  # type: ignore[arg-type]
     return client
-
-
-def live_and_candidate(folder: Path) -> tuple[ModelVersion, ModelVersion]:
-    live, candidate = register(folder), register(folder)
-    deployment_set(version=live, environment="dev")
-    return live, candidate
-
-
-def figures_write(
-    settings: Settings, version: int, *, requests: int, latency_s: float = 0.002, at: float | None = None
-) -> None:
-    """What an inference worker records for `requests` answered requests of `version` in dev
-    (in the 5 s bucket of `at`, else now)."""
-    client = redis.Redis.from_url(settings.REDIS_URL)
-    for _ in range(requests // 10):
-        version_stats_record(
-            client,
-            environment="dev",
-            model="digits",
-            version=version,
-            requests=10,
-            errors=0,
-            rows=10,
-            latency_s=latency_s,
-            confidence_sum=9.0,
-            confidence_rows=10,
-            now=at,
-        )
 
 
 def start_form(client: Client, version: ModelVersion, **fields: object) -> "object":
@@ -216,8 +187,8 @@ def test_the_page_shows_the_step_the_figures_waiting_and_the_decision_log(
     # In the rollout's first bucket: a whole one by the time the page shows it, never the one
     # still filling (the charts leave that out).
     started = rollout.created_at.timestamp()
-    figures_write(registry_settings, 1, requests=200, at=started)
-    figures_write(registry_settings, 2, requests=20, latency_s=0.004, at=started)
+    figures_write(1, requests=200, at=started)
+    figures_write(2, requests=20, latency_s=0.004, at=started)
     assert rollout_decide(rollout=rollout).decision == "wait"
     html = page_of(viewer, rollout)
     waiting = text_of(html)
@@ -238,7 +209,7 @@ def test_the_page_shows_the_step_the_figures_waiting_and_the_decision_log(
         ET.fromstring(chart)  # well-formed SVG
     assert "candidate v2: 0.9" in html and "live v1: 0.9" in html  # legends with the last value
 
-    figures_write(registry_settings, 2, requests=40)
+    figures_write(2, requests=40)
     assert rollout_decide(rollout=rollout).decision == "advance"
     stepped = text_of(page_of(viewer, rollout))
     assert "step 2 of 4" in stepped and "candidate 25 %, live 75 %" in stepped
@@ -255,8 +226,8 @@ def test_a_breach_is_marked_and_the_rollback_logged_with_its_figures(
     rollout = rollout_start(
         version=candidate, strategy="canary", environment="dev", thresholds={"min_samples": 20}
     )
-    figures_write(registry_settings, 1, requests=100, latency_s=0.002)
-    figures_write(registry_settings, 2, requests=30, latency_s=0.5)
+    figures_write(1, requests=100, latency_s=0.002)
+    figures_write(2, requests=30, latency_s=0.5)
     assert rollout_decide(rollout=rollout).decision == "roll_back"
     rollout.refresh_from_db()
     html = page_of(client_of(staff(PROMOTE, ROLLBACK)), rollout)
@@ -354,8 +325,8 @@ def test_the_charts_of_a_running_rollout_leave_out_the_bucket_still_filling(
     _, candidate = live_and_candidate(demo_model_dir)
     rollout = rollout_start(version=candidate, strategy="canary", environment="dev")
     started = rollout.created_at.timestamp() // BUCKET_S * BUCKET_S  # its first bucket's start
-    figures_write(registry_settings, 2, requests=10, at=started)  # 2 requests/s over 5 s
-    figures_write(registry_settings, 2, requests=50, at=started + BUCKET_S)
+    figures_write(2, requests=10, at=started)  # 2 requests/s over 5 s
+    figures_write(2, requests=50, at=started + BUCKET_S)
     client = redis.Redis.from_url(registry_settings.REDIS_URL)
     requests_chart = rollout_charts(rollout=rollout, client=client, now=started + BUCKET_S + 1)[0]
     assert "candidate v2: 2" in requests_chart and "live v1: 0" in requests_chart

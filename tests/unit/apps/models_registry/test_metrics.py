@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 from pytest_django import Settings
 
 from apps.models_registry.metrics import OUTCOMES, rollout_metrics_serve, rollout_metrics_update
-from apps.models_registry.models import ModelVersion, Rollout
+from apps.models_registry.models import Rollout
 from apps.models_registry.services.deployments import deployment_set
 from apps.models_registry.services.rollouts import (
     Analysis,
@@ -24,7 +24,7 @@ from apps.models_registry.services.rollouts import (
 )
 from apps.models_registry.tasks import _serve_rollout_metrics, analyse_rollouts
 from tests.conftest import free_port
-from tests.unit.apps.models_registry.helpers import register
+from tests.unit.apps.models_registry.helpers import live_and_candidate, register
 
 pytestmark = pytest.mark.django_db
 
@@ -45,12 +45,6 @@ def _ended() -> dict[str, float | None]:
     return {o: _value("inference_rollouts_ended_total", **PAIR, outcome=o) for o in OUTCOMES}
 
 
-def _live_and_candidate(folder: Path) -> tuple[ModelVersion, ModelVersion]:
-    live, candidate = register(folder), register(folder)
-    deployment_set(version=live, environment="dev")
-    return live, candidate
-
-
 def _analysis(*, agreement: float | None) -> dict[str, object]:
     candidate = Side(version=2, requests=120, error_rate=0.05, p99_s=0.012, mean_confidence=0.91)
     live = replace(candidate, version=1, requests=2300, error_rate=0.001, p99_s=0.004, mean_confidence=0.97)
@@ -60,7 +54,7 @@ def _analysis(*, agreement: float | None) -> dict[str, object]:
 
 
 def test_a_running_canary_its_analysis_and_its_rollback(demo_model_dir: Path) -> None:
-    _, candidate = _live_and_candidate(demo_model_dir)
+    _, candidate = live_and_candidate(demo_model_dir)
     rollout_metrics_update()
     # Exported from 0 before any rollout ended, so increase() sees the first.
     assert _ended() == dict.fromkeys(OUTCOMES, 0.0)
@@ -106,7 +100,7 @@ def test_a_running_canary_its_analysis_and_its_rollback(demo_model_dir: Path) ->
 
 
 def test_shadow_abort_promotion_and_supersede_each_counted_once(demo_model_dir: Path) -> None:
-    first, candidate = _live_and_candidate(demo_model_dir)
+    first, candidate = live_and_candidate(demo_model_dir)
     shadow = rollout_start(version=candidate, strategy="shadow", environment="dev", mirror_percent=40)
     rollout_metrics_update()
     running = {**PAIR, "candidate": "2"}

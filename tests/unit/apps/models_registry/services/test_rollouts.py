@@ -13,7 +13,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.utils import timezone
 
 from apps.models_registry import selectors
-from apps.models_registry.models import Deployment, ModelVersion, OutboxEvent, RegistryEvent, Rollout
+from apps.models_registry.models import Deployment, OutboxEvent, RegistryEvent, Rollout
 from apps.models_registry.services.deployments import PromotionRefused, deployment_set, model_version_promote
 from apps.models_registry.services.rollouts import (
     ANALYSIS_DEFAULTS,
@@ -27,16 +27,10 @@ from apps.models_registry.services.rollouts import (
     rollout_roll_back,
     rollout_start,
 )
-from inference_common.version_stats import LATENCY_BOUNDS, version_stats_add, version_stats_record
-from tests.unit.apps.models_registry.helpers import register, staff
+from inference_common.version_stats import LATENCY_BOUNDS, version_stats_add
+from tests.unit.apps.models_registry.helpers import figures_write, live_and_candidate, register, staff
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("registry_settings")]
-
-
-def _live_and_candidate(folder: Path) -> tuple[ModelVersion, ModelVersion]:
-    live, candidate = register(folder), register(folder)
-    deployment_set(version=live, environment="dev")
-    return live, candidate
 
 
 def _payloads(action: str) -> list[dict[str, object]]:
@@ -44,7 +38,7 @@ def _payloads(action: str) -> list[dict[str, object]]:
 
 
 def test_a_canary_steps_to_promotion_recording_and_publishing_each_step(demo_model_dir: Path) -> None:
-    live, candidate = _live_and_candidate(demo_model_dir)
+    live, candidate = live_and_candidate(demo_model_dir)
     rollout = rollout_start(version=candidate, strategy="canary", environment="dev", actor="ops")
     assert (rollout.state, rollout.step, rollout.weight, rollout.steps) == ("running", 0, 5, [5, 25, 50, 100])
     (started,) = _payloads("rollout_start")
@@ -108,7 +102,7 @@ def test_a_rollout_is_refused_without_a_live_version_or_with_bad_steps(demo_mode
 
 
 def test_a_failed_gate_is_recorded_and_nothing_starts(demo_model_dir: Path) -> None:
-    _, candidate = _live_and_candidate(demo_model_dir)
+    _, candidate = live_and_candidate(demo_model_dir)
     candidate.model.gate_minimum = 0.999
     candidate.model.save()
     with pytest.raises(PromotionRefused, match="was not rolled out to dev: metric") as refused:
@@ -119,41 +113,24 @@ def test_a_failed_gate_is_recorded_and_nothing_starts(demo_model_dir: Path) -> N
     assert not Rollout.objects.exists() and not _payloads("rollout_start")
 
 
-def _stats(version: int, *, requests: int, errors: int = 0, latency_s: float = 0.002) -> None:
-    client = redis.Redis.from_url(settings.REDIS_URL)
-    for _ in range(requests // 10):
-        version_stats_record(
-            client,
-            environment="dev",
-            model="digits",
-            version=version,
-            requests=10,
-            errors=errors // max(1, requests // 10),
-            rows=10,
-            latency_s=latency_s,
-            confidence_sum=9.0,
-            confidence_rows=10,
-        )
-
-
 def test_the_analysis_waits_for_samples_then_advances_or_rolls_back(demo_model_dir: Path) -> None:
-    live, candidate = _live_and_candidate(demo_model_dir)
+    live, candidate = live_and_candidate(demo_model_dir)
     rollout = rollout_start(
         version=candidate, strategy="canary", environment="dev", dwell_s=0, thresholds={"min_samples": 50}
     )
-    _stats(1, requests=200)
-    _stats(2, requests=20)
+    figures_write(1, requests=200)
+    figures_write(2, requests=20)
     waiting = rollout_analyse(rollout=rollout)
     assert (waiting.decision, waiting.waiting_for) == ("wait", 30)
 
-    _stats(2, requests=40)
+    figures_write(2, requests=40)
     assert rollout_decide(rollout=rollout).decision == "advance"
     rollout.refresh_from_db()
     assert rollout.weight == 25 and rollout.analysis == {}  # a new step starts a new window
 
     rollout.step_started_at = timezone.now() - timedelta(seconds=1)
     rollout.save()
-    _stats(2, requests=60, errors=30)
+    figures_write(2, requests=60, errors=30)
     verdict = rollout_decide(rollout=rollout)
     assert verdict.decision == "roll_back" and "error rate" in verdict.breaches[0]
     rollout.refresh_from_db()
@@ -166,23 +143,23 @@ def test_the_analysis_waits_for_samples_then_advances_or_rolls_back(demo_model_d
 
 
 def test_a_ten_times_slower_candidate_is_rolled_back(demo_model_dir: Path) -> None:
-    _, candidate = _live_and_candidate(demo_model_dir)
+    _, candidate = live_and_candidate(demo_model_dir)
     rollout = rollout_start(
         version=candidate, strategy="canary", environment="dev", dwell_s=0, thresholds={"min_samples": 50}
     )
-    _stats(1, requests=100, latency_s=0.004)
-    _stats(2, requests=100, latency_s=0.04)
+    figures_write(1, requests=100, latency_s=0.004)
+    figures_write(2, requests=100, latency_s=0.04)
     verdict = rollout_decide(rollout=rollout)
     assert verdict.decision == "roll_back" and verdict.breaches[0].startswith("p99")
 
 
 def test_a_p99_past_the_largest_bucket_is_valid_json_and_a_breach(demo_model_dir: Path) -> None:
-    _, candidate = _live_and_candidate(demo_model_dir)
+    _, candidate = live_and_candidate(demo_model_dir)
     rollout = rollout_start(
         version=candidate, strategy="canary", environment="dev", dwell_s=0, thresholds={"min_samples": 50}
     )
-    _stats(1, requests=100, latency_s=0.004)
-    _stats(2, requests=100, latency_s=LATENCY_BOUNDS[-2] * 2)  # past every finite bound
+    figures_write(1, requests=100, latency_s=0.004)
+    figures_write(2, requests=100, latency_s=LATENCY_BOUNDS[-2] * 2)  # past every finite bound
     analysis = rollout_analyse(rollout=rollout)
     figures = json.loads(json.dumps(analysis.as_dict(), allow_nan=False))
     assert figures["candidate"]["p99_s"] == LATENCY_BOUNDS[-2] and figures["candidate"]["p99_beyond_buckets"]
@@ -194,7 +171,7 @@ def test_a_p99_past_the_largest_bucket_is_valid_json_and_a_breach(demo_model_dir
 
 
 def test_abort_needs_the_rollback_permission_and_a_promotion_supersedes(demo_model_dir: Path) -> None:
-    _, candidate = _live_and_candidate(demo_model_dir)
+    _, candidate = live_and_candidate(demo_model_dir)
     rollout = rollout_start(version=candidate, strategy="shadow", environment="dev")
     assert (rollout.weight, rollout.mirror_percent, rollout.steps) == (0, 100, [0])
     with pytest.raises(PermissionDenied):
@@ -211,7 +188,7 @@ def test_abort_needs_the_rollback_permission_and_a_promotion_supersedes(demo_mod
 def test_an_operator_rolls_back_or_advances_to_promotion_with_the_matching_permission(
     demo_model_dir: Path,
 ) -> None:
-    _, candidate = _live_and_candidate(demo_model_dir)
+    _, candidate = live_and_candidate(demo_model_dir)
     promoter = staff("promote_deployment")
     rollout = rollout_start(version=candidate, strategy="canary", environment="dev", steps=[100])
     with pytest.raises(PermissionDenied):
@@ -242,12 +219,12 @@ def _pairs(version: int, *, rows: int, agreeing: int) -> None:
 
 def test_a_shadow_waits_for_compared_pairs_and_rolls_back_on_disagreement(demo_model_dir: Path) -> None:
     """A confident, error-free, as fast candidate that disagrees with live: only agreement says so."""
-    _, candidate = _live_and_candidate(demo_model_dir)
+    _, candidate = live_and_candidate(demo_model_dir)
     rollout = rollout_start(
         version=candidate, strategy="shadow", environment="dev", dwell_s=600, thresholds={"min_samples": 50}
     )
-    _stats(1, requests=100)
-    _stats(2, requests=100)
+    figures_write(1, requests=100)
+    figures_write(2, requests=100)
     _pairs(2, rows=20, agreeing=20)
     waiting = rollout_analyse(rollout=rollout)
     assert (waiting.decision, waiting.waiting_for, waiting.candidate.pairs) == ("wait", 30, 20)
