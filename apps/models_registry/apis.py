@@ -48,6 +48,13 @@ def _model_or_404(name: str) -> RegisteredModel:
     return model
 
 
+def _version_or_404(model: RegisteredModel, number: int) -> ModelVersion:
+    version = selectors.model_version_get(model_name=model.name, number=number)
+    if version is None:
+        raise Http404(f"{model.name} has no version {number}")
+    return version
+
+
 class VersionOutputSerializer(serializers.ModelSerializer[ModelVersion]):
     artifacts = serializers.SerializerMethodField()
     environments = serializers.SerializerMethodField()
@@ -294,9 +301,7 @@ class PromoteApi(APIView):
         serializer = PromoteInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        version = selectors.model_version_get(model_name=model.name, number=data["version"])
-        if version is None:
-            raise Http404(f"{name} has no version {data['version']}")
+        version = _version_or_404(model, data["version"])
         try:
             deployment = model_version_promote(
                 version=version,
@@ -452,9 +457,7 @@ class RolloutListCreateApi(APIView):
         serializer = RolloutCreateInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        version = selectors.model_version_get(model_name=model.name, number=data["version"])
-        if version is None:
-            raise Http404(f"{name} has no version {data['version']}")
+        version = _version_or_404(model, data["version"])
         try:
             rollout = rollout_start(
                 version=version,
