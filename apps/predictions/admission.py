@@ -22,7 +22,7 @@ from apps.predictions.results import result_waiter_get
 
 @dataclass
 class _Check:
-    owner: str
+    owner: str | None  # None: only the queue's depth (nothing counted against a key)
     queue: str
     answer: asyncio.Future[tuple[int, int]] = field(repr=False)  # (key's count, queue depth)
 
@@ -48,8 +48,9 @@ class AdmissionGate:
         if depth >= settings.INFERENCE_MAX_QUEUE_DEPTH:
             raise unavailable(f"{depth} requests already wait in {queue}; retry shortly", code="overloaded")
 
-    async def counts(self, *, owner: str, queue: str) -> tuple[int, int]:
-        """This request's count for its key in the current second, and the queue's depth."""
+    async def counts(self, *, owner: str | None, queue: str) -> tuple[int, int]:
+        """This request's count for its key in the current second (0 for owner None, which
+        counts nothing), and the queue's depth."""
         loop = asyncio.get_running_loop()
         check = _Check(owner, queue, loop.create_future())
         self._pending.append(check)
@@ -61,7 +62,7 @@ class AdmissionGate:
 
     async def _flush(self) -> None:
         checks, self._pending = self._pending, []
-        per_owner = Counter(check.owner for check in checks)
+        per_owner = Counter(check.owner for check in checks if check.owner is not None)
         queues = list(dict.fromkeys(check.queue for check in checks))
         second = int(time.time())
         pipe = self.client.pipeline(transaction=False)
@@ -82,9 +83,12 @@ class AdmissionGate:
         depths = dict(zip(queues, replies[2 * len(per_owner) :], strict=True))
         place = {owner: totals[owner] - n for owner, n in per_owner.items()}
         for check in checks:
-            place[check.owner] += 1
+            count = 0
+            if check.owner is not None:
+                place[check.owner] += 1
+                count = place[check.owner]
             if not check.answer.done():
-                check.answer.set_result((place[check.owner], depths[check.queue]))
+                check.answer.set_result((count, depths[check.queue]))
 
 
 _gates: dict[int, AdmissionGate] = {}

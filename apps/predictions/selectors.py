@@ -108,8 +108,9 @@ class Route:
     def mirror(self, served: ServedModel) -> ServedModel | None:
         """The shadow a request answered by `served` is copied to (`mirror_percent` of them, drawn
         per request), or None: only requests the live version answers are mirrored."""
-        draw = random.random() * 100  # noqa: S311 (a sample, not a secret)
-        if self.shadow is None or served != self.live or draw >= self.mirror_percent:
+        if self.shadow is None or served != self.live:
+            return None
+        if random.random() * 100 >= self.mirror_percent:  # noqa: S311 (a sample, not a secret)
             return None
         return self.shadow
 

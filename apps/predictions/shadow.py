@@ -67,7 +67,7 @@ def shadow_mirror(*, route: Route, response: InferenceResponse, inputs: dict[str
 async def _shadow_run(shadow: ServedModel, live: InferenceResponse, inputs: dict[str, np.ndarray]) -> None:
     labels = (shadow.name, str(shadow.version))
     try:
-        _, depth = await admission_gate_get().counts(owner="shadow", queue=shadow.queue)
+        _, depth = await admission_gate_get().counts(owner=None, queue=shadow.queue)
         if depth >= settings.INFERENCE_SHADOW_MAX_QUEUE_DEPTH:
             SHADOW_REQUESTS.labels(*labels, "shed").inc()
             return

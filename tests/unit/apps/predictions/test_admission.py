@@ -50,6 +50,31 @@ def test_requests_of_one_turn_get_consecutive_counts_per_key(redis_server: str) 
     assert [count for count, _ in second] in ([6, 7], [1, 2])
 
 
+def test_a_depth_only_check_counts_nothing_against_any_key(redis_server: str) -> None:
+    """A shadow's copy asks only the queue's depth (owner None): no throttle key is written, and
+    the keys checked in the same turn count as if it were not there."""
+    queue = f"inference.{uuid.uuid4().hex[:8]}"
+    sync = redis.Redis.from_url(redis_server)
+    sync.rpush(queue, b"a", b"b")
+    a = owner()
+
+    async def main() -> list[tuple[int, int]]:
+        client = aioredis.Redis.from_url(redis_server)
+        gate = AdmissionGate(client)
+        found = await asyncio.gather(
+            gate.counts(owner=None, queue=queue),
+            gate.counts(owner=a, queue=queue),
+            gate.counts(owner=None, queue=queue),
+        )
+        await client.aclose()
+        return found
+
+    assert asyncio.run(main()) == [(0, 2), (1, 2), (0, 2)]
+    throttled = list(sync.scan_iter("inference:throttle:*"))
+    assert any(a.encode() in key for key in throttled)  # the key's own count was written
+    assert not any(b"None" in key or b"shadow" in key for key in throttled)
+
+
 def test_redis_down_fails_every_waiting_request() -> None:
     async def main() -> list[BaseException | tuple[int, int]]:
         client = aioredis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
