@@ -61,7 +61,8 @@ def test_a_depth_only_check_counts_nothing_against_any_key(redis_server: str) ->
     async def main() -> list[tuple[int, int]]:
         client = aioredis.Redis.from_url(redis_server)
         gate = AdmissionGate(client)
-        found = await asyncio.gather(
+        found = list[tuple[int, int]]()
+        found += await asyncio.gather(
             gate.counts(owner=None, queue=queue),
             gate.counts(owner=a, queue=queue),
             gate.counts(owner=None, queue=queue),
