@@ -93,12 +93,14 @@ def prometheus(observed: Platform, tmp_path_factory: pytest.TempPathFactory) -> 
     (folder / "rules.yml").write_text(yaml.safe_dump(rules))
     api = observed.base_url.removeprefix("http://")
     worker = f"127.0.0.1:{observed.env['WORKER_METRICS_PORT']}"
+    platform = f"127.0.0.1:{observed.env['INFERENCE_PLATFORM_METRICS_PORT']}"
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(folder / "rules.yml")],
         "scrape_configs": [
             {"job_name": "inference-api", "static_configs": [{"targets": [api]}]},
             {"job_name": "inference-worker", "static_configs": [{"targets": [worker]}]},
+            {"job_name": "inference-platform", "static_configs": [{"targets": [platform]}]},
         ],
     }
     (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
@@ -164,7 +166,7 @@ def test_prometheus_scrapes_request_counter_and_latency(
     assert prometheus.value('inference_queue_depth{model="digits"}') is not None
     assert prometheus.value('count(inference_model_loaded{model="digits", version="1"} == 1)') == 1
     up = {r["metric"]["job"]: r["value"][1] for r in prometheus.query("up")}
-    assert up == {"inference-api": "1", "inference-worker": "1"}
+    assert up == {"inference-api": "1", "inference-worker": "1", "inference-platform": "1"}
 
 
 def _json_lines(log: str) -> list[dict[str, Any]]:
@@ -288,11 +290,27 @@ def test_drift_alerts_stay_quiet_in_distribution_and_fire_on_a_shifted_stream(
 
 
 def test_dashboard_and_rules_use_only_exported_metrics(observed: Platform, prometheus: Prometheus) -> None:
-    """Every inference_* metric the Grafana dashboard and the alert rules query is one the API or
-    the worker actually exports (after the traffic of the tests above)."""
+    """Every inference_* metric the Grafana dashboard and the alert rules query is one the API, the
+    worker or the platform worker actually exports: a series Prometheus scraped (after the traffic
+    of the tests above), or a family a target declares (`# TYPE`) whose series exist only while
+    something is happening (a running rollout's weight, its latest analysis)."""
+    targets = httpx.get(f"{prometheus.url}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
+    assert {t["labels"]["job"] for t in targets if t["health"] == "up"} == {
+        "inference-api",
+        "inference-worker",
+        "inference-platform",
+    }, targets
     names = set(httpx.get(f"{prometheus.url}/api/v1/label/__name__/values", timeout=10).json()["data"])
-    used = set(re.findall(r"\binference_[a-z_]+", DASHBOARD.read_text() + RULES.read_text()))
+    for target in targets:
+        text = httpx.get(target["scrapeUrl"], timeout=10).text
+        for declared in re.findall(r"^# TYPE (\S+) (\S+)$", text, flags=re.MULTILINE):
+            name, kind = declared
+            names.add(name)
+            if kind == "counter":
+                names.add(f"{name}_total")
+    used = set(re.findall(r"\binference_[a-z0-9_]+", DASHBOARD.read_text() + RULES.read_text()))
     assert used, "no inference_* metric found in the dashboard and rules"
+    assert "inference_rollout_p99_seconds" in used  # names with digits are read whole
     exported = names | {re.sub(r"_(bucket|count|sum)$", "", name) for name in names}
     missing = sorted(name for name in used if name not in exported)
     assert not missing, f"queried but never exported: {missing}"
