@@ -691,5 +691,19 @@ def fault_redis_primary_kill(
         "watch_gaps_s": [round(b - a, 2) for a, b in watch.gaps],
         "answers_per_second": _per_second(watch, since=killed),
         "requests_with_other_outcomes": troubled[:20],
+        # A sync request answered 504 whose task ran later shows here (the client's retry got a
+        # new id): when each such answer was published, and by which worker.
+        "answers_for_nobody": _answers_for_nobody(watch, [*sync.requests, *jobs.requests], since=killed)[:20],
         **records_check(cluster, [*sync.requests, *jobs.requests], watch),
     }
+
+
+def _answers_for_nobody(
+    watch: ResultWatch, requests: list[Request], *, since: float
+) -> list[tuple[str, float, str]]:
+    given = {r.id for r in requests if r.id is not None}
+    return [
+        (request_id, round(at - since, 2), worker)
+        for request_id, at, worker in watch.published
+        if request_id not in given
+    ]
