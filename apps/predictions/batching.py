@@ -39,8 +39,13 @@ class _Batch:
 class Batcher:
     """The open batch of one model version in one event loop."""
 
-    def __init__(self, served: ServedModel, publish: Publish, max_inflight: int = 2) -> None:
+    def __init__(
+        self, served: ServedModel, publish: Publish, max_inflight: int = 2, *, eager: bool = True
+    ) -> None:
+        """`eager`: a batch leaves at once while none of this batcher's is in flight; False:
+        each waits its `max_delay_ms` (unless full)."""
         self.served = served
+        self.eager = eager
         self.publish = publish
         self.max_rows = max(1, served.max_batch_size)
         self.max_delay_s = max(0.0, served.max_delay_ms / 1000)
@@ -64,7 +69,7 @@ class Batcher:
             batch = None
         if batch is None:
             batch = self._open = _Batch()
-            if self.max_delay_s > 0 and self._inflight:
+            if self.max_delay_s > 0 and (self._inflight or not self.eager):
                 batch.timer = loop.call_later(self.max_delay_s, self._timer_fired, batch)
         batch.parts.append(
             {"id": request_id, "inputs": {name: tensor_encode(a) for name, a in inputs.items()}}
@@ -79,7 +84,7 @@ class Batcher:
             self._batch_of[request_id] = batch
         waiter: asyncio.Future[None] = loop.create_future()
         batch.waiters.append(waiter)
-        if batch.rows >= self.max_rows or self.max_delay_s == 0 or not self._inflight:
+        if batch.rows >= self.max_rows or self.max_delay_s == 0 or (self.eager and not self._inflight):
             self._flush(batch)
         await waiter
 
@@ -130,15 +135,17 @@ class Batcher:
                 waiter.set_result(None)
 
 
-_batchers: dict[tuple[int, str, int], Batcher] = {}
+_batchers: dict[tuple[int, str, int, bool], Batcher] = {}
 
 
-def batcher_get(served: ServedModel, publish: Publish, max_inflight: int = 2) -> Batcher:
-    key = (id(asyncio.get_running_loop()), served.name, served.version)
+def batcher_get(
+    served: ServedModel, publish: Publish, max_inflight: int = 2, *, eager: bool = True
+) -> Batcher:
+    key = (id(asyncio.get_running_loop()), served.name, served.version, eager)
     batcher = _batchers.get(key)
     if batcher is None or (batcher.served.max_batch_size, batcher.served.max_delay_ms) != (
         served.max_batch_size,
         served.max_delay_ms,
     ):
-        batcher = _batchers[key] = Batcher(served, publish, max_inflight)
+        batcher = _batchers[key] = Batcher(served, publish, max_inflight, eager=eager)
     return batcher

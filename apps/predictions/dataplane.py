@@ -37,7 +37,7 @@ from apps.predictions.services import (
     prediction_response,
     prediction_run,
 )
-from apps.predictions.shadow import shadow_mirror
+from apps.predictions.shadow import shadow_mirror, shadow_mirror_job
 from apps.predictions.types import Caller, InferenceRequest, InferenceResponse, RequestContext
 from inference_project.errors import DATABASE_UNAVAILABLE, DATABASE_UNAVAILABLE_MESSAGE
 
@@ -120,9 +120,12 @@ async def infer(request: InferenceRequest, caller: Caller) -> InferenceResponse:
 
 @_one_error_type
 async def enqueue(request: InferenceRequest, caller: Caller) -> str:
-    """Accept one request without waiting: its job id, to look up with `job_get`."""
-    _, served, inputs = await _prepared(request, caller)
-    return await prediction_enqueue(served=served, inputs=inputs, caller=caller)
+    """Accept one request without waiting: its job id, to look up with `job_get`. During a
+    shadow rollout, a copy goes to the candidate once the live version answered the job."""
+    route, served, inputs = await _prepared(request, caller)
+    job_id = await prediction_enqueue(served=served, inputs=inputs, caller=caller)
+    shadow_mirror_job(route=route, served=served, job_id=job_id, inputs=inputs)
+    return job_id
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ enqueue on the model's queue, and await (or record) the answer.
 """
 
 import asyncio
+import dataclasses
 import functools
 import hashlib
 import json
@@ -83,8 +84,13 @@ def _tensor_redis() -> Redis:
     return redis_sync(large_values=True)
 
 
-def _batcher(served: ServedModel) -> Batcher:
-    return batcher_get(served, _publish_batch_async, settings.INFERENCE_MAX_INFLIGHT_BATCHES)
+def _batcher(served: ServedModel, *, shadow: bool = False) -> Batcher:
+    """The version's batcher; `shadow`: the one of a shadow rollout's copies (never eager)."""
+    if shadow:
+        served = dataclasses.replace(served, max_delay_ms=settings.INFERENCE_SHADOW_BATCH_DELAY_MS)
+    return batcher_get(
+        served, _publish_batch_async, settings.INFERENCE_MAX_INFLIGHT_BATCHES, eager=not shadow
+    )
 
 
 def prediction_response(*, task_id: str, served: ServedModel, meta: dict[str, Any]) -> InferenceResponse:
@@ -146,11 +152,12 @@ async def _submit(
     task_id: str,
     expires_s: float | None,
     claim: idempotency.Claim | None,
+    shadow: bool = False,
 ) -> None:
     """Into the batch; once it is published, the Idempotency-Key claim is marked sent (and given
     up when the publish fails)."""
     try:
-        await _batcher(served).submit(
+        await _batcher(served, shadow=shadow).submit(
             request_id=task_id, inputs=inputs, expires_s=expires_s, awaited=expires_s is not None
         )
     except Exception:
@@ -208,12 +215,23 @@ async def prediction_shadow_run(
     task_id = waiter.new_task_id()
     future = waiter.expect(task_id)
     try:
-        await _submit(served=served, inputs=inputs, task_id=task_id, expires_s=timeout_s, claim=None)
+        await _submit(
+            served=served, inputs=inputs, task_id=task_id, expires_s=timeout_s, claim=None, shadow=True
+        )
         payload = await waiter.wait(task_id, future, timeout_s)
     finally:
         waiter.forget(task_id)
-        _batcher(served).answered(task_id)
+        _batcher(served, shadow=True).answered(task_id)
     return prediction_response(task_id=task_id, served=served, meta=result_payload_decode(payload))
+
+
+async def prediction_job_wait(*, served: ServedModel, job_id: str, timeout_s: float) -> InferenceResponse:
+    """An async job's answer once a worker stored it (minted by this process: its result message
+    reaches this process's subscription); TimeoutError after `timeout_s`."""
+    waiter = result_waiter_get()
+    future = waiter.expect(job_id)
+    payload = await waiter.wait(job_id, future, timeout_s, check_first=True)
+    return prediction_response(task_id=job_id, served=served, meta=result_payload_decode(payload))
 
 
 async def prediction_enqueue(*, served: ServedModel, inputs: dict[str, np.ndarray], caller: Caller) -> str:

@@ -52,6 +52,32 @@ def test_an_idle_model_sends_a_lone_request_at_once() -> None:
     assert broker.batches[0][1] == pytest.approx(5, abs=0.2)
 
 
+def test_a_batcher_that_is_not_eager_waits_its_delay_even_when_idle() -> None:
+    """Shadow copies: nobody waits for them, so even the first waits for others to share its
+    batch (or for a full batch)."""
+    broker = Broker()
+
+    async def run() -> float:
+        loop = asyncio.get_running_loop()
+        batcher = Batcher(served(max_batch_size=3, max_delay_ms=100), broker.publish, eager=False)
+        started = loop.time()
+        first = [
+            batcher.submit(request_id=f"copy-{n}", inputs=rows(), expires_s=5, awaited=False)
+            for n in range(2)
+        ]
+        await asyncio.gather(*first)
+        waited = loop.time() - started
+        full = [
+            batcher.submit(request_id=f"full-{n}", inputs=rows(), expires_s=5, awaited=False)
+            for n in range(3)
+        ]
+        await asyncio.wait_for(asyncio.gather(*full), 0.05)  # a full batch leaves at once
+        return waited
+
+    assert asyncio.run(run()) >= 0.09
+    assert broker.ids() == [["copy-0", "copy-1"], ["full-0", "full-1", "full-2"]]
+
+
 def test_while_a_batch_is_in_flight_the_next_requests_wait_for_the_window_together() -> None:
     broker = Broker()
 
