@@ -11,7 +11,7 @@
 #   REDIS_SENTINEL_MASTER, REDIS_SENTINEL_PASSWORD (its requirepass; also what peers present)
 #   REDIS_NODES          host:port of every data node; REDIS_PRIMARY the first-start primary
 #   REDIS_PASSWORD       the data nodes' password (auth-pass)
-#   SENTINEL_QUORUM (2), SENTINEL_DOWN_AFTER_MS (1000), SENTINEL_FAILOVER_TIMEOUT_MS (3000): the
+#   SENTINEL_QUORUM (2), SENTINEL_DOWN_AFTER_MS (2000), SENTINEL_FAILOVER_TIMEOUT_MS (3000): the
 #                        multi-host harness's values, with which clients were served again 7.5 s
 #                        after the primary was killed (docs/scaling.md)
 #   REDIS_DIR (/data)    where the configuration is written
@@ -60,7 +60,7 @@ conf="${REDIS_DIR:-/data}/sentinel.conf"
   echo "sentinel announce-hostnames yes"
   echo "sentinel announce-ip ${SENTINEL_ANNOUNCE}"
   echo "sentinel monitor $name ${master%:*} ${master##*:} ${SENTINEL_QUORUM:-2}"
-  echo "sentinel down-after-milliseconds $name ${SENTINEL_DOWN_AFTER_MS:-1000}"
+  echo "sentinel down-after-milliseconds $name ${SENTINEL_DOWN_AFTER_MS:-2000}"
   echo "sentinel failover-timeout $name ${SENTINEL_FAILOVER_TIMEOUT_MS:-3000}"
   echo "sentinel parallel-syncs $name 1"
   [ -z "${REDIS_PASSWORD:-}" ] || echo "sentinel auth-pass $name $REDIS_PASSWORD"

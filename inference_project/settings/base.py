@@ -362,7 +362,7 @@ INFERENCE_SHADOW_MAX_QUEUE_DEPTH = env.int("INFERENCE_SHADOW_MAX_QUEUE_DEPTH", d
 INFERENCE_SHADOW_TIMEOUT_S = env.float("INFERENCE_SHADOW_TIMEOUT_S", default=10.0)
 # Copies wait this long for others to share their batch (apps/predictions/batching.py): a few large
 # batches instead of one per copy.
-INFERENCE_SHADOW_BATCH_DELAY_MS = env.float("INFERENCE_SHADOW_BATCH_DELAY_MS", default=50.0)
+INFERENCE_SHADOW_BATCH_DELAY_MS = env.float("INFERENCE_SHADOW_BATCH_DELAY_MS", default=200.0)
 CELERY_BEAT_SCHEDULE = {
     "publish-release-outbox": {
         "task": "release.publish_outbox",

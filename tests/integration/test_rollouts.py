@@ -272,6 +272,9 @@ def bad_rollout(
     """Register `folder`, roll it out under traffic until the analysis ends it; the final
     rollout, the answers, the seconds from the minimum samples to the rollback, the version."""
     candidate = register(staff, folder)
+    # The rollout before may have ended a moment ago: its route lives on in the API's registry
+    # cache for up to INFERENCE_REGISTRY_CACHE_S (its canary candidate still took a share).
+    time.sleep(SETTLE_S)
     stop, found = threading.Event(), list[float]()
     with Traffic(dev, rows) as traffic:
         started = rollout_start(
@@ -449,17 +452,24 @@ def test_a_shadow_at_100_changes_no_live_answer_nor_live_p50(
         }
         for (phase, answers, pairs), used in zip(phases, cpu, strict=True)
     ]
-    # Each run with the shadow against the mean of the runs just before and after it.
+    # Each run with the shadow against the mean of the runs just before and after it, and the
+    # runs with it pooled against the runs without it pooled (interleaved: drift cancels out).
     ratios = [
         round(figures[i]["p50_ms"] / ((figures[i - 1]["p50_ms"] + figures[i + 1]["p50_ms"]) / 2), 3)
         for i, phase in enumerate(PHASES)
         if phase == "on"
     ]
+    pooled = {
+        side: p50([a for phase, answers, _ in phases if phase == side for a in answers]) for side in ("on", "off")
+    }
+    pooled_ratio = round(pooled["on"] / pooled["off"], 3)
     print(
         "shadow at 100 %, paired runs at 8 clients:",
         figures,
         "p50 on/off:",
         ratios,
+        "pooled:",
+        pooled_ratio,
         "async pairs:",
         async_pairs,
         outcomes,
@@ -477,5 +487,5 @@ def test_a_shadow_at_100_changes_no_live_answer_nor_live_p50(
             assert figure["pairs"] >= 0.8 * figure["requests"], figures  # the shadow was running
         else:
             assert figure["pairs"] == 0, figures
-    assert sorted(ratios)[len(ratios) // 2] <= 1.10, (ratios, figures)
+    assert pooled_ratio <= 1.10, (pooled_ratio, ratios, figures)
     assert async_pairs >= len(ids), async_pairs

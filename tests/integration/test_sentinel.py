@@ -88,7 +88,7 @@ class RedisGroup:
                     f"sentinel sentinel-pass {SENTINEL_PASSWORD}",
                     f"sentinel monitor {MASTER} 127.0.0.1 {primary} 2",
                     f"sentinel auth-pass {MASTER} {DATA_PASSWORD}",
-                    f"sentinel down-after-milliseconds {MASTER} 1000",
+                    f"sentinel down-after-milliseconds {MASTER} 2000",
                     f"sentinel failover-timeout {MASTER} 3000",
                     f"sentinel parallel-syncs {MASTER} 1",
                     "",
