@@ -41,7 +41,15 @@ ERRORS = Counter(
 )
 
 # Probes and scrapes are counted, not logged: a line each would drown the requests.
-QUIET_ROUTES = {"healthz", "readyz", "metrics", "v2/health/live", "v2/health/ready"}
+QUIET_ROUTES = {
+    "healthz",
+    "readyz",
+    "metrics",
+    "v2/health/live",
+    "v2/health/ready",
+    "grpc/ServerLive",
+    "grpc/ServerReady",
+}
 
 
 @dataclass

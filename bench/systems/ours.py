@@ -36,6 +36,7 @@ def platform_env(root: Path, digits_dir: Path, *, redis_port: int, api_port: int
         "INFERENCE_DEMO_DIR": str(digits_dir),
         "REDIS_PORT": str(redis_port),
         "API_PORT": str(api_port),
+        "GRPC_PORT": str(free_port()),
         "FLOWER_PORT": str(free_port()),
         "INFERENCE_DEMO_TOKEN": TOKEN,
         "WORKER_CONCURRENCY": "1",

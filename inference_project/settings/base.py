@@ -293,6 +293,15 @@ INFERENCE_MAX_BATCH_ROWS = env.int("INFERENCE_MAX_BATCH_ROWS", default=1024)
 # A refused body is read and discarded up to this size before the 413 is sent, so a client that
 # writes its whole body before reading (urllib, requests) gets the answer instead of a reset.
 INFERENCE_BODY_DRAIN_BYTES = env.int("INFERENCE_BODY_DRAIN_BYTES", default=512 * 1024 * 1024)
+# The Open Inference Protocol over gRPC, served by every API process on its event loop
+# (apps/predictions/transports/v2_grpc.py); GRPC_PORT 0: no gRPC. Several API processes on one host
+# share the port (SO_REUSEPORT); a message above GRPC_MAX_MESSAGE_BYTES either way is refused
+# (RESOURCE_EXHAUSTED); calls in flight get GRPC_GRACE_S at shutdown.
+GRPC_HOST = env("GRPC_HOST", default=env("API_HOST", default="127.0.0.1"))
+GRPC_PORT = env.int("GRPC_PORT", default=8081)
+GRPC_REUSE_PORT = env.bool("GRPC_REUSE_PORT", default=env.int("API_WORKERS", default=1) > 1)
+GRPC_MAX_MESSAGE_BYTES = env.int("GRPC_MAX_MESSAGE_BYTES", default=INFERENCE_MAX_BODY_BYTES)
+GRPC_GRACE_S = env.float("GRPC_GRACE_S", default=10.0)
 # Admission control, checked before anything is enqueued: requests per second per API key (429),
 # and messages waiting in a model's queue (503). Both answer with Retry-After.
 INFERENCE_THROTTLE_PER_SECOND = env.int("INFERENCE_THROTTLE_PER_SECOND", default=2000)

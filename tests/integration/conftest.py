@@ -81,6 +81,7 @@ def platform_env(root: Path, demo_model_dir: Path, **overrides: str) -> dict[str
             "INFERENCE_DEMO_DIR": str(demo_model_dir),
             "REDIS_PORT": str(free_port()),
             "API_PORT": str(free_port()),
+            "GRPC_PORT": str(free_port()),
             "FLOWER_PORT": str(free_port()),
             "FLOWER_BASIC_AUTH": "flower:flower-password",
             "WORKER_CONCURRENCY": "2",

@@ -460,7 +460,8 @@ def test_a_shadow_at_100_changes_no_live_answer_nor_live_p50(
         if phase == "on"
     ]
     pooled = {
-        side: p50([a for phase, answers, _ in phases if phase == side for a in answers]) for side in ("on", "off")
+        side: p50([a for phase, answers, _ in phases if phase == side for a in answers])
+        for side in ("on", "off")
     }
     pooled_ratio = round(pooled["on"] / pooled["off"], 3)
     print(

@@ -52,7 +52,7 @@ def metadata_render(served: ServedModel, versions: list[int]) -> dict[str, Any]:
     }
 
 
-def _binary_bytes(chunk: bytes, shape: list[int], *, field: str) -> np.ndarray:
+def binary_bytes(chunk: bytes, shape: list[int], *, field: str) -> np.ndarray:
     """BYTES in the binary data extension: each element is a 4-byte little-endian length and
     that many bytes."""
     items, offset = [], 0
@@ -75,7 +75,7 @@ def _binary_bytes(chunk: bytes, shape: list[int], *, field: str) -> np.ndarray:
 def _binary_tensor(item: dict[str, Any], spec: dict[str, Any], chunk: bytes, *, field: str) -> np.ndarray:
     """A tensor sent with the binary data extension: raw little-endian bytes after the JSON."""
     if spec["datatype"] == "BYTES":
-        return shape_check(_binary_bytes(chunk, item["shape"], field=field), spec=spec, field=f"{field}.data")
+        return shape_check(binary_bytes(chunk, item["shape"], field=field), spec=spec, field=f"{field}.data")
     dtype = np.dtype(V2_TO_NUMPY[spec["datatype"]]).newbyteorder("<")
     shape = item["shape"]
     if len(chunk) != math.prod(shape) * dtype.itemsize:
