@@ -9,6 +9,7 @@ runs the check.
 """
 
 import argparse
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -20,21 +21,22 @@ MODULES = ("grpc_predict_v2_pb2.py", "grpc_predict_v2_pb2.pyi", "grpc_predict_v2
 
 
 def generated(out: Path) -> dict[str, bytes]:
-    """Generate into `out`; the modules' text by name."""
-    from grpc_tools import protoc
-
-    code = protoc.main(
+    """Generate into `out`; the modules' text by name. protoc runs in a process of its own: in
+    a process that already holds other protobuf descriptors (a test session) it can crash."""
+    subprocess.run(
         [
+            sys.executable,
+            "-m",
             "grpc_tools.protoc",
             f"-I{ROOT}",
             f"--python_out={out}",
             f"--pyi_out={out}",
             f"--grpc_python_out={out}",
             str(PROTO),
-        ]
+        ],
+        check=True,
+        capture_output=True,
     )
-    if code != 0:
-        raise RuntimeError(f"protoc failed ({code}) on {PROTO}")
     folder = out / HERE.relative_to(ROOT)
     return {name: (folder / name).read_bytes() for name in MODULES}
 
