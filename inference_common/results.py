@@ -6,7 +6,10 @@ task result. The result itself is one of two records:
 
 - an answer: `{"model", "version", "worker", "outputs": {name: wire tensor}}`;
 - a failure the worker could not avoid: `{"error": {"code", "message"}}`, where `code` is one of
-  FAILURE_CODES.
+  FAILURE_CODES;
+- a cancellation, stored by the API under the request's id when its client went away or deleted
+  the job before a worker answered (SET NX: never over an answer): a worker that finds it skips
+  the request, in the lookup it already makes for answered ones (no extra round trip).
 """
 
 from dataclasses import dataclass
@@ -24,6 +27,7 @@ RESULT_PREFIX = "celery-task-meta-"
 # raised while computing the batch (every request of that batch gets it, at once, instead of
 # waiting for its deadline).
 FAILURE_CODES = ("not_found", "model_unavailable", "load_failed", "expired", "predict_failed")
+CANCELLED = "cancelled"
 
 
 def result_key(request_id: str) -> str:
@@ -55,6 +59,15 @@ def answer_encode(answer: Answer) -> dict[str, Any]:
 
 def failure_encode(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
+
+
+def cancelled_encode() -> dict[str, Any]:
+    return failure_encode(CANCELLED, "cancelled by its client before a worker computed it")
+
+
+def is_cancelled(result: Any) -> bool:
+    """Whether a stored result (a task meta's `result`) is a cancellation."""
+    return isinstance(result, dict) and (result.get("error") or {}).get("code") == CANCELLED
 
 
 def result_decode(result: dict[str, Any]) -> Answer | Failure:

@@ -49,7 +49,8 @@ BATCH_REQUESTS = Histogram(
 )
 WORKER_REQUESTS = Counter(
     "inference_worker_requests_total",
-    "Requests answered by workers, by model, version and outcome (ok or an error code).",
+    "Requests answered by workers, by model, version and outcome (ok, an error code, or "
+    "cancelled: skipped, its client went away before the batch ran).",
     ["model", "version", "outcome"],
 )
 LOAD_SECONDS = Histogram(

@@ -11,11 +11,17 @@ from typing import Any
 
 from celery.backends.redis import RedisBackend
 
+from inference_common.results import is_cancelled
 
-def results_existing(backend: RedisBackend, ids: list[str]) -> set[str]:
-    """The ids among `ids` whose answer is already stored (a redelivered batch skips them)."""
+
+def results_existing(backend: RedisBackend, ids: list[str]) -> tuple[set[str], set[str]]:
+    """(answered, cancelled): the ids among `ids` whose result is already stored (a redelivered
+    batch skips them), and those of them whose stored result is the API's cancellation (their
+    client went away first: skipped too). One MGET, as before cancellations existed."""
     stored = backend.client.mget([backend.get_key_for_task(i) for i in ids])
-    return {i for i, value in zip(ids, stored, strict=True) if value is not None}
+    answered = {i: value for i, value in zip(ids, stored, strict=True) if value is not None}
+    cancelled = {i for i, value in answered.items() if is_cancelled(backend.decode(value).get("result"))}
+    return set(answered), cancelled
 
 
 def results_store(backend: RedisBackend, results: list[tuple[str, dict[str, Any]]]) -> None:

@@ -1,4 +1,5 @@
-"""One batch task, end to end in the worker: skip what is already answered, run the rest as one
+"""One batch task, end to end in the worker: skip what is already answered or was cancelled by its
+client (the API stores the cancellation where the answer would go), run the rest as one
 predict, store each answer, and record it (metrics, the version's live stats, one JSON log line
 per request). The live stats are written after the answers are stored: their round trip never
 delays an answer.
@@ -13,7 +14,7 @@ from typing import Any
 
 from celery.backends.redis import RedisBackend
 
-from inference_common.results import failure_encode
+from inference_common.results import CANCELLED, failure_encode
 from inference_common.tensor_store import tensors_fetch, tensors_forget
 from workers.metrics import QUEUE_WAIT, REDELIVERIES, WORKER_REQUESTS
 from workers.results import results_existing, results_store
@@ -34,9 +35,11 @@ def batch_serve(backend: RedisBackend, batch: dict[str, Any], *, redelivered: bo
     if queue_wait is not None:
         QUEUE_WAIT.labels(model).observe(queue_wait)
     parts = batch["parts"]
-    answered = results_existing(backend, [p["id"] for p in parts])
-    if redelivered or answered:
+    answered, cancelled = results_existing(backend, [p["id"] for p in parts])
+    if redelivered or answered - cancelled:
         REDELIVERIES.labels(model).inc()
+    if cancelled:
+        _cancelled_skip(model, version, [p for p in parts if p["id"] in cancelled])
     todo = [p for p in parts if p["id"] not in answered]
     if not todo:
         return {"parts": len(parts), "computed": 0}
@@ -69,3 +72,22 @@ def batch_serve(backend: RedisBackend, batch: dict[str, Any], *, redelivered: bo
     if run is not None:
         runtime.stats_record(model_name=model, version=version, run=run)
     return {"parts": len(parts), "computed": len(todo)}
+
+
+def _cancelled_skip(model: str, version: int, parts: list[dict[str, Any]]) -> None:
+    """Requests whose client went away before this batch ran: not computed, counted and logged
+    (status "cancelled"), their offloaded tensors dropped."""
+    runtime = runtime_get()
+    for part in parts:
+        WORKER_REQUESTS.labels(model, str(version), CANCELLED).inc()
+        logger.info(
+            "prediction",
+            extra={
+                "request_id": part["id"],
+                "model": model,
+                "version": version,
+                "status": CANCELLED,
+                "worker": runtime.worker_id,
+            },
+        )
+    tensors_forget(runtime.redis, parts)

@@ -22,6 +22,12 @@ import numpy as np
 from apps.predictions.selectors import ServedModel
 from inference_common.wire import tensor_encode
 
+
+class RequestWithdrawn(asyncio.CancelledError):
+    """The caller was cancelled (its client went away) while its request was still in the open
+    batch: the batch leaves without it, and no worker will see it."""
+
+
 Publish = Callable[[ServedModel, list[dict[str, Any]], float | None], Awaitable[None]]
 
 
@@ -34,6 +40,7 @@ class _Batch:
     timer: asyncio.TimerHandle | None = None
     due: bool = False  # its delay passed while all in-flight slots were taken
     unanswered: set[str] = field(default_factory=set)  # ids whose answer this process awaits
+    flushed: bool = False  # handed to `_send` (or emptied by withdrawals)
 
 
 class Batcher:
@@ -86,7 +93,36 @@ class Batcher:
         batch.waiters.append(waiter)
         if batch.rows >= self.max_rows or self.max_delay_s == 0 or (self.eager and not self._inflight):
             self._flush(batch)
-        await waiter
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if self.withdraw(request_id, waiter):
+                raise RequestWithdrawn(request_id) from None
+            raise
+
+    def withdraw(self, request_id: str, waiter: asyncio.Future[None] | None = None) -> bool:
+        """Take a request out of the open batch (its client went away before the batch left);
+        False when its batch was already sent."""
+        batch = self._open
+        index = (
+            next((i for i, part in enumerate(batch.parts) if part["id"] == request_id), None)
+            if batch
+            else None
+        )
+        if batch is None or index is None:
+            return False
+        part = batch.parts.pop(index)
+        batch.rows -= next(iter(part["inputs"].values()))["shape"][0]
+        batch.unanswered.discard(request_id)
+        self._batch_of.pop(request_id, None)
+        if waiter is not None and waiter in batch.waiters:
+            batch.waiters.remove(waiter)
+        if not batch.parts:
+            if batch.timer is not None:
+                batch.timer.cancel()
+            batch.flushed = True  # nothing left to send
+            self._open = None
+        return True
 
     def answered(self, request_id: str) -> None:
         """The answer of `request_id` arrived (or its wait ended): free its batch's slot when it
@@ -108,6 +144,9 @@ class Batcher:
             batch.due = True
 
     def _flush(self, batch: _Batch) -> None:
+        if batch.flushed:
+            return
+        batch.flushed = True
         if self._open is batch:
             self._open = None
         if batch.timer is not None:
@@ -115,7 +154,7 @@ class Batcher:
             batch.timer = None
         if batch.unanswered:
             self._inflight.add(id(batch))
-        if batch.waiters and not batch.waiters[0].done():
+        if batch.parts:
             asyncio.get_running_loop().create_task(self._send(batch))
 
     async def _send(self, batch: _Batch) -> None:

@@ -33,12 +33,14 @@ from apps.predictions.observability import request_identified, request_served
 from apps.predictions.selectors import Route, ServedModel, route_get, served_model_get, served_model_ready
 from apps.predictions.services import (
     prediction_enqueue,
+    prediction_job_cancel,
     prediction_job_get,
     prediction_response,
     prediction_run,
 )
 from apps.predictions.shadow import shadow_mirror, shadow_mirror_job
 from apps.predictions.types import Caller, InferenceRequest, InferenceResponse, RequestContext
+from inference_common.results import CANCELLED
 from inference_project.errors import DATABASE_UNAVAILABLE, DATABASE_UNAVAILABLE_MESSAGE
 
 P = ParamSpec("P")
@@ -131,7 +133,7 @@ async def enqueue(request: InferenceRequest, caller: Caller) -> str:
 @dataclass(frozen=True)
 class Job:
     id: str
-    status: str  # pending | done | failed
+    status: str  # pending | done | failed | cancelled
     model: str
     version: int
     response: InferenceResponse | None = None
@@ -151,8 +153,19 @@ async def job_get(job_id: str, caller: Caller) -> Job:
     try:
         response = prediction_response(task_id=job_id, served=served, meta=meta)
     except ApiError as error:
-        return Job(id=job_id, status="failed", model=job.model, version=job.version, error=error)
+        status = "cancelled" if error.code == CANCELLED else "failed"
+        return Job(id=job_id, status=status, model=job.model, version=job.version, error=error)
     return Job(id=job_id, status="done", model=job.model, version=job.version, response=response)
+
+
+@_one_error_type
+async def job_cancel(job_id: str, caller: Caller) -> Job:
+    """Cancel a pending async job of the caller's key: no worker computes it once this returns
+    (one that already took it stores its answer only if the cancellation came after); 404 for an
+    unknown job or another key's, 409 when it has an answer already."""
+    request_identified(job_id)
+    record = await prediction_job_cancel(job_id=job_id, owner=caller.owner)
+    return Job(id=job_id, status="cancelled", model=record["model"], version=int(record["version"]))
 
 
 def _version_numbers(name: str) -> list[int]:

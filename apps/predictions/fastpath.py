@@ -22,6 +22,7 @@ closes meanwhile resets its connection, so the client never sees the 413. A clie
 """
 
 import asyncio
+import contextlib
 import io
 import logging
 from collections.abc import Awaitable, Callable
@@ -43,6 +44,7 @@ logger = logging.getLogger(__name__)
 ASGIApp = Callable[
     [dict[str, Any], Callable[..., Awaitable[Any]], Callable[..., Awaitable[Any]]], Awaitable[None]
 ]
+CLIENT_CLOSED = 499  # what a request whose client disconnected first is counted as (nginx's code)
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"same-origin"),
@@ -148,24 +150,37 @@ class FastPath:
         info = request_opened(
             route=match.route, method=scope["method"], client_request_id=_header(scope, b"x-request-id")
         )
-        response = None
+        status = 500
         try:
             response = await self._respond(scope, receive, match)
+            if response is None:  # the client went away first: nobody to answer
+                status = CLIENT_CLOSED
+                return None
+            status = response.status_code
             if info.request_id and "X-Request-ID" not in response:
                 response["X-Request-ID"] = info.request_id
             await _send(send, response)
         finally:
-            request_closed(info, response.status_code if response is not None else 500)
+            request_closed(info, status)
         return None
 
-    async def _respond(self, scope: dict[str, Any], receive: Any, match: Any) -> HttpResponse:
+    async def _respond(self, scope: dict[str, Any], receive: Any, match: Any) -> HttpResponse | None:
+        """The view's response; None when the client disconnected before it (a POST: its
+        prediction is then cancelled, apps/predictions/services.py)."""
         body, sent_all = await _read_body(scope, receive, settings.INFERENCE_MAX_BODY_BYTES)
         request = ASGIRequest(scope, io.BytesIO(body or b""))
         if body is None:
             # The view answers 413 in its protocol's form when it reads the body (body_get).
             request.META[BODY_REFUSED] = True
         try:
-            response: HttpResponse = await match.func(request, *match.args, **match.kwargs)
+            view = match.func(request, *match.args, **match.kwargs)
+            if sent_all and scope["method"] == "POST":
+                answered = await _unless_disconnected(view, receive)
+                if answered is None:
+                    return None
+                response: HttpResponse = answered
+            else:
+                response = await view
             if not sent_all:
                 response["Connection"] = "close"  # what the client still sends is not read
             return response
@@ -176,6 +191,31 @@ class FastPath:
             logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
             request_failed("internal_error")
             return error_response(500, "internal_error", "internal error; it has been logged")
+
+
+async def _unless_disconnected(view: Awaitable[HttpResponse], receive: Any) -> HttpResponse | None:
+    """Run the view while watching the connection; if the client disconnects first, cancel the
+    view and return None. (Once the body is read, uvicorn's `receive` waits until the client
+    disconnects.)"""
+    answer = asyncio.ensure_future(view)
+    gone = asyncio.ensure_future(_disconnected(receive))
+    try:
+        await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not answer.done() and not gone.done():  # we were cancelled ourselves
+            answer.cancel()
+        gone.cancel()
+    if answer.done():
+        return answer.result()
+    answer.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await answer
+    return None
+
+
+async def _disconnected(receive: Any) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        continue
 
 
 def _header(scope: dict[str, Any], name: bytes) -> str:

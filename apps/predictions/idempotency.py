@@ -20,7 +20,7 @@ import contextlib
 import hashlib
 import time
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from django.conf import settings
 from redis.asyncio import Redis
@@ -125,3 +125,8 @@ async def release(redis: Redis, claim: Claim) -> None:
     """After a timeout nothing was computed (the task expired): let a retry compute again. Only
     while the claim still names this attempt's task."""
     await redis.eval(_DELETE_OWN, 1, claim.record, f"{claim.task_id} ")
+
+
+def release_queue(pipe: Any, claim: Claim) -> None:
+    """`release`, queued on a pipeline (the cancellations of many requests at once)."""
+    pipe.eval(_DELETE_OWN, 1, claim.record, f"{claim.task_id} ")

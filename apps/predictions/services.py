@@ -1,5 +1,11 @@
 """Producer side of a prediction, behind the data plane: admit, claim an idempotency key, batch,
 enqueue on the model's queue, and await (or record) the answer.
+
+A request whose caller is cancelled (the client disconnected or cancelled its gRPC call) is taken
+out of its batch while the batch is open; once the batch has left, a cancellation is stored under
+the request's id (SET NX, never over an answer), which the worker reads in the lookup of answered
+requests it makes anyway and skips. An async job is cancelled the same way by
+`prediction_job_cancel`. Either frees the request's Idempotency-Key claim, so a retry computes.
 """
 
 import asyncio
@@ -7,32 +13,54 @@ import dataclasses
 import functools
 import hashlib
 import json
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import numpy as np
 from django.conf import settings
 from kombu.exceptions import OperationalError
+from prometheus_client import Counter
 from redis import Redis
 from redis.exceptions import RedisError
 
 from apps.predictions import idempotency
 from apps.predictions.admission import admission_check
-from apps.predictions.batching import Batcher, batcher_get
+from apps.predictions.batching import Batcher, RequestWithdrawn, batcher_get
 from apps.predictions.errors import ApiError, unavailable
 from apps.predictions.observability import request_identified
 from apps.predictions.replication import Replication
 from apps.predictions.results import result_payload_decode, result_waiter_get
 from apps.predictions.selectors import ServedModel
 from apps.predictions.types import Caller, InferenceResponse
-from inference_common.results import Failure, result_decode, result_key
+from inference_common.results import (
+    CANCELLED,
+    Failure,
+    cancelled_encode,
+    is_cancelled,
+    result_decode,
+    result_key,
+)
 from inference_common.task_names import PREDICT_BATCH_TASK
 from inference_common.tensor_store import batch_bytes, tensors_offload
 from inference_project.celery_app import app as celery_app
 from inference_project.redis_clients import redis_sync
 
+logger = logging.getLogger(__name__)
+
 JOB_PREFIX = "inference:job:"
+CANCELLATIONS = Counter(
+    "inference_requests_cancelled_total",
+    "Requests cancelled before a worker answered them, by model and stage: batcher (taken out of "
+    "the open batch: its client went away first), queued (marked for the worker to skip), job "
+    "(an async job deleted while pending).",
+    ["model", "stage"],
+)
+_background: set[asyncio.Task[None]] = set()  # referenced until done (asyncio's advice)
+# Cancellations not yet written: (request id, its claim, whether a worker may see it).
+_cancellations: list[tuple[str, idempotency.Claim | None, bool]] = []
 
 # Publishing goes through kombu's blocking client; a small pool keeps it off the event loop, so a
 # slow or absent Redis delays only the requests that publish, never the whole process.
@@ -101,6 +129,8 @@ def prediction_response(*, task_id: str, served: ServedModel, meta: dict[str, An
     if status != "SUCCESS":
         raise ApiError(500, "inference_failed", f"inference failed ({status}): {meta.get('result')}")
     result = result_decode(meta["result"])
+    if isinstance(result, Failure) and result.code == CANCELLED:
+        raise ApiError(409, CANCELLED, result.message)
     if isinstance(result, Failure):
         if result.code == "not_found":
             raise ApiError(404, result.code, result.message)
@@ -193,6 +223,13 @@ async def prediction_run(
                     served=served, inputs=inputs, task_id=task_id, expires_s=max(0.1, remaining), claim=claim
                 )
             payload = await waiter.wait(task_id, future, remaining, check_first=not fresh)
+        except RequestWithdrawn:
+            _cancelled(served=served, task_id=task_id, claim=claim, stage="batcher")
+            raise
+        except asyncio.CancelledError:
+            if fresh:  # a repeat leaves the first attempt's task alone
+                _cancelled(served=served, task_id=task_id, claim=claim, stage="queued")
+            raise
         finally:
             waiter.forget(task_id)
             _batcher(served).answered(task_id)
@@ -203,6 +240,61 @@ async def prediction_run(
     except (RedisError, OSError) as exc:
         raise unavailable() from exc
     return prediction_response(task_id=task_id, served=served, meta=result_payload_decode(payload))
+
+
+def _cancelled(*, served: ServedModel, task_id: str, claim: idempotency.Claim | None, stage: str) -> None:
+    """Counted now; the cancellation mark (queued) and the claim's release are written by a task
+    of their own (the caller's is being cancelled), all those of one moment in one pipeline:
+    hundreds of clients leaving at once must not each take a Redis connection."""
+    CANCELLATIONS.labels(served.name, stage).inc()
+    _cancellations.append((task_id, claim, stage != "batcher"))
+    if len(_cancellations) == 1:
+        task = asyncio.get_running_loop().create_task(_cancellations_write())
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+
+async def _cancellations_write() -> None:
+    await asyncio.sleep(0)  # the cancellations of this loop turn go together
+    pending = list(_cancellations)
+    _cancellations.clear()
+    try:
+        async with result_waiter_get().redis.pipeline(transaction=False) as pipe:
+            for task_id, claim, mark in pending:
+                if mark:
+                    pipe.set(
+                        result_key(task_id),
+                        _cancellation_value(task_id),
+                        ex=settings.CELERY_RESULT_EXPIRES,
+                        nx=True,
+                    )
+                if claim is not None:
+                    idempotency.release_queue(pipe, claim)
+            await pipe.execute()
+    except (RedisError, OSError):
+        logger.warning("could not record %d cancellations", len(pending), exc_info=True)
+
+
+def _cancellation_value(task_id: str) -> bytes:
+    """A cancellation stored as the request's result, as Celery stores a task's."""
+    meta: dict[str, Any] = {
+        "status": "SUCCESS",
+        "result": cancelled_encode(),
+        "traceback": None,
+        "children": [],
+        "date_done": datetime.now(UTC).isoformat(),
+        "task_id": task_id,
+    }
+    encoded: bytes = celery_app.backend.encode(meta)
+    return encoded
+
+
+async def _cancellation_mark(redis: Any, task_id: str) -> bool:
+    """Store a cancellation as the request's result, unless an answer is there: True if stored."""
+    stored = await redis.set(
+        result_key(task_id), _cancellation_value(task_id), ex=settings.CELERY_RESULT_EXPIRES, nx=True
+    )
+    return bool(stored)
 
 
 async def prediction_shadow_run(
@@ -251,6 +343,28 @@ async def prediction_enqueue(*, served: ServedModel, inputs: dict[str, np.ndarra
     # Returns once the batch is published (and, with INFERENCE_PUBLISH_REPLICAS, replicated).
     await _submit(served=served, inputs=inputs, task_id=task_id, expires_s=None, claim=claim)
     return task_id
+
+
+async def prediction_job_cancel(*, job_id: str, owner: str) -> dict[str, Any]:
+    """Cancel an async job of `owner` that no worker answered yet (again: the same answer); 404
+    for an unknown job (or another key's), 409 once it has an answer."""
+    redis = result_waiter_get().redis
+    try:
+        job_raw = await redis.get(JOB_PREFIX + job_id)
+        job = json.loads(job_raw) if job_raw else None
+        if job is None or job["owner"] != owner:
+            raise ApiError(404, "not_found", f"no prediction job {job_id!r}", field="id")
+        if await _cancellation_mark(redis, job_id):
+            CANCELLATIONS.labels(str(job["model"]), "job").inc()
+        else:
+            stored = await redis.get(result_key(job_id))
+            if stored is None or not is_cancelled(result_payload_decode(cast("bytes", stored)).get("result")):
+                raise ApiError(
+                    409, "already_done", f"prediction job {job_id!r} has an answer already", field="id"
+                )
+    except (RedisError, OSError) as exc:
+        raise unavailable() from exc
+    return dict(job)
 
 
 async def prediction_job_get(*, job_id: str, owner: str) -> tuple[dict[str, Any], dict[str, Any] | None]:

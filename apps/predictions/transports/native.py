@@ -3,6 +3,7 @@
     POST /api/v1/predictions       {"model", "version"?, "inputs": [[...], ...], "async"?}
       → 200 {"id", "model", "version", "predictions", "labels"?}, or 202 {"id", "status_url"}
     GET  /api/v1/predictions/{id}  → {"id", "status", "model", "version", ...}
+    DELETE /api/v1/predictions/{id}  cancel a pending async job → 200 {"id", "status": "cancelled"}
 
 Errors: {"error": {"code", "message", "field"?}}.
 """
@@ -104,3 +105,10 @@ class PredictionDetailApi(View):
         elif job.response is not None:
             body.update(response_render(job.response))
         return json_response(body)
+
+    @renders_errors("native")
+    async def delete(self, request: HttpRequest, job_id: str) -> HttpResponse:
+        """Cancel a pending job: 200 {"id", "status": "cancelled", ...}; 409 once answered."""
+        caller = await dataplane.authenticate(request_context(request))
+        job = await dataplane.job_cancel(job_id, caller)
+        return json_response({"id": job.id, "status": job.status, "model": job.model, "version": job.version})

@@ -15,7 +15,7 @@ import redis
 from celery.backends.redis import RedisBackend
 from pytest_django import Settings
 
-from inference_common.results import Answer, Failure, result_decode
+from inference_common.results import Answer, Failure, cancelled_encode, result_decode
 from inference_common.version_stats import VersionStats, version_stats_read
 from inference_common.wire import tensor_encode
 from inference_project.celery_app import app
@@ -168,3 +168,23 @@ def test_live_stats_never_fail_a_batch(
         assert serving.batch_serve(backend, batch, redelivered=False) == {"parts": 2, "computed": 2}
     assert isinstance(stored(backend, "down1"), Answer)
     assert "could not record the live stats of digits v1" in caplog.text
+
+
+def test_a_part_cancelled_before_its_batch_ran_is_skipped_and_kept_cancelled(
+    runtime: ModelRuntime, backend: RedisBackend, heldout: Heldout, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The API stored a cancellation where r1's answer would go (its client went away): the
+    worker computes r0 only, in the same lookup of stored results, and logs r1 as cancelled."""
+    since = time.time()
+    cancelled_meta = {"status": "SUCCESS", "result": cancelled_encode(), "task_id": "r1"}
+    backend.client.set(backend.get_key_for_task("r1"), backend.encode(cancelled_meta))
+    batch = {"model": "digits", "version": 1, "parts": parts(heldout, 2, 3), "sent": since}
+
+    with caplog.at_level(logging.INFO, logger="inference.worker"):
+        assert serving.batch_serve(backend, batch, redelivered=False) == {"parts": 2, "computed": 1}
+
+    assert isinstance(stored(backend, "r0"), Answer)
+    assert stored(backend, "r1") == Failure(code="cancelled", message=cancelled_encode()["error"]["message"])
+    assert stats(runtime, 1, since).rows == 2  # r1's three rows never reached predict
+    cancelled = [r for r in caplog.records if getattr(r, "status", None) == "cancelled"]
+    assert [getattr(r, "request_id", None) for r in cancelled] == ["r1"]

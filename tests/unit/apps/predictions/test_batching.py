@@ -1,12 +1,13 @@
 """The producer-side batcher, with a recording stand-in for the broker."""
 
 import asyncio
+import contextlib
 from typing import Any
 
 import numpy as np
 import pytest
 
-from apps.predictions.batching import Batcher
+from apps.predictions.batching import Batcher, RequestWithdrawn
 from apps.predictions.selectors import ServedModel
 
 SIGNATURE = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}], "outputs": []}
@@ -169,3 +170,62 @@ def test_a_broker_failure_reaches_every_request_and_frees_the_slot() -> None:
     outcome, batcher = asyncio.run(run())
     assert all(isinstance(r, ConnectionError) for r in outcome)
     assert not batcher._inflight
+
+
+def test_a_cancelled_request_leaves_the_open_batch_and_the_rest_still_go() -> None:
+    """Its client went away while its batch was open: the batch leaves without it (the caller
+    learns it by RequestWithdrawn), even when it was the batch's first request."""
+    broker = Broker()
+
+    async def run() -> list[str]:
+        batcher = Batcher(served(max_delay_ms=50), broker.publish, max_inflight=1)
+        await batcher.submit(request_id="first", inputs=rows(), expires_s=5)  # in flight: the rest wait
+        waiting = {
+            name: asyncio.ensure_future(batcher.submit(request_id=name, inputs=rows(2), expires_s=5))
+            for name in ("gone", "stays", "also-gone")
+        }
+        await asyncio.sleep(0.01)
+        outcomes = []
+        for name in ("gone", "also-gone"):
+            waiting[name].cancel()
+            try:
+                await waiting[name]
+            except RequestWithdrawn:
+                outcomes.append(f"{name}: withdrawn")
+        batcher.answered("first")  # frees the slot: the open batch leaves
+        await asyncio.wait_for(waiting["stays"], 1)
+        return outcomes
+
+    assert asyncio.run(run()) == ["gone: withdrawn", "also-gone: withdrawn"]
+    assert broker.ids() == [["first"], ["stays"]]
+
+
+def test_a_request_cancelled_after_its_batch_left_is_not_withdrawn() -> None:
+    broker = Broker()
+
+    async def run() -> bool:
+        batcher = Batcher(served(max_delay_ms=0), broker.publish)
+        sent = asyncio.ensure_future(batcher.submit(request_id="sent", inputs=rows(), expires_s=5))
+        await asyncio.sleep(0.01)
+        return batcher.withdraw("sent") or not sent.done()
+
+    assert asyncio.run(run()) is False
+    assert broker.ids() == [["sent"]]
+
+
+def test_a_batch_emptied_by_cancellations_is_never_sent() -> None:
+    broker = Broker()
+
+    async def run() -> None:
+        batcher = Batcher(served(max_delay_ms=20), broker.publish, max_inflight=1)
+        await batcher.submit(request_id="first", inputs=rows(), expires_s=5)
+        gone = asyncio.ensure_future(batcher.submit(request_id="gone", inputs=rows(), expires_s=5))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await gone
+        batcher.answered("first")
+        await asyncio.sleep(0.05)
+
+    asyncio.run(run())
+    assert broker.ids() == [["first"]]
