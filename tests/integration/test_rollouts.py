@@ -333,6 +333,19 @@ def test_bad_candidates_are_rolled_back_by_themselves(
 
 
 PHASE_S = 6.0
+NEVER = 10**9  # min_samples: the analysis never decides, the rollout runs until aborted
+
+
+def full_shadow_start(staff: httpx.Client, candidate: int) -> dict[str, Any]:
+    """A 100 % shadow the analysis never ends (until aborted)."""
+    return rollout_start(
+        staff,
+        version=candidate,
+        strategy="shadow",
+        mirror_percent=100,
+        dwell_s=3600,
+        thresholds={"min_samples": NEVER},
+    )
 
 
 def cpu_by_service(platform: Platform) -> dict[str, float]:
@@ -354,7 +367,6 @@ def cpu_by_service(platform: Platform) -> dict[str, float]:
 # to the next (docs/registry.md).
 PACE_S = 0.05
 PHASES = ("off", "on", "off", "on", "off", "on", "off")
-NEVER = 10**9  # min_samples: the analysis never decides, the rollout runs until aborted
 
 
 def test_a_shadow_at_100_changes_no_live_answer_nor_live_p50(
@@ -381,14 +393,7 @@ def test_a_shadow_at_100_changes_no_live_answer_nor_live_p50(
         for phase in PHASES:
             rollout = None
             if phase == "on":
-                rollout = rollout_start(
-                    staff,
-                    version=candidate,
-                    strategy="shadow",
-                    mirror_percent=100,
-                    dwell_s=3600,
-                    thresholds={"min_samples": NEVER},
-                )
+                rollout = full_shadow_start(staff, candidate)
             time.sleep(SETTLE_S)  # the API's registry cache sees the change
             before = pairs_so_far()
             cpu0 = cpu_by_service(dev)
@@ -403,14 +408,7 @@ def test_a_shadow_at_100_changes_no_live_answer_nor_live_p50(
                 assert aborted.status_code == 200 and aborted.json()["state"] == "aborted", aborted.text
 
         # Async jobs: each copied once live answered it.
-        rollout = rollout_start(
-            staff,
-            version=candidate,
-            strategy="shadow",
-            mirror_percent=100,
-            dwell_s=3600,
-            thresholds={"min_samples": NEVER},
-        )
+        rollout = full_shadow_start(staff, candidate)
         time.sleep(SETTLE_S)
         before = pairs_so_far()
         with dev.client() as api:
