@@ -154,6 +154,9 @@ def test_make_run_starts_no_redis_of_its_own_with_sentinels(
         environment_prepare()
         assert os.environ["START_REDIS"] == "true"
     finally:
+        # monkeypatch's own undo would run after this and put back the START_REDIS=false that
+        # environment_prepare wrote (a later platform in the session then started no Redis).
+        monkeypatch.undo()
         os.environ.clear()
         os.environ.update(saved)
 
