@@ -13,6 +13,7 @@ task result. The result itself is one of two records:
 """
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -59,6 +60,19 @@ def answer_encode(answer: Answer) -> dict[str, Any]:
 
 def failure_encode(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
+
+
+def task_meta(request_id: str, result: dict[str, Any], *, done: str | None = None) -> dict[str, Any]:
+    """A request's record as Celery stores a task's result (`celery-task-meta-<id>`): what the
+    worker stores for an answer and the API for a cancellation. `done`: ISO time, now if None."""
+    return {
+        "status": "SUCCESS",
+        "result": result,
+        "traceback": None,
+        "children": [],
+        "date_done": done or datetime.now(UTC).isoformat(),
+        "task_id": request_id,
+    }
 
 
 def cancelled_encode() -> dict[str, Any]:

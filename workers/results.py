@@ -11,7 +11,7 @@ from typing import Any
 
 from celery.backends.redis import RedisBackend
 
-from inference_common.results import is_cancelled
+from inference_common.results import is_cancelled, task_meta
 
 
 def results_existing(backend: RedisBackend, ids: list[str]) -> tuple[set[str], set[str]]:
@@ -28,16 +28,8 @@ def results_store(backend: RedisBackend, results: list[tuple[str, dict[str, Any]
     pipe = backend.client.pipeline(transaction=False)
     done = datetime.now(UTC).isoformat()
     for request_id, result in results:
-        meta: dict[str, Any] = {
-            "status": "SUCCESS",
-            "result": result,
-            "traceback": None,
-            "children": [],
-            "date_done": done,
-            "task_id": request_id,
-        }
         key = backend.get_key_for_task(request_id)
-        value = backend.encode(meta)
+        value = backend.encode(task_meta(request_id, result, done=done))
         # celery-types omits `expires`, which KeyValueStoreBackend.__init__ sets (seconds).
         pipe.setex(key, int(backend.expires), value)  # type: ignore[attr-defined]
         pipe.publish(key, value)

@@ -104,13 +104,10 @@ class Batcher:
         """Take a request out of the open batch (its client went away before the batch left);
         False when its batch was already sent."""
         batch = self._open
-        index = (
-            next((i for i, part in enumerate(batch.parts) if part["id"] == request_id), None)
-            if batch
-            else None
-        )
-        if batch is None or index is None:
+        ids = [part["id"] for part in batch.parts] if batch is not None else []
+        if batch is None or request_id not in ids:
             return False
+        index = ids.index(request_id)
         part = batch.parts.pop(index)
         batch.rows -= next(iter(part["inputs"].values()))["shape"][0]
         batch.unanswered.discard(request_id)

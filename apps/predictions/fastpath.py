@@ -22,7 +22,6 @@ closes meanwhile resets its connection, so the client never sees the 413. A clie
 """
 
 import asyncio
-import contextlib
 import io
 import logging
 from collections.abc import Awaitable, Callable
@@ -194,23 +193,30 @@ class FastPath:
 
 
 async def _unless_disconnected(view: Awaitable[HttpResponse], receive: Any) -> HttpResponse | None:
-    """Run the view while watching the connection; if the client disconnects first, cancel the
-    view and return None. (Once the body is read, uvicorn's `receive` waits until the client
-    disconnects.)"""
-    answer = asyncio.ensure_future(view)
-    gone = asyncio.ensure_future(_disconnected(receive))
+    """Run the view in this task while a watcher waits on the connection (once the body is read,
+    uvicorn's `receive` returns only when the client disconnects); if the client goes first, the
+    watcher cancels this task and this returns None. One more task per request, not two."""
+    this = asyncio.current_task()
+    if this is None:  # not in a task (never under uvicorn): nothing to cancel
+        return await view
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        await _disconnected(receive)
+        gone = True
+        this.cancel()
+
+    watcher = asyncio.get_running_loop().create_task(watch())
     try:
-        await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)
+        return await view
+    except asyncio.CancelledError:
+        if not gone:  # cancelled from outside (shutdown): not ours to swallow
+            raise
+        this.uncancel()
+        return None
     finally:
-        if not answer.done() and not gone.done():  # we were cancelled ourselves
-            answer.cancel()
-        gone.cancel()
-    if answer.done():
-        return answer.result()
-    answer.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await answer
-    return None
+        watcher.cancel()
 
 
 async def _disconnected(receive: Any) -> None:

@@ -16,7 +16,6 @@ import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from typing import Any, cast
 
 import numpy as np
@@ -42,6 +41,7 @@ from inference_common.results import (
     is_cancelled,
     result_decode,
     result_key,
+    task_meta,
 )
 from inference_common.task_names import PREDICT_BATCH_TASK
 from inference_common.tensor_store import batch_bytes, tensors_offload
@@ -277,15 +277,7 @@ async def _cancellations_write() -> None:
 
 def _cancellation_value(task_id: str) -> bytes:
     """A cancellation stored as the request's result, as Celery stores a task's."""
-    meta: dict[str, Any] = {
-        "status": "SUCCESS",
-        "result": cancelled_encode(),
-        "traceback": None,
-        "children": [],
-        "date_done": datetime.now(UTC).isoformat(),
-        "task_id": task_id,
-    }
-    encoded: bytes = celery_app.backend.encode(meta)
+    encoded: bytes = celery_app.backend.encode(task_meta(task_id, cancelled_encode()))
     return encoded
 
 

@@ -138,6 +138,14 @@ async def _call(context: Context, rpc: str, request: object, handle: Callable[[]
         request_closed(info, status)
 
 
+async def _model_version(
+    request: pb.ModelReadyRequest | pb.ModelMetadataRequest, context: Context
+) -> int | None:
+    """Authenticate a model RPC's caller; the version it names (None: the routed one)."""
+    await dataplane.authenticate(request_context_of(context))
+    return _version(request.version, field="version")
+
+
 def _version(raw: str, *, field: str) -> int | None:
     if not raw:
         return None
@@ -292,9 +300,7 @@ class InferenceServicer:
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
         async def handle() -> pb.ModelReadyResponse:
-            await dataplane.authenticate(request_context_of(context))
-            version = _version(request.version, field="version")
-            _, ready = await dataplane.model_ready(request.name, version)
+            _, ready = await dataplane.model_ready(request.name, await _model_version(request, context))
             return pb.ModelReadyResponse(ready=ready)
 
         return await _call(context, "ModelReady", request, handle)
@@ -303,9 +309,7 @@ class InferenceServicer:
         self, request: pb.ModelMetadataRequest, context: Context
     ) -> pb.ModelMetadataResponse:
         async def handle() -> pb.ModelMetadataResponse:
-            await dataplane.authenticate(request_context_of(context))
-            version = _version(request.version, field="version")
-            metadata = await dataplane.model_metadata(request.name, version)
+            metadata = await dataplane.model_metadata(request.name, await _model_version(request, context))
             rendered = metadata_render(metadata.served, metadata.versions)
             return pb.ModelMetadataResponse(
                 name=rendered["name"],

@@ -15,7 +15,7 @@ import redis
 from celery.backends.redis import RedisBackend
 from pytest_django import Settings
 
-from inference_common.results import Answer, Failure, cancelled_encode, result_decode
+from inference_common.results import Answer, Failure, cancelled_encode, result_decode, task_meta
 from inference_common.version_stats import VersionStats, version_stats_read
 from inference_common.wire import tensor_encode
 from inference_project.celery_app import app
@@ -176,8 +176,7 @@ def test_a_part_cancelled_before_its_batch_ran_is_skipped_and_kept_cancelled(
     """The API stored a cancellation where r1's answer would go (its client went away): the
     worker computes r0 only, in the same lookup of stored results, and logs r1 as cancelled."""
     since = time.time()
-    cancelled_meta = {"status": "SUCCESS", "result": cancelled_encode(), "task_id": "r1"}
-    backend.client.set(backend.get_key_for_task("r1"), backend.encode(cancelled_meta))
+    backend.client.set(backend.get_key_for_task("r1"), backend.encode(task_meta("r1", cancelled_encode())))
     batch = {"model": "digits", "version": 1, "parts": parts(heldout, 2, 3), "sent": since}
 
     with caplog.at_level(logging.INFO, logger="inference.worker"):
