@@ -165,8 +165,15 @@ def test_prometheus_scrapes_request_counter_and_latency(
     assert prometheus.value('max(inference_model_serving_workers{model="digits", role="live"})') == 1
     assert prometheus.value('inference_queue_depth{model="digits"}') is not None
     assert prometheus.value('count(inference_model_loaded{model="digits", version="1"} == 1)') == 1
-    up = {r["metric"]["job"]: r["value"][1] for r in prometheus.query("up")}
-    assert up == {"inference-api": "1", "inference-worker": "1", "inference-platform": "1"}
+    # Each target's first scrape comes at its own offset within the interval, after Prometheus
+    # synced its targets: wait for all three rather than read `up` once.
+    every_job = {"inference-api": "1", "inference-worker": "1", "inference-platform": "1"}
+
+    def up() -> dict[str, str]:
+        return {r["metric"]["job"]: r["value"][1] for r in prometheus.query("up")}
+
+    eventually(lambda: up() == every_job, timeout=60)
+    assert up() == every_job
 
 
 def _json_lines(log: str) -> list[dict[str, Any]]:
