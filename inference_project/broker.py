@@ -11,8 +11,9 @@ connection out of the pool and returns it.
 Only those short-lived clients are kept. The channel's own `client` (BRPOP) and `subclient`
 (fanout) pin a connection of their own and are built once by kombu already.
 
-It pops with the reliable-queue BLMOVE of inference_project/reliable_queue.py, which closes the
-window in which a consumer killed right after kombu's BRPOP lost the message.
+It pops with the reliable-queue move of inference_project/reliable_queue.py, which closes the
+window in which a consumer killed right after kombu's BRPOP lost the message, and serves
+priority levels highest first.
 
 Selected with `CELERY_BROKER_TRANSPORT` (settings/base.py); the URL stays `redis://...`. With
 Redis Sentinel (`REDIS_SENTINELS`) the settings pick `SentinelTransport`: kombu's SentinelChannel
@@ -45,6 +46,8 @@ class Transport(kombu_redis.Transport):
 
 class SentinelChannel(kombu_redis.SentinelChannel, Channel):
     """kombu's Sentinel pools (`_get_pool`) under our client reuse and reliable pop."""
+
+    from_transport_options = (*kombu_redis.SentinelChannel.from_transport_options, "priority_share")
 
 
 class SentinelTransport(kombu_redis.SentinelTransport):

@@ -17,9 +17,14 @@ sits in the processing list of a consumer whose heartbeat has expired. A live co
 list holds a message for microseconds; one seen there on two sweeps in a row is stale (its reply
 was lost on a broken connection) and is moved back too.
 
-BLMOVE takes one source list, so this applies to a channel consuming one Redis list: one queue
-and one priority step (`priority_steps: [0]`), which is how the workers run (one model queue
-each). Any other channel keeps kombu's BRPOP.
+BLMOVE takes one source list. A channel consuming one queue with one priority step
+(`priority_steps: [0]`) pops with it. With priority levels (inference_common/priority.py: one list
+per level) the move is a Lua script instead (`_POP_LEVELED`): from the highest non-empty level,
+except that one pop in `priority_share` offers each lower level first, so none starves. A script
+cannot block, so a consumer whose script found nothing blocks on the queue's doorbell list, which
+every publish rings (`_put`), and runs the script again once woken or after `brpop_timeout`; the
+script trims the doorbell to the messages left, so tokens never outnumber them. A channel that
+consumes several queues keeps kombu's BRPOP.
 
 The kill-window test (tests/integration/test_kill_window.py) SIGKILLs consumers at that very
 instant, thousands of times, and counts every message.
@@ -37,6 +42,14 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
+
+from inference_common.priority import (
+    LEVELS,
+    PRIORITY_STEPS,
+    doorbell_key,
+    level_of_step,
+    queue_list,
+)
 
 HEARTBEAT_S = 5
 CONSUMERS_KEY = "reliable.consumers"
@@ -67,6 +80,35 @@ return moved
 """
 
 
+# KEYS: the queue's level lists (highest first), the consumer's processing list, the doorbell,
+# the share counter. ARGV[1]: one pop in that many offers each lower level first (0: never).
+_POP_LEVELED = """
+local levels = #KEYS - 3
+local processing, doorbell = KEYS[levels + 1], KEYS[levels + 2]
+local share = tonumber(ARGV[1])
+local item = false
+if share > 0 and levels > 1 then
+  local turn = redis.call('INCR', KEYS[levels + 3]) % share
+  if turn >= 1 and turn < levels then
+    item = redis.call('LMOVE', KEYS[levels + 1 - turn], processing, 'RIGHT', 'LEFT')
+  end
+end
+local i = 1
+while not item and i <= levels do
+  item = redis.call('LMOVE', KEYS[i], processing, 'RIGHT', 'LEFT')
+  i = i + 1
+end
+local left = 0
+for j = 1, levels do left = left + redis.call('LLEN', KEYS[j]) end
+if left == 0 then redis.call('DEL', doorbell) else redis.call('LTRIM', doorbell, 0, left - 1) end
+return item
+"""
+# The command whose reply a read parses (None: the single-list BLMOVE).
+_REPLY_OF = {None: "BLMOVE", "POP": "EVAL", "WAKE": "BRPOP"}
+# Tokens kept at most in a doorbell: a channel that consumes with kombu's BRPOP never takes any.
+DOORBELL_MAX = 1024
+
+
 class ReliableQoS(kombu_redis.QoS):
     channel: "ReliableChannel"
 
@@ -90,6 +132,9 @@ class ReliableQoS(kombu_redis.QoS):
 
 class ReliableChannel(kombu_redis.Channel):
     QoS = ReliableQoS
+    # With priority levels: one pop in this many offers each lower level first (0: strictly by level).
+    priority_share = 10
+    from_transport_options = (*kombu_redis.Channel.from_transport_options, "priority_share")
 
     connection_errors: tuple[type[Exception], ...]  # kombu's, declared for mypy (kombu-stubs lack it)
 
@@ -100,11 +145,42 @@ class ReliableChannel(kombu_redis.Channel):
         self.heartbeat_key = f"reliable.alive.{self.consumer_id}"
         self._source: str | None = None
         self._blmove_in_flight = False
+        self._in_flight: str | None = None  # with levels: "POP" (the script) or "WAKE" (doorbell)
+        self._doorbell_next = False  # the last pop found every level empty
         self._seen_in_processing: set[bytes] = set()
 
+    @property
+    def _leveled(self) -> bool:
+        """The steps are inference_common.priority's levels (any other steps: kombu's lists)."""
+        return list(self.priority_steps) == PRIORITY_STEPS
+
+    def _q_for_pri(self, queue: str, pri: int) -> str:
+        """With levels, inference_common.priority's names (normal keeps the queue's own)."""
+        if not self._leveled:
+            return str(super()._q_for_pri(queue, pri))  # type: ignore[misc]
+        return queue_list(queue, level_of_step(self.priority(pri)))
+
+    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+        """kombu's publish, and with levels a ring of the queue's doorbell in the same round trip."""
+        if (
+            not self._leveled
+            or kwargs.get("_publish_batch") is not None
+            or (self._expires and queue in self._expires)  # type: ignore[attr-defined]
+        ):
+            super()._put(queue, message, **kwargs)
+            return
+        key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
+        doorbell = doorbell_key(queue)
+        with self.conn_or_acquire() as client:
+            pipe = client.pipeline(transaction=False)
+            pipe.lpush(key, dumps(message)).lpush(doorbell, 1).ltrim(doorbell, 0, DOORBELL_MAX - 1)
+            pipe.execute()
+
     def _reliable_source(self) -> str | None:
-        """The one Redis list this channel consumes, or None (then kombu's BRPOP)."""
-        if self.global_keyprefix or len(self.active_queues) != 1 or list(self.priority_steps) != [0]:
+        """The one queue this channel consumes, or None (then kombu's BRPOP)."""
+        if self.global_keyprefix or len(self.active_queues) != 1:
+            return None
+        if not self._leveled and list(self.priority_steps) != [0]:
             return None
         return str(next(iter(self.active_queues)))
 
@@ -121,20 +197,33 @@ class ReliableChannel(kombu_redis.Channel):
         self._brpop_sent_at = monotonic()
         if timeout is None:
             timeout = self.brpop_timeout
-        self.client.connection.send_command(
-            "BLMOVE", source, self.processing_key, "RIGHT", "LEFT", timeout or 0
-        )
+        connection = self.client.connection
+        if not self._leveled:
+            connection.send_command("BLMOVE", source, self.processing_key, "RIGHT", "LEFT", timeout or 0)
+        elif self._doorbell_next:
+            self._in_flight = "WAKE"
+            connection.send_command("BRPOP", doorbell_key(source), timeout or 0)
+        else:
+            self._in_flight = "POP"
+            keys = [queue_list(source, level) for level in LEVELS]
+            keys += [self.processing_key, doorbell_key(source), f"{source}{self.sep}turn"]
+            connection.send_command("EVAL", _POP_LEVELED, len(keys), *keys, self.priority_share)
 
     def _brpop_read(self, **options: Any) -> bool:
         if not self._blmove_in_flight:
             return bool(super()._brpop_read(**options))  # type: ignore[misc]
+        command, self._in_flight = self._in_flight, None
         try:
             try:
-                item = self.client.parse_response(self.client.connection, "BLMOVE", **options)
+                item = self.client.parse_response(self.client.connection, _REPLY_OF[command], **options)
             except self.connection_errors:
                 self.client.connection.disconnect()
                 raise
+            if command == "WAKE":  # woken (or timed out): the script looks again
+                self._doorbell_next = False
+                raise Empty()
             if not item:
+                self._doorbell_next = command == "POP"
                 raise Empty()
             self.__dict__["_popped"] = item
             try:

@@ -6,6 +6,7 @@ from urllib.parse import quote, urlencode
 import django_stubs_ext
 import environ
 
+from inference_common.priority import PRIORITY_STEPS
 from inference_common.safe_artifacts import PICKLE_ALLOWED_DEFAULT
 
 # The annotations name Django's generic classes (`admin.ModelAdmin[ApiKey]`): make them
@@ -234,9 +235,11 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "unacked_key": _UNACKED,
     "unacked_index_key": f"{_UNACKED}_index",
     "unacked_mutex_key": f"{_UNACKED}_mutex",
-    # One Redis list per queue: the workers' reliable pop (inference_project/reliable_queue.py)
-    # takes from one list (BLMOVE); kombu's default steps make four per queue.
-    "priority_steps": [0],
+    # One Redis list per priority level of a queue (inference_common/priority.py), which the
+    # workers' reliable pop (inference_project/reliable_queue.py) takes from highest first, but one
+    # pop in INFERENCE_PRIORITY_SHARE from each lower level first (none starves).
+    "priority_steps": PRIORITY_STEPS,
+    "priority_share": env.int("INFERENCE_PRIORITY_SHARE", default=10),
     "socket_connect_timeout": 2,
     "socket_timeout": 5,
 }

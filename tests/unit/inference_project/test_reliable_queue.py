@@ -2,18 +2,29 @@
 message is always in the queue, a processing list or kombu's unacked hash; what a dead consumer or
 a lost reply leaves in a processing list goes back to the head of its queue."""
 
+import threading
+import time
 from typing import Any
 
 import redis
 from kombu import Connection
 
+from inference_common.priority import (
+    HIGH,
+    LOW,
+    MESSAGE_PRIORITY,
+    NORMAL,
+    PRIORITY_STEPS,
+    doorbell_key,
+    queue_lists,
+)
 from inference_project import reliable_queue
 
 OPTIONS = {"priority_steps": [0], "visibility_timeout": 30}
 
 
-def _connection(url: str) -> Connection:
-    return Connection(url, transport=reliable_queue.Transport, transport_options=OPTIONS)
+def _connection(url: str, options: dict[str, Any] = OPTIONS) -> Connection:
+    return Connection(url, transport=reliable_queue.Transport, transport_options=options)
 
 
 def _reliable(channel: object) -> reliable_queue.ReliableChannel:
@@ -97,4 +108,90 @@ def test_other_channels_keep_kombus_brpop(redis_server: str) -> None:
         assert message.payload == {"n": 2}
         assert _reliable(queue.consumer.channel)._reliable_source() is None
         message.ack()
+        queue.close()
+
+
+LEVELED = {"priority_steps": PRIORITY_STEPS, "visibility_timeout": 30}
+
+
+class _SlowTimeout(reliable_queue.Transport):
+    """A blocked consumer that only the doorbell can wake within the test's time."""
+
+    brpop_timeout = 10
+
+
+def _drain(queue: Any, count: int) -> list[str]:
+    taken = []
+    for _ in range(count):
+        message = queue.get(timeout=2)
+        taken.append(message.payload)
+        message.ack()
+    return taken
+
+
+def test_levels_are_served_highest_first_and_in_order_within_a_level(redis_server: str) -> None:
+    client = redis.Redis.from_url(redis_server)
+    client.flushdb()
+    options = LEVELED | {"priority_share": 0}
+    with _connection(redis_server, options) as connection:
+        queue = connection.SimpleQueue("rq-levels")
+        for n in range(3):
+            queue.put(f"low{n}", priority=MESSAGE_PRIORITY[LOW])
+        for n in range(4):
+            queue.put(f"normal{n}", priority=MESSAGE_PRIORITY[NORMAL])
+        for n in range(2):
+            queue.put(f"high{n}", priority=MESSAGE_PRIORITY[HIGH])
+        assert [client.llen(name) for name in queue_lists("rq-levels")] == [2, 4, 3]
+        assert client.llen("rq-levels") == 4  # normal keeps the queue's own name
+        taken = _drain(queue, 9)
+        assert taken == ["high0", "high1"] + [f"normal{n}" for n in range(4)] + [f"low{n}" for n in range(3)]
+        # Every move went through the consumer's list into unacked, and nothing is left behind.
+        channel = _reliable(queue.consumer.channel)
+        assert client.llen(channel.processing_key) == 0 and client.hlen("unacked") == 0
+        assert client.llen(doorbell_key("rq-levels")) == 0
+        queue.close()
+
+
+def test_lower_levels_keep_their_share_while_a_higher_one_is_saturated(redis_server: str) -> None:
+    client = redis.Redis.from_url(redis_server)
+    client.flushdb()
+    options = LEVELED | {"priority_share": 4}
+    with _connection(redis_server, options) as connection:
+        queue = connection.SimpleQueue("rq-share")
+        for level in (HIGH, NORMAL, LOW):
+            for n in range(20):
+                queue.put(f"{level}{n}", priority=MESSAGE_PRIORITY[level])
+        taken = _drain(queue, 20)
+        counts = {level: sum(name.startswith(level) for name in taken) for level in (HIGH, NORMAL, LOW)}
+        # One pop in 4 offers low first, one normal first: 5 each in 20, the rest high.
+        assert counts == {HIGH: 10, NORMAL: 5, LOW: 5}
+        # Within each level, still first in, first out.
+        assert [name for name in taken if name.startswith(NORMAL)] == [f"normal{n}" for n in range(5)]
+        # The doorbell never holds more tokens than messages wait.
+        assert client.llen(doorbell_key("rq-share")) <= 40
+        queue.close()
+
+
+def test_a_consumer_blocked_on_empty_levels_wakes_at_a_publish(redis_server: str) -> None:
+    client = redis.Redis.from_url(redis_server)
+    client.flushdb()
+    with Connection(redis_server, transport=_SlowTimeout, transport_options=LEVELED) as consumer_side:
+        queue = consumer_side.SimpleQueue("rq-wake")
+        got: list[tuple[str, float]] = []
+
+        def consume() -> None:
+            message = queue.get(timeout=8)
+            got.append((message.payload, time.monotonic()))
+            message.ack()
+
+        thread = threading.Thread(target=consume)
+        thread.start()
+        time.sleep(0.5)  # the consumer found nothing and now blocks on the doorbell
+        with _connection(redis_server, LEVELED) as producer:
+            sent_at = time.monotonic()
+            producer.SimpleQueue("rq-wake").put("wake", priority=MESSAGE_PRIORITY[HIGH])
+        thread.join(timeout=10)
+        assert got and got[0][0] == "wake"
+        assert got[0][1] - sent_at < 1.0  # woken by the doorbell, not after its 10 s timeout
+        assert client.llen(doorbell_key("rq-wake")) == 0
         queue.close()

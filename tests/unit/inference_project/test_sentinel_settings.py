@@ -19,6 +19,7 @@ from celery import Celery
 from kombu import Connection
 from pytest_django import Settings
 
+from inference_common.priority import PRIORITY_STEPS
 from inference_project import broker
 from inference_project.celery_backend import ProducerSentinelBackend
 from inference_project.local_platform import environment_prepare
@@ -89,7 +90,7 @@ def test_sentinels_switch_broker_and_results_to_sentinel_urls_and_options() -> N
     assert options["master_name"] == "mymaster"
     assert options["sentinel_kwargs"] == sentinel_kwargs
     # The redelivery and reliable-pop options stay as they were.
-    assert options["visibility_timeout"] == 6 and options["priority_steps"] == [0]
+    assert options["visibility_timeout"] == 6 and options["priority_steps"] == PRIORITY_STEPS
     assert values["CELERY_RESULT_BACKEND"] == (
         "inference_project.celery_backend.ProducerSentinelBackend+"
         f"sentinel://{auth}10.0.0.1:26379/0;sentinel://{auth}10.0.0.2:26380/0;sentinel://{auth}sentinel-3:26379/0"
