@@ -148,7 +148,11 @@ def platform_bootstrap(*, log: Callable[[str], None]) -> BootstrapSummary:
     environment = settings.INFERENCE_ENVIRONMENT
     demo_dir = Path(os.environ.get("INFERENCE_DEMO_DIR", var_dir() / "demo" / "digits"))
     demo_model_ensure(environment=environment, demo_dir=demo_dir, log=log)
-    _, demo_key = api_key_create(name="demo", raw_key=os.environ.get("INFERENCE_DEMO_TOKEN") or None)
+    _, demo_key = api_key_create(
+        name="demo",
+        raw_key=os.environ.get("INFERENCE_DEMO_TOKEN") or None,
+        high_priority=settings.INFERENCE_DEMO_KEY_HIGH_PRIORITY,
+    )
     models = [d.model.name for d in selectors.deployment_list(environment=environment)]
     processes = platform_processes()
     if "prometheus" in processes:

@@ -18,6 +18,7 @@ from django.conf import settings
 
 from apps.predictions.errors import RETRY_AFTER_S, ApiError, unavailable
 from apps.predictions.results import result_waiter_get
+from inference_common.priority import LEVELS, queue_lists
 
 
 @dataclass
@@ -71,7 +72,8 @@ class AdmissionGate:
             pipe.incrby(window, n)
             pipe.expire(window, 2)
         for queue in queues:
-            pipe.llen(queue)
+            for name in queue_lists(queue):  # its priority levels' lists
+                pipe.llen(name)
         try:
             replies = await pipe.execute()
         except Exception as exc:  # each waiting request reports it (503: broker unavailable)
@@ -80,7 +82,9 @@ class AdmissionGate:
                     check.answer.set_exception(exc)
             return
         totals = dict(zip(per_owner, replies[0 : 2 * len(per_owner) : 2], strict=True))
-        depths = dict(zip(queues, replies[2 * len(per_owner) :], strict=True))
+        lengths = replies[2 * len(per_owner) :]
+        levels = len(LEVELS)
+        depths = {queue: sum(lengths[i * levels : (i + 1) * levels]) for i, queue in enumerate(queues)}
         place = {owner: totals[owner] - n for owner, n in per_owner.items()}
         for check in checks:
             count = 0

@@ -42,6 +42,7 @@ def api_key_create(
     raw_key: str | None = None,
     models: list[str] | None = None,
     rate_per_second: int | None = None,
+    high_priority: bool = False,
 ) -> tuple[ApiKey, str]:
     """Create a key (or register a given one, e.g. the demo token); returns it and the raw key."""
     raw_key = raw_key or secrets.token_urlsafe(32)
@@ -52,6 +53,7 @@ def api_key_create(
             "prefix": raw_key[:8],
             "allowed_models": models or [],
             "rate_per_second": rate_per_second,
+            "may_use_high_priority": high_priority,
             "is_active": True,
         },
     )

@@ -171,13 +171,15 @@ class Batcher:
                 waiter.set_result(None)
 
 
-_batchers: dict[tuple[int, str, int, bool], Batcher] = {}
+_batchers: dict[tuple[int, str, int, bool, str], Batcher] = {}
 
 
 def batcher_get(
-    served: ServedModel, publish: Publish, max_inflight: int = 2, *, eager: bool = True
+    served: ServedModel, publish: Publish, max_inflight: int = 2, *, eager: bool = True, lane: str = ""
 ) -> Batcher:
-    key = (id(asyncio.get_running_loop()), served.name, served.version, eager)
+    """The batcher of `served` in this event loop; one per `lane` (a priority level: a request
+    never waits for a slot behind another level's batches)."""
+    key = (id(asyncio.get_running_loop()), served.name, served.version, eager, lane)
     batcher = _batchers.get(key)
     if batcher is None or (batcher.served.max_batch_size, batcher.served.max_delay_ms) != (
         served.max_batch_size,

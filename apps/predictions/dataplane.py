@@ -11,9 +11,11 @@ learns nothing about a request's form (401 before any 400).
 
 Every failure leaves as the one error type, `ApiError` (an unreachable Redis included: 503 with
 Retry-After); the adapters render it in their protocol's form. Nothing here knows a protocol's
-JSON. Canary routing and shadow mirroring plug in at the route step, priorities at admit.
+JSON. Canary routing and shadow mirroring plug in at the route step; a priority level (the caller's,
+`prioritized`) picks the batcher and the broker list the request waits in.
 """
 
+import dataclasses
 import functools
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -40,6 +42,7 @@ from apps.predictions.services import (
 )
 from apps.predictions.shadow import shadow_mirror, shadow_mirror_job
 from apps.predictions.types import Caller, InferenceRequest, InferenceResponse, RequestContext
+from inference_common.priority import HIGH, level_parse
 from inference_common.results import CANCELLED
 from inference_project.errors import DATABASE_UNAVAILABLE, DATABASE_UNAVAILABLE_MESSAGE
 
@@ -66,6 +69,7 @@ def _one_error_type(operation: Callable[P, Coroutine[Any, Any, T]]) -> Callable[
 IDEMPOTENCY_KEY_MAX = 255
 IDEMPOTENCY_FIELD = "Idempotency-Key"
 ROUTING_KEY_FIELD = "X-Routing-Key"
+PRIORITY_FIELD = "X-Priority"
 
 
 def _header_token(value: str | None, *, field: str) -> str | None:
@@ -85,7 +89,22 @@ async def authenticate(context: RequestContext) -> Caller:
     routing_key = _header_token(context.routing_key, field=ROUTING_KEY_FIELD)
     limit = settings.INFERENCE_SYNC_TIMEOUT_S
     deadline = limit if context.timeout_s is None else min(context.timeout_s, limit)
-    return Caller(key=key, deadline_s=deadline, idempotency_key=idempotency_key, routing_key=routing_key)
+    caller = Caller(key=key, deadline_s=deadline, idempotency_key=idempotency_key, routing_key=routing_key)
+    if context.priority is None:
+        return caller
+    return prioritized(caller, context.priority, field=PRIORITY_FIELD)
+
+
+def prioritized(caller: Caller, value: object, *, field: str) -> Caller:
+    """The caller at the priority level `value` names (inference_common/priority.py): 400 naming
+    `field` for a value that names none, 403 for `high` from a key that may not use it."""
+    try:
+        level = level_parse(value)
+    except ValueError as exc:
+        raise bad_request(str(exc), field=field) from None
+    if level == HIGH and not caller.may_use_high_priority:
+        raise ApiError(403, "forbidden", "this API key may not send priority 'high' requests", field=field)
+    return dataclasses.replace(caller, priority=level)
 
 
 def _authorize(caller: Caller, model: str) -> None:

@@ -10,6 +10,7 @@ from redis.exceptions import RedisError
 from apps.predictions.errors import ApiError
 from apps.predictions.results import result_waiter_get
 from apps.predictions.selectors import route_servable, routes_list
+from inference_common.priority import queue_lists
 from inference_common.readiness import serving_count
 
 REDIS_PING_TIMEOUT_S = 1.0
@@ -58,7 +59,10 @@ async def platform_gauges() -> list[GaugeMetricFamily]:
     try:
         for route in await routes_list():
             live = route.live
-            depth.add_metric([live.name, live.queue], await redis.llen(live.queue))
+            async with redis.pipeline(transaction=False) as pipe:
+                for name in queue_lists(live.queue):  # every priority level's list
+                    pipe.llen(name)
+                depth.add_metric([live.name, live.queue], sum(await pipe.execute()))
             roles = [("live", live)] + ([("previous", route.previous)] if route.previous else [])
             if route.last_good is not None and route.last_good not in (live, route.previous):
                 roles.append(("last_good", route.last_good))

@@ -17,6 +17,10 @@ class ApiKey(models.Model):
     allowed_models = models.JSONField(default=list, blank=True)
     # Requests per second this key may send; empty: INFERENCE_THROTTLE_PER_SECOND, 0: no limit.
     rate_per_second = models.PositiveIntegerField(null=True, blank=True)
+    # Whether requests with this key may ask for the highest priority level (inference_common/priority.py).
+    may_use_high_priority = models.BooleanField(
+        default=False, help_text="Requests with this key may ask for priority 'high' (X-Priority)."
+    )
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

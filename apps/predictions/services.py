@@ -34,6 +34,7 @@ from apps.predictions.replication import Replication
 from apps.predictions.results import result_payload_decode, result_waiter_get
 from apps.predictions.selectors import ServedModel
 from apps.predictions.types import Caller, InferenceResponse
+from inference_common.priority import LOW, MESSAGE_PRIORITY, NORMAL
 from inference_common.results import (
     CANCELLED,
     Failure,
@@ -58,6 +59,11 @@ CANCELLATIONS = Counter(
     "(an async job deleted while pending).",
     ["model", "stage"],
 )
+PRIORITIES = Counter(
+    "inference_requests_by_priority_total",
+    "Requests sent to a worker, by model and priority level (shadow copies count as low).",
+    ["model", "priority"],
+)
 _background: set[asyncio.Task[None]] = set()  # referenced until done (asyncio's advice)
 # Cancellations not yet written: (request id, its claim, whether a worker may see it).
 _cancellations: list[tuple[str, idempotency.Claim | None, bool]] = []
@@ -77,7 +83,9 @@ def _batch_repr(served: ServedModel, *, requests: int, rows: int) -> str:
     return f"({served.name} v{served.version}, {_counted(requests, 'request')}, {_counted(rows, 'row')})"
 
 
-def _publish_batch(served: ServedModel, parts: list[dict[str, Any]], expires: float | None) -> None:
+def _publish_batch(
+    served: ServedModel, parts: list[dict[str, Any]], expires: float | None, priority: str
+) -> None:
     rows = sum(next(iter(part["inputs"].values()))["shape"][0] for part in parts)
     if batch_bytes(parts) > settings.INFERENCE_TENSOR_OFFLOAD_BYTES:
         ttl = int(expires) + 60 if expires else settings.CELERY_RESULT_EXPIRES
@@ -87,6 +95,8 @@ def _publish_batch(served: ServedModel, parts: list[dict[str, Any]], expires: fl
         # "sent": the worker reports the time a batch waited in the queue.
         args=[{"model": served.name, "version": served.version, "parts": parts, "sent": time.time()}],
         queue=served.queue,
+        # The level's list of the queue (inference_common/priority.py), popped highest first.
+        priority=MESSAGE_PRIORITY[priority],
         expires=expires,
         # Flower and logs show this instead of the tensor bytes.
         argsrepr=_batch_repr(served, requests=len(parts), rows=rows),
@@ -94,11 +104,11 @@ def _publish_batch(served: ServedModel, parts: list[dict[str, Any]], expires: fl
 
 
 async def _publish_batch_async(
-    served: ServedModel, parts: list[dict[str, Any]], expires: float | None
+    served: ServedModel, parts: list[dict[str, Any]], expires: float | None, *, priority: str = NORMAL
 ) -> None:
     try:
         await asyncio.get_running_loop().run_in_executor(
-            _publisher, lambda: _publish_batch(served, parts, expires)
+            _publisher, lambda: _publish_batch(served, parts, expires, priority)
         )
         # No deadline: an async job is in the batch (Batcher), and its 202 must survive a failover.
         waiter = result_waiter_get()
@@ -112,12 +122,18 @@ def _tensor_redis() -> Redis:
     return redis_sync(large_values=True)
 
 
-def _batcher(served: ServedModel, *, shadow: bool = False) -> Batcher:
-    """The version's batcher; `shadow`: the one of a shadow rollout's copies (never eager)."""
+def _batcher(served: ServedModel, *, shadow: bool = False, priority: str = NORMAL) -> Batcher:
+    """The version's batcher at `priority` (each level its own batches and in-flight slots);
+    `shadow`: the one of a shadow rollout's copies (never eager, the lowest level)."""
     if shadow:
         served = dataclasses.replace(served, max_delay_ms=settings.INFERENCE_SHADOW_BATCH_DELAY_MS)
+        priority = LOW
     return batcher_get(
-        served, _publish_batch_async, settings.INFERENCE_MAX_INFLIGHT_BATCHES, eager=not shadow
+        served,
+        functools.partial(_publish_batch_async, priority=priority),
+        settings.INFERENCE_MAX_INFLIGHT_BATCHES,
+        eager=not shadow,
+        lane=priority,
     )
 
 
@@ -183,11 +199,13 @@ async def _submit(
     expires_s: float | None,
     claim: idempotency.Claim | None,
     shadow: bool = False,
+    priority: str = NORMAL,
 ) -> None:
     """Into the batch; once it is published, the Idempotency-Key claim is marked sent (and given
     up when the publish fails)."""
+    PRIORITIES.labels(served.name, LOW if shadow else priority).inc()
     try:
-        await _batcher(served, shadow=shadow).submit(
+        await _batcher(served, shadow=shadow, priority=priority).submit(
             request_id=task_id, inputs=inputs, expires_s=expires_s, awaited=expires_s is not None
         )
     except Exception:
@@ -220,7 +238,12 @@ async def prediction_run(
         try:
             if fresh:
                 await _submit(
-                    served=served, inputs=inputs, task_id=task_id, expires_s=max(0.1, remaining), claim=claim
+                    served=served,
+                    inputs=inputs,
+                    task_id=task_id,
+                    expires_s=max(0.1, remaining),
+                    claim=claim,
+                    priority=caller.priority,
                 )
             payload = await waiter.wait(task_id, future, remaining, check_first=not fresh)
         except RequestWithdrawn:
@@ -232,7 +255,7 @@ async def prediction_run(
             raise
         finally:
             waiter.forget(task_id)
-            _batcher(served).answered(task_id)
+            _batcher(served, priority=caller.priority).answered(task_id)
     except TimeoutError:
         if claim is not None:
             await idempotency.release(result_waiter_get().redis, claim)
@@ -333,7 +356,9 @@ async def prediction_enqueue(*, served: ServedModel, inputs: dict[str, np.ndarra
     except (RedisError, OSError) as exc:
         raise unavailable() from exc
     # Returns once the batch is published (and, with INFERENCE_PUBLISH_REPLICAS, replicated).
-    await _submit(served=served, inputs=inputs, task_id=task_id, expires_s=None, claim=claim)
+    await _submit(
+        served=served, inputs=inputs, task_id=task_id, expires_s=None, claim=claim, priority=caller.priority
+    )
     return task_id
 
 

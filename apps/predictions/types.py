@@ -12,6 +12,7 @@ from django.conf import settings
 
 from apps.predictions.models import ApiKey
 from apps.predictions.selectors import ServedModel
+from inference_common.priority import DEFAULT as DEFAULT_PRIORITY
 
 # The request's tensors, checked against the signature of the version that will serve it. The
 # adapter knows its protocol's tensor format; only the data plane knows which version serves
@@ -30,6 +31,8 @@ class RequestContext:
     idempotency_key: str | None = None
     # Sticky routing during a canary (X-Routing-Key): one key, one version. None: the API key.
     routing_key: str | None = None
+    # X-Priority as sent (inference_common/priority.py reads it); None: the default level.
+    priority: str | None = None
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class Caller:
     deadline_s: float
     idempotency_key: str | None = None
     routing_key: str | None = None
+    priority: str = DEFAULT_PRIORITY
 
     @property
     def owner(self) -> str:
@@ -57,6 +61,10 @@ class Caller:
 
     def allows(self, model: str) -> bool:
         return self.key is None or self.key.allows(model)
+
+    @property
+    def may_use_high_priority(self) -> bool:
+        return self.key is None or self.key.may_use_high_priority
 
 
 @dataclass(frozen=True)

@@ -309,6 +309,9 @@ GRPC_GRACE_S = env.float("GRPC_GRACE_S", default=10.0)
 # and messages waiting in a model's queue (503). Both answer with Retry-After.
 INFERENCE_THROTTLE_PER_SECOND = env.int("INFERENCE_THROTTLE_PER_SECOND", default=2000)
 INFERENCE_MAX_QUEUE_DEPTH = env.int("INFERENCE_MAX_QUEUE_DEPTH", default=5000)
+# Whether the demo key (INFERENCE_DEMO_TOKEN) may send priority "high" requests; other keys say so
+# in the admin (API keys) or with `manage.py create_api_key --high-priority`.
+INFERENCE_DEMO_KEY_HIGH_PRIORITY = env.bool("INFERENCE_DEMO_KEY_HIGH_PRIORITY", default=True)
 # Dynamic batching: at most this many batches per model wait for answers in one API process; the
 # next batch keeps filling meanwhile (max_batch_size / max_delay_ms are set per model).
 INFERENCE_MAX_INFLIGHT_BATCHES = env.int("INFERENCE_MAX_INFLIGHT_BATCHES", default=2)

@@ -17,6 +17,7 @@ from apps.predictions.types import RequestContext
 from inference_project.errors import error_response
 
 TIMEOUT_HEADER = "X-Request-Timeout"
+PRIORITY_HEADER = "X-Priority"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 ROUTING_KEY_HEADER = "X-Routing-Key"
 
@@ -57,12 +58,14 @@ def json_object(body: Any) -> dict[str, Any]:
 
 
 def request_context(request: HttpRequest) -> RequestContext:
-    """The headers the data plane reads: Authorization, X-Request-Timeout, Idempotency-Key."""
+    """The headers the data plane reads: Authorization, X-Request-Timeout, Idempotency-Key,
+    X-Routing-Key, X-Priority."""
     return RequestContext(
         authorization=request.headers.get("Authorization", ""),
         timeout_s=_timeout(request.headers.get(TIMEOUT_HEADER)),
         idempotency_key=request.headers.get(IDEMPOTENCY_HEADER),
         routing_key=request.headers.get(ROUTING_KEY_HEADER),
+        priority=request.headers.get(PRIORITY_HEADER),
     )
 
 

@@ -29,7 +29,7 @@ from apps.predictions.transports.http import (
     renders_errors,
     request_context,
 )
-from apps.predictions.types import InferenceRequest, InferenceResponse
+from apps.predictions.types import Caller, InferenceRequest, InferenceResponse
 from apps.predictions.validation import bytes_from_json, shape_check, tensor_check
 from inference_common.wire import NUMPY_TO_V2, V2_TO_NUMPY, bytes_array
 
@@ -196,6 +196,14 @@ def inputs_decode(
     return inputs
 
 
+def caller_prioritized(caller: Caller, body: dict[str, Any]) -> Caller:
+    """The request's `parameters.priority`, when it has one, over the caller's X-Priority."""
+    parameters = body.get("parameters")
+    if not isinstance(parameters, dict) or parameters.get("priority") is None:
+        return caller
+    return dataplane.prioritized(caller, parameters["priority"], field="parameters.priority")
+
+
 def outputs_wanted(body: dict[str, Any]) -> list[str] | None:
     """The output names the client asked for (None: all); checked by `inputs_decode`."""
     requested = body.get("outputs")
@@ -300,6 +308,7 @@ class InferApi(View):
             body = json_object(json_body(request))
         else:
             body, binary = binary_split(body_get(request), header_length)
+        caller = caller_prioritized(caller, body)
         inference = InferenceRequest(
             model=name, version=version, inputs=lambda served: inputs_decode(body, served, binary)
         )

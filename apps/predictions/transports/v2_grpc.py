@@ -100,6 +100,7 @@ def request_context_of(context: Context) -> RequestContext:
         timeout_s=remaining if remaining is not None and remaining > 0 else None,
         idempotency_key=metadata.get("idempotency-key"),
         routing_key=metadata.get("x-routing-key"),
+        priority=metadata.get("x-priority"),
     )
 
 
@@ -324,6 +325,11 @@ class InferenceServicer:
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
         async def handle() -> pb.ModelInferResponse:
             caller = await dataplane.authenticate(request_context_of(context))
+            if "priority" in request.parameters:  # Triton's clients send it as uint64_param
+                parameter = request.parameters["priority"]
+                choice = parameter.WhichOneof("parameter_choice")
+                value = getattr(parameter, choice) if choice else None
+                caller = dataplane.prioritized(caller, value, field="parameters.priority")
             version = _version(request.model_version, field="model_version")
             inference = InferenceRequest(
                 model=request.model_name,

@@ -106,6 +106,30 @@ def test_refusals_come_in_order_and_nothing_is_enqueued(routed: list[dict[str, A
     assert routed == []
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_priority_is_read_checked_against_the_key_and_carried(routed: list[dict[str, Any]]) -> None:
+    _, plain = api_key_create(name="plain")
+    _, trusted = api_key_create(name="trusted", high_priority=True)
+    request = rows_request([[1, 2]])
+    infer(request, RequestContext(authorization=f"Bearer {plain}"))
+    infer(request, RequestContext(authorization=f"Bearer {plain}", priority="low"))
+    infer(request, RequestContext(authorization=f"Bearer {plain}", priority="2"))  # Triton's numbering
+    infer(request, RequestContext(authorization=f"Bearer {trusted}", priority="HIGH"))
+    assert [call["caller"].priority for call in routed] == ["normal", "low", "normal", "high"]
+    denied = refusal(request, RequestContext(authorization=f"Bearer {plain}", priority="1"))
+    assert (denied.status, denied.code, denied.field) == (403, "forbidden", "X-Priority")
+    unknown = refusal(request, RequestContext(authorization=f"Bearer {trusted}", priority="urgent"))
+    assert (unknown.status, unknown.field) == (400, "X-Priority") and "high, normal, low" in unknown.message
+    # The Open Inference Protocol's parameter, as the adapters pass it, with its own field name.
+    caller = asyncio.run(dataplane.authenticate(RequestContext(authorization=f"Bearer {plain}")))
+    assert dataplane.prioritized(caller, 3, field="parameters.priority").priority == "low"
+    for bad in (True, 7, -1, 2.5, None):
+        with pytest.raises(ApiError) as caught:
+            dataplane.prioritized(caller, bad, field="parameters.priority")
+        assert (caught.value.status, caught.value.field) == (400, "parameters.priority")
+    assert len(routed) == 4
+
+
 def test_an_unreachable_redis_is_one_503(
     routed: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch, settings: Any
 ) -> None:
