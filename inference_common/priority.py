@@ -8,8 +8,9 @@ key (`ApiKey.may_use_high_priority`).
 On the broker each level of a model's queue is a Redis list of its own: `normal` keeps the
 queue's name (so what watched the queue before still does), the others append kombu's priority
 separator and the level. The workers' reliable pop (inference_project/reliable_queue.py) takes
-from the highest non-empty one, except that one pop in `INFERENCE_PRIORITY_SHARE` goes to each
-lower level first: no level starves while a higher one is saturated.
+from the highest non-empty one, except that a level passed over `INFERENCE_PRIORITY_MAX_SKIPS`
+pops in a row while it had messages waiting is served next: no level starves while a higher one
+is saturated.
 """
 
 HIGH, NORMAL, LOW = "high", "normal", "low"

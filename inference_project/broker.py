@@ -47,7 +47,7 @@ class Transport(kombu_redis.Transport):
 class SentinelChannel(kombu_redis.SentinelChannel, Channel):
     """kombu's Sentinel pools (`_get_pool`) under our client reuse and reliable pop."""
 
-    from_transport_options = (*kombu_redis.SentinelChannel.from_transport_options, "priority_share")
+    from_transport_options = (*kombu_redis.SentinelChannel.from_transport_options, "priority_max_skips")
 
 
 class SentinelTransport(kombu_redis.SentinelTransport):

@@ -20,7 +20,9 @@ was lost on a broken connection) and is moved back too.
 BLMOVE takes one source list. A channel consuming one queue with one priority step
 (`priority_steps: [0]`) pops with it. With priority levels (inference_common/priority.py: one list
 per level) the move is a Lua script instead (`_POP_LEVELED`): from the highest non-empty level,
-except that one pop in `priority_share` offers each lower level first, so none starves. A script
+except that a level passed over `priority_max_skips` pops in a row while it had messages waiting
+is served next, so none starves (and a level that is not starving never takes a turn from a
+higher one). A script
 cannot block, so a consumer whose script found nothing blocks on the queue's doorbell list, which
 every publish rings (`_put`), and runs the script again once woken or after `brpop_timeout`; the
 script trims the doorbell to the messages left, so tokens never outnumber them. A channel that
@@ -81,25 +83,43 @@ return moved
 
 
 # KEYS: the queue's level lists (highest first), the consumer's processing list, the doorbell,
-# the share counter. ARGV[1]: one pop in that many offers each lower level first (0: never).
+# a hash of how many pops in a row passed over each waiting level. ARGV[1]: after that many, a
+# waiting level is served next (the lowest such first); 0: strictly by level.
 _POP_LEVELED = """
 local levels = #KEYS - 3
-local processing, doorbell = KEYS[levels + 1], KEYS[levels + 2]
-local share = tonumber(ARGV[1])
-local item = false
-if share > 0 and levels > 1 then
-  local turn = redis.call('INCR', KEYS[levels + 3]) % share
-  if turn >= 1 and turn < levels then
-    item = redis.call('LMOVE', KEYS[levels + 1 - turn], processing, 'RIGHT', 'LEFT')
+local processing, doorbell, skipped = KEYS[levels + 1], KEYS[levels + 2], KEYS[levels + 3]
+local max_skips = tonumber(ARGV[1])
+local lengths, left = {}, 0
+for i = 1, levels do
+  lengths[i] = redis.call('LLEN', KEYS[i])
+  left = left + lengths[i]
+end
+if left == 0 then
+  redis.call('DEL', doorbell)
+  return false
+end
+local pick = nil
+if max_skips > 0 then
+  for i = levels, 2, -1 do
+    if lengths[i] > 0 and tonumber(redis.call('HGET', skipped, i) or '0') >= max_skips then
+      pick = i
+      break
+    end
   end
 end
-local i = 1
-while not item and i <= levels do
-  item = redis.call('LMOVE', KEYS[i], processing, 'RIGHT', 'LEFT')
-  i = i + 1
+if not pick then
+  pick = 1
+  while lengths[pick] == 0 do pick = pick + 1 end
 end
-local left = 0
-for j = 1, levels do left = left + redis.call('LLEN', KEYS[j]) end
+local item = redis.call('LMOVE', KEYS[pick], processing, 'RIGHT', 'LEFT')
+lengths[pick] = lengths[pick] - 1
+left = left - 1
+if max_skips > 0 then
+  redis.call('HDEL', skipped, pick)
+  for i = pick + 1, levels do
+    if lengths[i] > 0 then redis.call('HINCRBY', skipped, i, 1) else redis.call('HDEL', skipped, i) end
+  end
+end
 if left == 0 then redis.call('DEL', doorbell) else redis.call('LTRIM', doorbell, 0, left - 1) end
 return item
 """
@@ -132,9 +152,10 @@ class ReliableQoS(kombu_redis.QoS):
 
 class ReliableChannel(kombu_redis.Channel):
     QoS = ReliableQoS
-    # With priority levels: one pop in this many offers each lower level first (0: strictly by level).
-    priority_share = 10
-    from_transport_options = (*kombu_redis.Channel.from_transport_options, "priority_share")
+    # With priority levels: a level with messages waiting is passed over at most this many pops in
+    # a row, then served (0: strictly by level).
+    priority_max_skips = 10
+    from_transport_options = (*kombu_redis.Channel.from_transport_options, "priority_max_skips")
 
     connection_errors: tuple[type[Exception], ...]  # kombu's, declared for mypy (kombu-stubs lack it)
 
@@ -206,8 +227,8 @@ class ReliableChannel(kombu_redis.Channel):
         else:
             self._in_flight = "POP"
             keys = [queue_list(source, level) for level in LEVELS]
-            keys += [self.processing_key, doorbell_key(source), f"{source}{self.sep}turn"]
-            connection.send_command("EVAL", _POP_LEVELED, len(keys), *keys, self.priority_share)
+            keys += [self.processing_key, doorbell_key(source), f"{source}{self.sep}skipped"]
+            connection.send_command("EVAL", _POP_LEVELED, len(keys), *keys, self.priority_max_skips)
 
     def _brpop_read(self, **options: Any) -> bool:
         if not self._blmove_in_flight:

@@ -236,10 +236,10 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "unacked_index_key": f"{_UNACKED}_index",
     "unacked_mutex_key": f"{_UNACKED}_mutex",
     # One Redis list per priority level of a queue (inference_common/priority.py), which the
-    # workers' reliable pop (inference_project/reliable_queue.py) takes from highest first, but one
-    # pop in INFERENCE_PRIORITY_SHARE from each lower level first (none starves).
+    # workers' reliable pop (inference_project/reliable_queue.py) takes from highest first; a level
+    # with messages waiting is passed over at most INFERENCE_PRIORITY_MAX_SKIPS pops in a row.
     "priority_steps": PRIORITY_STEPS,
-    "priority_share": env.int("INFERENCE_PRIORITY_SHARE", default=10),
+    "priority_max_skips": env.int("INFERENCE_PRIORITY_MAX_SKIPS", default=10),
     "socket_connect_timeout": 2,
     "socket_timeout": 5,
 }

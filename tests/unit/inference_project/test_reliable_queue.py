@@ -132,7 +132,7 @@ def _drain(queue: Any, count: int) -> list[str]:
 def test_levels_are_served_highest_first_and_in_order_within_a_level(redis_server: str) -> None:
     client = redis.Redis.from_url(redis_server)
     client.flushdb()
-    options = LEVELED | {"priority_share": 0}
+    options = LEVELED | {"priority_max_skips": 0}
     with _connection(redis_server, options) as connection:
         queue = connection.SimpleQueue("rq-levels")
         for n in range(3):
@@ -155,20 +155,44 @@ def test_levels_are_served_highest_first_and_in_order_within_a_level(redis_serve
 def test_lower_levels_keep_their_share_while_a_higher_one_is_saturated(redis_server: str) -> None:
     client = redis.Redis.from_url(redis_server)
     client.flushdb()
-    options = LEVELED | {"priority_share": 4}
+    max_skips = 4
+    options = LEVELED | {"priority_max_skips": max_skips}
+    order = {HIGH: 0, NORMAL: 1, LOW: 2}
     with _connection(redis_server, options) as connection:
         queue = connection.SimpleQueue("rq-share")
         for level in (HIGH, NORMAL, LOW):
-            for n in range(20):
-                queue.put(f"{level}{n}", priority=MESSAGE_PRIORITY[level])
-        taken = _drain(queue, 20)
-        counts = {level: sum(name.startswith(level) for name in taken) for level in (HIGH, NORMAL, LOW)}
-        # One pop in 4 offers low first, one normal first: 5 each in 20, the rest high.
-        assert counts == {HIGH: 10, NORMAL: 5, LOW: 5}
-        # Within each level, still first in, first out.
-        assert [name for name in taken if name.startswith(NORMAL)] == [f"normal{n}" for n in range(5)]
-        # The doorbell never holds more tokens than messages wait.
-        assert client.llen(doorbell_key("rq-share")) <= 40
+            for n in range(30):
+                queue.put(f"{level}-{n}", priority=MESSAGE_PRIORITY[level])
+        names = _drain(queue, 30)
+        taken = [name.split("-")[0] for name in names]
+        # Every level waits throughout: neither lower one is passed over more than 4 pops in a row.
+        for level in (NORMAL, LOW):
+            passed_over = 0
+            for name in taken:
+                passed_over = 0 if name == level else passed_over + (order[name] < order[level])
+                assert passed_over <= max_skips, taken
+        assert taken.count(HIGH) >= 20 and taken.count(NORMAL) >= 4 and taken.count(LOW) >= 4
+        # Within a level, still first in, first out; the doorbell never holds more tokens than
+        # messages wait.
+        for level in (HIGH, NORMAL, LOW):
+            numbers = [int(name.split("-")[1]) for name in names if name.startswith(level)]
+            assert numbers == list(range(len(numbers)))
+        assert client.llen(doorbell_key("rq-share")) <= 60
+        queue.close()
+
+
+def test_a_level_that_is_not_starving_takes_no_turn_from_a_higher_one(redis_server: str) -> None:
+    client = redis.Redis.from_url(redis_server)
+    client.flushdb()
+    with _connection(redis_server, LEVELED | {"priority_max_skips": 2}) as connection:
+        queue = connection.SimpleQueue("rq-sparse")
+        for n in range(40):
+            queue.put(f"normal-{n}", priority=MESSAGE_PRIORITY[NORMAL])
+        # A high request now and then, with normal ones served between: each is served next.
+        for n in range(10):
+            assert _drain(queue, 2) == [f"normal-{2 * n}", f"normal-{2 * n + 1}"]
+            queue.put(f"high-{n}", priority=MESSAGE_PRIORITY[HIGH])
+            assert _drain(queue, 1) == [f"high-{n}"]
         queue.close()
 
 
