@@ -32,11 +32,14 @@ import redis
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 from kombu.transport import redis as kombu_redis
 
+from inference_common.priority import MESSAGE_PRIORITY, PRIORITY_STEPS
 from inference_project import reliable_queue
 
 TRANSPORTS: dict[str, type[kombu_redis.Transport]] = {
     "kombu": kombu_redis.Transport,
     "reliable": reliable_queue.Transport,
+    # The same with the platform's priority levels: messages at every level, the Lua-script move.
+    "reliable-levels": reliable_queue.Transport,
 }
 try:  # Python >= 3.13 only: run in a virtualenv of its own (docs/architecture.md)
     from celery_redis_plus.transport import Transport as RedisPlusTransport  # type: ignore[import-not-found]
@@ -58,6 +61,11 @@ OPTIONS = {
     "unacked_mutex_expire": 5,
     "priority_steps": [0],
 }
+LEVELED = {"reliable-levels"}
+
+
+def _options(transport: str) -> dict[str, Any]:
+    return OPTIONS | {"priority_steps": PRIORITY_STEPS} if transport in LEVELED else OPTIONS
 
 
 @dataclass
@@ -97,7 +105,7 @@ def consume(url: str, transport: str, after_pop: float, before_ack: float) -> No
             os.kill(os.getpid(), signal.SIGKILL)
         message.ack()
 
-    with Connection(url, transport=cls, transport_options=OPTIONS) as conn:
+    with Connection(url, transport=cls, transport_options=_options(transport)) as conn:
         consumer = Consumer(conn.channel(), queues=[Queue(QUEUE)], callbacks=[on_message], accept=["json"])
         consumer.qos(prefetch_count=1)
         with consumer:
@@ -111,12 +119,13 @@ def consume(url: str, transport: str, after_pop: float, before_ack: float) -> No
 
 
 def _publish(url: str, transport: str, messages: int) -> None:
-    with Connection(url, transport=TRANSPORTS[transport], transport_options=OPTIONS) as conn:
+    with Connection(url, transport=TRANSPORTS[transport], transport_options=_options(transport)) as conn:
         producer = Producer(conn.channel(), exchange=Exchange(QUEUE, type="direct"), routing_key=QUEUE)
         producer.declare()
         Queue(QUEUE, Exchange(QUEUE, type="direct"), routing_key=QUEUE)(conn.channel()).declare()
+        levels = list(MESSAGE_PRIORITY.values()) if transport in LEVELED else [0]
         for index in range(messages):
-            producer.publish({"id": index}, serializer="json")
+            producer.publish({"id": index}, serializer="json", priority=levels[index % len(levels)])
 
 
 def trial(

@@ -3,11 +3,15 @@ bookkeeping, dozens of times in one run (bench/delivery.py). With kombu's own Re
 such kill loses the message; with the reliable-queue pop (BLMOVE into a per-consumer list) none is
 lost. Messages are counted in Redis by the consumers themselves."""
 
+import pytest
+
 from bench.delivery import trial
 
 
-def test_no_message_is_lost_when_consumers_die_right_after_the_pop(redis_server: str) -> None:
-    result = trial(redis_server, "reliable", messages=1500, after_pop=0.02, before_ack=0.005)
+# "reliable-levels": the same pop as a Lua script over the platform's priority-level lists.
+@pytest.mark.parametrize("transport", ["reliable", "reliable-levels"])
+def test_no_message_is_lost_when_consumers_die_right_after_the_pop(redis_server: str, transport: str) -> None:
+    result = trial(redis_server, transport, messages=1500, after_pop=0.02, before_ack=0.005)
     print(result)
     assert result.kills_after_pop >= 10  # the window was hit many times
     assert result.lost == 0
