@@ -90,6 +90,8 @@ def test_tritonclient_grpc_works_unchanged(platform: Platform, heldout: Heldout,
     assert summary["versions"] == ["1"]
     assert np.mean(np.array(summary["top1"]) == np.array(labels)) >= 0.9
     assert summary["wrong_key"] == "StatusCode.UNAUTHENTICATED"
+    status, message = summary["bad_priority"]
+    assert status == "StatusCode.INVALID_ARGUMENT" and "parameters.priority" in message
 
 
 @pytest.fixture(scope="module")

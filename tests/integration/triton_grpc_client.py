@@ -38,6 +38,7 @@ def main(target: str, token: str, rows: np.ndarray) -> dict[str, object]:
             outputs=[triton.InferRequestedOutput("scores")],
             headers=headers,
             request_id=f"triton-grpc-{start}",
+            priority=1 if start % 80 == 0 else 0,  # every other batch at the highest level
         )
         response = result.get_response(as_json=True)
         ids.append(response["id"])
@@ -48,6 +49,10 @@ def main(target: str, token: str, rows: np.ndarray) -> dict[str, object]:
         client.infer("digits", [tensor], headers={"authorization": "Bearer wrong"})
     except InferenceServerException as error:
         summary["wrong_key"] = error.status()
+    try:
+        client.infer("digits", [tensor], headers=headers, priority=9)
+    except InferenceServerException as error:
+        summary["bad_priority"] = [error.status(), error.message()]
     return summary
 
 

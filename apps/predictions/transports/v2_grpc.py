@@ -90,6 +90,16 @@ def _metadata(context: Context) -> dict[str, str]:
     }
 
 
+def priority_parameter(request: pb.ModelInferRequest) -> object | None:
+    """The request's `parameters["priority"]` value, whichever type it came as (Triton's
+    clients send a uint64_param); None without one."""
+    if "priority" not in request.parameters:
+        return None
+    parameter = request.parameters["priority"]
+    choice = parameter.WhichOneof("parameter_choice")
+    return getattr(parameter, choice) if choice else None
+
+
 def request_context_of(context: Context) -> RequestContext:
     """What REST reads from headers, from the call's metadata and deadline."""
     metadata = _metadata(context)
@@ -325,11 +335,9 @@ class InferenceServicer:
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
         async def handle() -> pb.ModelInferResponse:
             caller = await dataplane.authenticate(request_context_of(context))
-            if "priority" in request.parameters:  # Triton's clients send it as uint64_param
-                parameter = request.parameters["priority"]
-                choice = parameter.WhichOneof("parameter_choice")
-                value = getattr(parameter, choice) if choice else None
-                caller = dataplane.prioritized(caller, value, field="parameters.priority")
+            priority = priority_parameter(request)
+            if priority is not None:
+                caller = dataplane.prioritized(caller, priority, field="parameters.priority")
             version = _version(request.model_version, field="model_version")
             inference = InferenceRequest(
                 model=request.model_name,

@@ -7,7 +7,7 @@ from apps.predictions.errors import ApiError
 from apps.predictions.selectors import ServedModel
 from apps.predictions.transports.oip import generate
 from apps.predictions.transports.oip import grpc_predict_v2_pb2 as pb
-from apps.predictions.transports.v2_grpc import inputs_decode, response_render
+from apps.predictions.transports.v2_grpc import inputs_decode, priority_parameter, response_render
 from apps.predictions.types import InferenceResponse
 
 SIGNATURE = {
@@ -86,3 +86,14 @@ def test_the_answer_takes_the_form_of_the_request_and_only_the_outputs_asked_for
     half = InferenceResponse(id="t", served=SERVED, outputs={"h": np.array([1.5], dtype=np.float16)})
     rendered = response_render(half, pb.ModelInferRequest(), raw=False)  # FP16: raw only
     assert np.frombuffer(rendered.raw_output_contents[0], dtype="<f2").tolist() == [1.5]
+
+
+def test_the_priority_parameter_is_read_whatever_its_type() -> None:
+    request = raw_request()
+    assert priority_parameter(request) is None
+    request.parameters["priority"].uint64_param = 1  # what tritonclient.grpc sends
+    assert priority_parameter(request) == 1
+    request.parameters["priority"].string_param = "low"
+    assert priority_parameter(request) == "low"
+    request.parameters["priority"].bool_param = True  # the data plane refuses it (400)
+    assert priority_parameter(request) is True
