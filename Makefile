@@ -26,12 +26,14 @@ system-deps:
 
 # Debian's chromium drives the admin's browser tests (playwright uses it; it downloads nothing);
 # prometheus (with promtool) scrapes the platform and evaluates the alert rules in the tests;
-# postgresql's server (deploy/bin/postgres runs it) holds the registry in the PostgreSQL tests.
+# postgresql's server (deploy/bin/postgres runs it) holds the registry in the PostgreSQL tests;
+# h2load (nghttp2-client) is the benchmark's gRPC load generator, as wrk is its REST one.
 test-deps: system-deps
 	@command -v chromium >/dev/null && command -v wrk >/dev/null && command -v prometheus >/dev/null && \
-	  command -v haproxy >/dev/null && ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { \
-	  echo "chromium, wrk, prometheus, haproxy or postgresql missing: installing them (apt-get install -y chromium wrk prometheus haproxy postgresql)"; \
-	  $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium wrk prometheus haproxy postgresql; }
+	  command -v haproxy >/dev/null && command -v h2load >/dev/null && \
+	  ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { \
+	  echo "chromium, wrk, h2load, prometheus, haproxy or postgresql missing: installing them (apt-get install -y chromium wrk nghttp2-client prometheus haproxy postgresql)"; \
+	  $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium wrk nghttp2-client prometheus haproxy postgresql; }
 
 run: venv system-deps
 	$(BIN)/python -m inference_project.local_platform

@@ -138,7 +138,7 @@ def cpu_seconds(processes: dict[str, int]) -> dict[str, float]:
 
 def cpu_during(load: Callable[[], T], processes: dict[str, int]) -> tuple[T, dict[str, float]]:
     """Run `load()` and return its result and the cores each process used meanwhile: the
-    system's `processes`, the load generator (wrk), and what the machine left idle."""
+    system's `processes`, the load generator (wrk or h2load), and what the machine left idle."""
     before, idle_before = cpu_seconds(processes), psutil.cpu_times().idle
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
@@ -146,7 +146,7 @@ def cpu_during(load: Callable[[], T], processes: dict[str, int]) -> tuple[T, dic
     elapsed = time.monotonic() - started
     after, children = cpu_seconds(processes), resource.getrusage(resource.RUSAGE_CHILDREN)
     cores = {name: (after[name] - before[name]) / elapsed for name in after if name in before}
-    cores["wrk (load generator)"] = (
+    cores["load generator (wrk, h2load)"] = (
         children.ru_utime + children.ru_stime - children_before.ru_utime - children_before.ru_stime
     ) / elapsed
     cores["idle (whole machine)"] = (psutil.cpu_times().idle - idle_before) / elapsed
@@ -221,6 +221,7 @@ class Bench:
         method: str = "POST",
         cpu_key: str | None = None,
         processes: Callable[[], dict[str, int]] | None = None,
+        loader: Callable[[int], LoadResult] | None = None,
     ) -> list[dict[str, float]]:
         """Closed-loop points at each concurrency; with `cpu_key`, the cores each of the system's
         `processes()` used at 64 clients go to results["cpu_at_64"][cpu_key] and what they add up
@@ -231,6 +232,8 @@ class Bench:
         for concurrency in levels:
 
             def load(concurrency: int = concurrency) -> LoadResult:
+                if loader is not None:  # another load generator (h2load for gRPC)
+                    return loader(concurrency)
                 return wrk(
                     url, body, concurrency=concurrency, seconds=self.seconds, headers=headers, method=method
                 )

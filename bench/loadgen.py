@@ -105,3 +105,62 @@ def wrk(
         p99_ms=_ms(percentiles["99"]),
         errors=socket_errors + non2xx,
     )
+
+
+def grpc_frame(message: bytes) -> bytes:
+    """One gRPC message on the wire: uncompressed flag, 4-byte big-endian length, the bytes."""
+    return b"\0" + len(message).to_bytes(4, "big") + message
+
+
+def h2load_grpc(
+    url: str, message: bytes, *, concurrency: int, seconds: float, headers: dict[str, str]
+) -> LoadResult:
+    """Closed-loop unary gRPC calls with nghttp2's h2load, a C load generator as wrk is for REST:
+    `concurrency` HTTP/2 connections with one stream each, each POSTing `message` (a serialized
+    request) to `url` (`http://host:port/<package.Service>/<Method>`) as gRPC does. Latency per
+    call from h2load's request log. h2load sees HTTP statuses, not the grpc-status trailer: the
+    caller counts the calls the server answered with an error (ours: its metrics)."""
+    if shutil.which("h2load") is None:
+        raise RuntimeError("h2load is required: apt-get install -y nghttp2-client")
+    with tempfile.TemporaryDirectory() as folder:
+        body_path = Path(folder) / "body"
+        body_path.write_bytes(grpc_frame(message))
+        log_path = Path(folder) / "requests.log"
+        grpc_headers = {"content-type": "application/grpc", "te": "trailers", **headers}
+        done = subprocess.run(
+            [
+                "h2load",
+                f"--clients={concurrency}",
+                "--max-concurrent-streams=1",
+                f"--threads={min(2, concurrency)}",
+                f"--duration={max(1, round(seconds))}",
+                "--warm-up-time=0",
+                f"--data={body_path}",
+                f"--log-file={log_path}",
+                *[f"--header={name}: {value}" for name, value in grpc_headers.items()],
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        rows = [line.split("\t") for line in log_path.read_text().splitlines() if line.strip()]
+    statuses = [int(row[1]) for row in rows]
+    latencies_ms = sorted(int(row[2]) / 1000 for row in rows)
+    failed = sum(int(n) for n in re.findall(r"(\d+) (?:failed|errored|timeout)", done.stdout))
+    if not latencies_ms:
+        raise ValueError(f"h2load logged no request:\n{done.stdout}\n{done.stderr}")
+
+    def percentile(q: float) -> float:
+        return latencies_ms[min(len(latencies_ms) - 1, int(q / 100 * len(latencies_ms)))]
+
+    return LoadResult(
+        concurrency=concurrency,
+        seconds=seconds,
+        requests=len(rows),
+        rps=float(_found(r"finished in [\d.]+\w*, ([\d.]+) req/s", done.stdout)),
+        p50_ms=percentile(50),
+        p90_ms=percentile(90),
+        p99_ms=percentile(99),
+        errors=failed + sum(not 200 <= status < 300 for status in statuses),
+    )

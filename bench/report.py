@@ -7,16 +7,20 @@ from bench.models import HEAVY_SIGNATURES
 
 SERIES = {
     "ours_digits": "ours (digits)",
+    "ours_digits_grpc": "ours (digits, gRPC)",
     "naive_digits": "naive Celery (digits)",
     "redis_loop_digits": "Redis-list loop (digits)",
     "ray_digits": "Ray Serve (digits)",
     "ours_heavy": "ours (MobileNetV2, FP32 input)",
     "ours_heavy_uint8": "ours (MobileNetV2, UINT8 input)",
+    "ours_heavy_grpc": "ours (MobileNetV2, FP32 input, gRPC)",
 }
 RAW_NAMES = {"digits": "digits", **{key: f"MobileNetV2 {dtype}" for key, dtype in HEAVY_SIGNATURES.items()}}
 BUDGET_NAMES = {
     **{key: f"ours, {name}" for key, name in RAW_NAMES.items()},
     "noop": "ours, no-op endpoint (GET /healthz)",
+    "digits_grpc": "ours, digits over gRPC",
+    "heavy_grpc": "ours, MobileNetV2 FP32 over gRPC",
     "redis_loop": "Redis-list loop, digits",
 }
 
@@ -68,8 +72,9 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [
         "# Benchmarks",
         "",
-        f"Command: `{r['command']}` ({r['mode']} run, {r['seconds_per_point']:g} s per point, closed-loop load from `wrk`: each",
-        "connection sends its next request when the answer arrives; latency is per request).",
+        f"Command: `{r['command']}` ({r['mode']} run, {r['seconds_per_point']:g} s per point, closed-loop load from `wrk`",
+        "(REST) and nghttp2's `h2load` (gRPC, one stream per connection): each connection sends its next",
+        "request when the answer arrives; latency is per request).",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GiB, no GPU. Python {m['python']}, TensorFlow",
         f"{m['tensorflow']}, Keras {m['keras']}, Django {m['django']}, Celery {m['celery']}, uvicorn {m['uvicorn']},",

@@ -56,7 +56,9 @@ def bench_run(*, quick: bool, out: Path) -> dict[str, Any]:
 
 # Sections of docs/benchmarks.md measured by other commands (each names its own) follow this line;
 # a `make bench` rewrite keeps them.
-KEPT_MARKER = "<!-- Measured by other commands (each names its own): kept when make bench rewrites this file. -->"
+KEPT_MARKER = (
+    "<!-- Measured by other commands (each names its own): kept when make bench rewrites this file. -->"
+)
 
 
 def _kept_sections(docs: Path) -> str:

@@ -13,8 +13,9 @@ import httpx
 import numpy as np
 import psutil
 
+from apps.predictions.transports.oip import grpc_predict_v2_pb2 as pb
 from bench.harness import HEAVY_CHILDREN, PYTHON, ROOT, TOKEN, Bench, free_port, log, rss_mb, wait_until
-from bench.loadgen import wrk
+from bench.loadgen import LoadResult, h2load_grpc, wrk
 from bench.models import HEAVY_NAMES, HEAVY_SIGNATURES
 
 
@@ -157,6 +158,52 @@ def heavy_request(size: int, datatype: str) -> tuple[bytes, dict[str, str]]:
     return header + image.tobytes(), headers
 
 
+GRPC_INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def grpc_request(model: str, name: str, array: np.ndarray) -> bytes:
+    """A ModelInfer request with the tensor as raw_input_contents (what tritonclient.grpc sends)."""
+    datatype = {"float32": "FP32", "uint8": "UINT8"}[array.dtype.name]
+    request = pb.ModelInferRequest(model_name=model)
+    request.inputs.add(name=name, datatype=datatype, shape=list(array.shape))
+    request.raw_input_contents.append(
+        np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tobytes()
+    )
+    return request.SerializeToString()
+
+
+def _grpc_answers(platform: Platform) -> dict[str, float]:
+    """The API's count of ModelInfer calls by status (499: h2load cancelled calls in flight when its
+    duration ran out, not errors)."""
+    text = httpx.get(f"{platform.base}/metrics", timeout=10).text
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("inference_requests_total{") and 'route="grpc/ModelInfer"' in line:
+            status = line.split('status="', 1)[1].split('"', 1)[0]
+            counts[status] = counts.get(status, 0.0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def _grpc_sweep(bench: Bench, platform: Platform, message: bytes, cpu_key: str) -> list[dict[str, float]]:
+    """Closed-loop ModelInfer calls with h2load at each level; a call the server answered with an
+    error status counts as an error of its point."""
+    url = f"http://127.0.0.1:{platform.env['GRPC_PORT']}{GRPC_INFER}"
+    auth = {"authorization": f"Bearer {TOKEN}"}
+
+    def load(concurrency: int) -> LoadResult:
+        before = _grpc_answers(platform)
+        result = h2load_grpc(url, message, concurrency=concurrency, seconds=bench.seconds, headers=auth)
+        after = _grpc_answers(platform)
+        failed = sum(v - before.get(s, 0.0) for s, v in after.items() if s not in ("200", "499"))
+        result.errors += int(failed)
+        return result
+
+    load(4)  # warm-up
+    return bench.sweep(
+        url, message, auth, bench.levels, cpu_key=cpu_key, processes=platform.processes, loader=load
+    )
+
+
 def ours_measure(bench: Bench, platform: Platform) -> None:
     """results["ours_digits"], ["noop"], ["ours_<heavy key>"], ["memory_after_load"] and
     ["inflight_2000"], with the CPU of each at 64 clients."""
@@ -167,6 +214,11 @@ def ours_measure(bench: Bench, platform: Platform) -> None:
     log("ours, digits (native JSON route)")
     bench.results["ours_digits"] = bench.sweep(
         f"{base}/api/v1/predictions", body, auth, bench.levels, cpu_key="digits", processes=platform.processes
+    )
+    log("ours, digits (gRPC ModelInfer, raw contents, h2load)")
+    row = json.loads(body)["inputs"][0]
+    bench.results["ours_digits_grpc"] = _grpc_sweep(
+        bench, platform, grpc_request("digits", "pixels", np.array([row], dtype=np.float32)), "digits_grpc"
     )
     log("no-op endpoint on the same stack (GET /healthz)")
     bench.results["noop"] = bench.sweep(
@@ -180,6 +232,14 @@ def ours_measure(bench: Bench, platform: Platform) -> None:
         bench.results[f"ours_{key}"] = bench.sweep(
             url, heavy_body, heavy_headers, bench.levels, cpu_key=key, processes=platform.processes
         )
+        if datatype == "FP32":
+            log("ours, MobileNetV2 with FP32 input (gRPC ModelInfer, raw contents, h2load)")
+            image = np.random.default_rng(1).random(
+                (1, bench.heavy_size, bench.heavy_size, 3), dtype=np.float32
+            )
+            bench.results[f"ours_{key}_grpc"] = _grpc_sweep(
+                bench, platform, grpc_request(HEAVY_NAMES[datatype], "images", image), f"{key}_grpc"
+            )
     bench.results["memory_after_load"] = platform.memory()
     log("2,000 concurrent requests held by one API process")
     bench.results["inflight_2000"] = wrk(

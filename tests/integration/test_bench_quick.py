@@ -29,6 +29,8 @@ def test_quick_benchmark_produces_its_figures(tmp_path: Path, demo_model_dir: Pa
         "ours_digits",
         "ours_heavy",
         "ours_heavy_uint8",
+        "ours_digits_grpc",
+        "ours_heavy_grpc",
         "noop",
         "naive_digits",
         "redis_loop_digits",
@@ -36,7 +38,8 @@ def test_quick_benchmark_produces_its_figures(tmp_path: Path, demo_model_dir: Pa
         "targets",
     ):
         assert key in results, key
-    served = results["ours_digits"] + results["ours_heavy"] + results["ours_heavy_uint8"]
+    series = ("digits", "heavy", "heavy_uint8", "digits_grpc", "heavy_grpc")
+    served = [point for key in series for point in results[f"ours_{key}"]]
     assert all(point["errors"] == 0 and point["rps"] > 0 for point in served)
     assert results["inflight_2000"]["errors"] == 0
     # Each heavy signature ran on its own worker with one child per core, measured raw in the same
@@ -46,8 +49,16 @@ def test_quick_benchmark_produces_its_figures(tmp_path: Path, demo_model_dir: Pa
         assert layout["processes"] >= 1 and all(v["rows_per_s"] > 0 for v in layout["batches"].values())
         assert len([k for k in results["memory_after_load"] if k.startswith(worker)]) == layout["processes"]
         assert results["targets"][f"{key}_vs_raw"]["value"] > 0
-    # The CPU table covers both signatures and the digits model.
-    assert set(results["cpu_at_64"]) == {"digits", "noop", "heavy", "heavy_uint8", "redis_loop"}
+    # The CPU table covers both signatures and the digits model, over REST and gRPC.
+    assert set(results["cpu_at_64"]) == {
+        "digits",
+        "noop",
+        "heavy",
+        "heavy_uint8",
+        "redis_loop",
+        "digits_grpc",
+        "heavy_grpc",
+    }
     # ... and each system's CPU per answer, the Redis-list peer's processes included.
     assert {"redis-loop web", "redis-loop model", "redis-loop redis"} <= set(
         results["cpu_at_64"]["redis_loop"]
