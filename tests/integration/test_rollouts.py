@@ -486,10 +486,10 @@ def test_a_shadow_at_100_changes_no_live_answer_nor_live_p50(
             assert figure["pairs"] >= 0.8 * figure["requests"], figures  # the shadow was running
         else:
             assert figure["pairs"] == 0, figures
-    # The issue asks for live p50 within 10 %. Not met here: the pooled ratio measured 0.87, 1.22
-    # and 1.17 in three runs of this module on these two shared cores (1.16 at half the rate), and
-    # p50 wanders by up to a third between 6 s runs without any shadow (#17 stays open on it;
-    # docs/registry.md). Asserted is the regression guard: one batch per copy (the design before
-    # the shadow batcher) measured 1.6-1.9x.
-    assert pooled_ratio <= 1.5, (pooled_ratio, ratios, figures)
+    # The issue asks for live p50 within 10 %: the pooled ratio measured 1.01, 0.98 and 1.08 in three
+    # runs of this module since copies go at priority low (docs/registry.md). p50 wanders by up to a
+    # third between 6 s runs without any shadow on these two shared cores, so asserting 1.1 would
+    # fail by noise now and then; the guard catches a real regression (one batch per copy, the
+    # design before the shadow batcher, measured 1.6-1.9x; copies at normal priority 0.87-1.22).
+    assert pooled_ratio <= 1.3, (pooled_ratio, ratios, figures)
     assert async_pairs >= len(ids), async_pairs
