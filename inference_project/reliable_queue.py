@@ -22,11 +22,10 @@ BLMOVE takes one source list. A channel consuming one queue with one priority st
 per level) the move is a Lua script instead (`_POP_LEVELED`): from the highest non-empty level,
 except that a level passed over `priority_max_skips` pops in a row while it had messages waiting
 is served next, so none starves (and a level that is not starving never takes a turn from a
-higher one). A script
-cannot block, so a consumer whose script found nothing blocks on the queue's doorbell list, which
-every publish rings (`_put`), and runs the script again once woken or after `brpop_timeout`; the
-script trims the doorbell to the messages left, so tokens never outnumber them. A channel that
-consumes several queues keeps kombu's BRPOP.
+higher one). A script cannot block, so a consumer whose script found nothing blocks on the
+queue's doorbell list, which every publish rings (`_put`), and runs the script again once woken
+or after `brpop_timeout`; the script trims the doorbell to the messages left, so tokens never
+outnumber them. A channel that consumes several queues keeps kombu's BRPOP.
 
 The kill-window test (tests/integration/test_kill_window.py) SIGKILLs consumers at that very
 instant, thousands of times, and counts every message.
