@@ -171,6 +171,15 @@ def cpu_budget(rps: float, cores: dict[str, float], machine_cores: int) -> dict[
     }
 
 
+def per_answer_us(rps: float, cores: dict[str, float]) -> dict[str, float]:
+    """Each process's cores during a point as core-µs per answer (idle left out)."""
+    return {
+        name: round(value / rps * 1e6, 1) if rps else 0.0
+        for name, value in cores.items()
+        if name != "idle (whole machine)"
+    }
+
+
 def rss_mb(pid: int) -> float:
     try:
         rss: int = psutil.Process(pid).memory_info().rss
@@ -186,6 +195,7 @@ class Bench:
 
     digits_dir: Path
     heavy_dirs: dict[str, Path]
+    accel_dirs: dict[str, Path]
 
     def __init__(self, quick: bool, out: Path) -> None:
         self.quick = quick
@@ -222,10 +232,12 @@ class Bench:
         cpu_key: str | None = None,
         processes: Callable[[], dict[str, int]] | None = None,
         loader: Callable[[int], LoadResult] | None = None,
+        cpu_levels: bool = False,
     ) -> list[dict[str, float]]:
         """Closed-loop points at each concurrency; with `cpu_key`, the cores each of the system's
         `processes()` used at 64 clients go to results["cpu_at_64"][cpu_key] and what they add up
-        to per answer to results["cpu_budget"]."""
+        to per answer to results["cpu_budget"]; with `cpu_levels` too, every level's core-µs per
+        answer by process to results["cpu_by_level"][cpu_key][level]."""
         if cpu_key and processes is None:
             raise ValueError("cpu_key needs the processes to count")
         points = []
@@ -238,12 +250,17 @@ class Bench:
                     url, body, concurrency=concurrency, seconds=self.seconds, headers=headers, method=method
                 )
 
-            if cpu_key and processes is not None and concurrency == 64:
+            if cpu_key and processes is not None and (concurrency == 64 or cpu_levels):
                 result, cores = cpu_during(load, processes())
-                self.results.setdefault("cpu_at_64", {})[cpu_key] = cores
-                self.results.setdefault("cpu_budget", {})[cpu_key] = cpu_budget(
-                    result.rps, cores, self.results["machine"]["cores"]
-                )
+                budget = cpu_budget(result.rps, cores, self.results["machine"]["cores"])
+                if concurrency == 64:
+                    self.results.setdefault("cpu_at_64", {})[cpu_key] = cores
+                    self.results.setdefault("cpu_budget", {})[cpu_key] = budget
+                if cpu_levels:
+                    self.results.setdefault("cpu_by_level", {}).setdefault(cpu_key, {})[str(concurrency)] = {
+                        **budget,
+                        "core_us_per_answer_by_process": per_answer_us(result.rps, cores),
+                    }
             else:
                 result = load()
             log(

@@ -19,10 +19,16 @@ import sys
 from pathlib import Path
 
 from bench.harness import PYTHON, ROOT, Bench
+from workers.training.simulated import simulated_write
 
 HEAVY_NAMES = {"FP32": "mobilenet", "UINT8": "mobilenet-uint8"}
 # The benchmark's result keys of the two signatures (bench/systems/, bench/report.py).
 HEAVY_SIGNATURES = {"heavy": "FP32", "heavy_uint8": "UINT8"}
+# The simulated accelerator's signatures (result key -> input datatype) and model names; a batch
+# takes ACCEL_BATCH_MS of sleep whatever its size (a GPU answering a batch of images).
+ACCEL_SIGNATURES = {"accel_fp32": "FP32", "accel_uint8": "UINT8"}
+ACCEL_NAMES = {"FP32": "accel-fp32", "UINT8": "accel-uint8"}
+ACCEL_BATCH_MS = 1.0
 
 
 def heavy_model_build(out: Path, *, size: int, alpha: float, datatype: str = "FP32") -> Path:
@@ -57,8 +63,9 @@ def heavy_model_build(out: Path, *, size: int, alpha: float, datatype: str = "FP
 
 
 def models_prepare(bench: Bench) -> None:
-    """Set `bench.digits_dir` and `bench.heavy_dirs` (result key -> folder), building what is
-    missing, and record the heavy model's batching settings (results["heavy_batching"])."""
+    """Set `bench.digits_dir`, `bench.heavy_dirs` and `bench.accel_dirs` (result key -> folder),
+    building what is missing, and record the heavy model's batching settings
+    (results["heavy_batching"])."""
     cached = ROOT / ".cache" / "demo-digits"
     bench.digits_dir = cached if (cached / "model_card.json").exists() else bench.work / "digits"
     if not (bench.digits_dir / "model_card.json").exists():
@@ -84,6 +91,19 @@ def models_prepare(bench: Bench) -> None:
         )
     card = json.loads((bench.heavy_dirs["heavy"] / "model_card.json").read_text())
     bench.results["heavy_batching"] = card["batching"]
+    # The simulated accelerator (workers/simulated.py) with the heavy model's input: a model that
+    # costs no CPU, so what is measured is the serving path a GPU tier would need.
+    bench.accel_dirs = {}
+    for key, datatype in ACCEL_SIGNATURES.items():
+        folder = bench.accel_dirs[key] = bench.work / f"{key}-{bench.heavy_size}"
+        simulated_write(
+            out=folder,
+            name=ACCEL_NAMES[datatype],
+            batch_ms=ACCEL_BATCH_MS,
+            row_ms=0.0,
+            input_shape=(bench.heavy_size, bench.heavy_size, 3),
+            datatype=datatype,
+        )
 
 
 if __name__ == "__main__":

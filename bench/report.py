@@ -14,12 +14,31 @@ SERIES = {
     "ours_heavy": "ours (MobileNetV2, FP32 input)",
     "ours_heavy_uint8": "ours (MobileNetV2, UINT8 input)",
     "ours_heavy_grpc": "ours (MobileNetV2, FP32 input, gRPC)",
+    "ours_accel_fp32": "ours (simulated accelerator, FP32 224×224×3, v2 binary REST)",
+    "ours_accel_fp32_grpc": "ours (simulated accelerator, FP32, gRPC raw contents)",
+    "ours_accel_uint8": "ours (simulated accelerator, UINT8, v2 binary REST)",
+    "ours_accel_uint8_grpc": "ours (simulated accelerator, UINT8, gRPC raw contents)",
+    "redis_loop_accel_fp32": "Redis-list loop (simulated accelerator, FP32, raw bytes)",
+    "redis_loop_accel_uint8": "Redis-list loop (simulated accelerator, UINT8, raw bytes)",
 }
+# Series measured with the CPU of every process at every level (the serving path per image).
+ACCEL_SERIES = [key for key in SERIES if "accel" in key]
 RAW_NAMES = {"digits": "digits", **{key: f"MobileNetV2 {dtype}" for key, dtype in HEAVY_SIGNATURES.items()}}
 BUDGET_NAMES = {
     **{key: f"ours, {name}" for key, name in RAW_NAMES.items()},
     "noop": "ours, no-op endpoint (GET /healthz)",
     "digits_grpc": "ours, digits over gRPC",
+    "digits_events_off": "ours, digits, Celery task events off",
+    **{
+        key.removeprefix("ours_"): label.replace("ours (", "ours, ").rstrip(")")
+        for key, label in SERIES.items()
+        if key.startswith("ours_accel")
+    },
+    **{
+        key: label.replace(" (", ", ").rstrip(")")
+        for key, label in SERIES.items()
+        if key.startswith("redis_loop_accel")
+    },
     "heavy_grpc": "ours, MobileNetV2 FP32 over gRPC",
     "redis_loop": "Redis-list loop, digits",
 }
@@ -33,6 +52,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     for key, label in SERIES.items():
+        if key in ACCEL_SERIES:  # images on a free model: the tables say it better
+            continue
         points = results.get(key)
         if not isinstance(points, list):
             continue
@@ -196,6 +217,7 @@ def markdown(r: dict[str, Any]) -> str:
             )
     if r.get("cpu_needed"):
         lines.append("")
+    lines += _serving_path(r)
     inflight = r["inflight_2000"]
     lines += [
         "## 2,000 requests in flight",
@@ -225,3 +247,70 @@ def markdown(r: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def serving_path_us(r: dict[str, Any]) -> dict[str, float]:
+    """Core-µs per image outside the model at 64 clients (the simulated accelerator costs no CPU),
+    over v2 binary REST: the issue's `serving_path_core_us_per_image`."""
+    budget = r.get("cpu_budget", {})
+    return {
+        dtype: budget[key]["core_us_per_answer"]
+        for dtype, key in (("fp32", "accel_fp32"), ("uint8", "accel_uint8"))
+        if key in budget
+    }
+
+
+def _serving_path(r: dict[str, Any]) -> list[str]:
+    """The simulated accelerator's per-process cost per image at each level, ours and the loop's,
+    and digits with Celery task events on and off."""
+    by_level = r.get("cpu_by_level", {})
+    lines: list[str] = []
+    if by_level:
+        lines += [
+            "## The serving path per image (simulated accelerator: no CPU in the model)",
+            "",
+            "Core-µs per image by process at 1, 8 and 64 clients; `busy` is the whole machine's",
+            "(the kernel and the load generator included). On a GPU the model answers a batch in about a",
+            "millisecond: this is what the CPU side must spend per image to feed it.",
+            "",
+        ]
+        for key, levels in by_level.items():
+            processes = list(
+                dict.fromkeys(p for level in levels.values() for p in level["core_us_per_answer_by_process"])
+            )
+            lines += [
+                f"**{BUDGET_NAMES.get(key, key)}**",
+                "",
+                "| clients | req/s | busy core-µs | " + " | ".join(processes) + " |",
+                "|---|---|---|" + "---|" * len(processes),
+                *[
+                    f"| {level} | {v['rps']:.0f} | {v['core_us_per_answer']:.0f} | "
+                    + " | ".join(f"{v['core_us_per_answer_by_process'].get(p, 0):.0f}" for p in processes)
+                    + " |"
+                    for level, v in levels.items()
+                ],
+                "",
+            ]
+        figure = serving_path_us(r)
+        if figure:
+            lines += [
+                "Serving path at 64 clients, core-µs per image outside the model (v2 binary REST): "
+                + ", ".join(f"{dtype.upper()} {us:.0f}" for dtype, us in figure.items())
+                + " (the target is ≤ 1,500 for FP32).",
+                "",
+            ]
+    budget = r.get("cpu_budget", {})
+    if "digits" in budget and "digits_events_off" in budget:
+        on, off = budget["digits"], budget["digits_events_off"]
+        flower_on = r["cpu_at_64"]["digits"].get("flower", 0.0)
+        flower_off = r["cpu_at_64"]["digits_events_off"].get("flower", 0.0)
+        lines += [
+            "## Celery task events on and off (digits, 64 clients)",
+            "",
+            "| task events | req/s | core-µs per answer | Flower's cores |",
+            "|---|---|---|---|",
+            f"| on (the default) | {on['rps']:.0f} | {on['core_us_per_answer']:.0f} | {flower_on:.2f} |",
+            f"| off (`celery control disable_events`) | {off['rps']:.0f} | {off['core_us_per_answer']:.0f} | {flower_off:.2f} |",
+            "",
+        ]
+    return lines

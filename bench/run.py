@@ -80,7 +80,7 @@ def main() -> None:
     args.output_dir.mkdir(parents=True, exist_ok=True)
     results = bench_run(quick=args.quick, out=args.output_dir)
     (args.output_dir / "latest.json").write_text(json.dumps(results, indent=2))
-    from bench.report import markdown, plot
+    from bench.report import markdown, plot, serving_path_us
 
     plot(results, args.output_dir / "benchmarks.png")
     report = markdown(results)
@@ -89,6 +89,9 @@ def main() -> None:
         shutil.copyfile(args.output_dir / "benchmarks.png", ROOT / "docs" / "benchmarks.png")
         docs = ROOT / "docs" / "benchmarks.md"
         docs.write_text(report + _kept_sections(docs))
+        # The same run machine-readably, with the serving path's figure per image.
+        machine_readable = {**results, "serving_path_core_us_per_image": serving_path_us(results)}
+        (ROOT / "docs" / "benchmarks.json").write_text(json.dumps(machine_readable, indent=2) + "\n")
     print(report)
 
 

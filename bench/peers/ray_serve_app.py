@@ -3,6 +3,7 @@
 python -m bench.peers.ray_serve_app <model.keras> <port>
 """
 
+import logging
 import sys
 import time
 
@@ -36,7 +37,7 @@ class KerasModel:
 
 def main() -> None:
     model_path, port = sys.argv[1], int(sys.argv[2])
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     # @serve.deployment makes the class a Deployment, which has .bind; mypy keeps a decorated class's type.
     serve.run(KerasModel.bind(model_path), route_prefix="/predict")  # type: ignore[attr-defined]

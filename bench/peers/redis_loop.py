@@ -3,15 +3,23 @@ request onto a Redis list and polls its result key every POLL_MS (≤ 5 ms, not 
 tutorial's 250 ms); one model process pops up to 32 requests at a time and predicts them as one
 batch.
 
-    python -m bench.peers.redis_loop model <model.keras> <redis url>
+    python -m bench.peers.redis_loop model <model.keras | model.simulated> <redis url>
     uvicorn bench.peers.redis_loop:app        (web; REDIS_URL in the environment)
+
+The web process takes `{"inputs": [...]}` (FP32), or the tensor's raw bytes with
+`Content-Type: application/octet-stream`, `X-Shape: 1,224,224,3` and `X-Datatype: FP32 | UINT8`.
+Given a `model.simulated` (workers/simulated.py's file), the model process sleeps per batch as
+the platform's simulated accelerator does and answers `first value + arange(10)` per row.
 """
 
 import asyncio
+import json
 import os
 import sys
+import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -20,6 +28,7 @@ import orjson
 import redis
 import redis.asyncio as aioredis
 
+DTYPES = {"FP32": np.float32, "UINT8": np.uint8}
 QUEUE = "redis-loop:requests"
 RESULT = "redis-loop:result:"
 BATCH = 32
@@ -48,10 +57,19 @@ async def app(
         body += message.get("body", b"")
         if not message.get("more_body"):
             break
-    rows = np.asarray(orjson.loads(body)["inputs"], dtype=np.float32)
+    headers = dict(scope["headers"])
+    if headers.get(b"content-type") == b"application/octet-stream":
+        shape = [int(d) for d in headers[b"x-shape"].split(b",")]
+        dtype = DTYPES[headers.get(b"x-datatype", b"FP32").decode()]
+        rows = np.frombuffer(body, dtype=dtype).reshape(shape)
+    else:
+        rows = np.asarray(orjson.loads(body)["inputs"], dtype=np.float32)
     request_id = uuid.uuid4().hex
     await _client.rpush(
-        QUEUE, msgpack.packb({"id": request_id, "shape": list(rows.shape), "data": rows.tobytes()})
+        QUEUE,
+        msgpack.packb(
+            {"id": request_id, "shape": list(rows.shape), "dtype": rows.dtype.str, "data": rows.tobytes()}
+        ),
     )
     while (result := await _client.get(RESULT + request_id)) is None:
         await asyncio.sleep(POLL_S)
@@ -65,10 +83,30 @@ async def app(
     await send({"type": "http.response.body", "body": payload})
 
 
-def model_loop(model_path: str, redis_url: str) -> None:
-    import keras
+def _simulated(path: str) -> Callable[[np.ndarray], np.ndarray]:
+    """workers/simulated.py's kernel: sleep per batch, answer from each row's first value."""
+    params = json.loads(Path(path).read_text())
+    batch_s, row_s = params.get("batch_ms", 20.0) / 1000, params.get("row_ms", 0.05) / 1000
 
-    model = keras.saving.load_model(model_path, compile=False)
+    def predict(x: np.ndarray) -> np.ndarray:
+        time.sleep(batch_s + row_s * len(x))
+        first = x.reshape(len(x), -1)[:, 0].astype(np.float32)
+        return first[:, None] + np.arange(10, dtype=np.float32)
+
+    return predict
+
+
+def model_loop(model_path: str, redis_url: str) -> None:
+    if model_path.endswith(".simulated"):
+        predict = _simulated(model_path)
+    else:
+        import keras
+
+        model = keras.saving.load_model(model_path, compile=False)
+
+        def predict(x: np.ndarray) -> np.ndarray:
+            return np.asarray(model.predict_on_batch(x))
+
     client = redis.Redis.from_url(redis_url)
     print("model loop ready", flush=True)
     while True:
@@ -77,8 +115,11 @@ def model_loop(model_path: str, redis_url: str) -> None:
             continue
         items = [first[1], *(client.lpop(QUEUE, BATCH - 1) or [])]
         requests = [msgpack.unpackb(item) for item in items]
-        arrays = [np.frombuffer(r["data"], dtype=np.float32).reshape(r["shape"]) for r in requests]
-        scores = np.asarray(model.predict_on_batch(np.concatenate(arrays)))
+        arrays = [
+            np.frombuffer(r["data"], dtype=np.dtype(r.get("dtype", "<f4"))).reshape(r["shape"])
+            for r in requests
+        ]
+        scores = predict(np.concatenate(arrays))
         pipe = client.pipeline(transaction=False)
         start = 0
         for request, array in zip(requests, arrays, strict=True):

@@ -16,7 +16,7 @@ import psutil
 from apps.predictions.transports.oip import grpc_predict_v2_pb2 as pb
 from bench.harness import HEAVY_CHILDREN, PYTHON, ROOT, TOKEN, Bench, free_port, log, rss_mb, wait_until
 from bench.loadgen import LoadResult, h2load_grpc, wrk
-from bench.models import HEAVY_NAMES, HEAVY_SIGNATURES
+from bench.models import ACCEL_NAMES, ACCEL_SIGNATURES, HEAVY_NAMES, HEAVY_SIGNATURES
 
 
 def platform_env(root: Path, digits_dir: Path, *, redis_port: int, api_port: int) -> dict[str, str]:
@@ -109,7 +109,7 @@ def platform_start(bench: Bench) -> Platform:
         check=True,
         capture_output=True,
     )
-    for path in bench.heavy_dirs.values():
+    for path in [*bench.heavy_dirs.values(), *bench.accel_dirs.values()]:
         subprocess.run(
             [PYTHON, "manage.py", "register_model", str(path), "--deploy"],
             cwd=ROOT,
@@ -131,17 +131,20 @@ def platform_stop(bench: Bench, platform: Platform) -> None:
     bench.procs.stop(platform.proc)
 
 
-def heavy_request(size: int, datatype: str) -> tuple[bytes, dict[str, str]]:
-    """One size x size image as tritonclient sends it with binary_data=True (FP32 in [0, 1), or
-    UINT8)."""
+def heavy_image(size: int, datatype: str) -> np.ndarray:
+    """One size x size x 3 image: FP32 in [0, 1), or UINT8."""
     image = np.random.default_rng(1).random((1, size, size, 3), dtype=np.float32)
-    if datatype == "UINT8":
-        image = (image * 255).astype(np.uint8)
+    return (image * 255).astype(np.uint8) if datatype == "UINT8" else image
+
+
+def heavy_request(size: int, datatype: str, *, name: str = "images") -> tuple[bytes, dict[str, str]]:
+    """One size x size image as tritonclient sends it with binary_data=True."""
+    image = heavy_image(size, datatype)
     header = json.dumps(
         {
             "inputs": [
                 {
-                    "name": "images",
+                    "name": name,
                     "shape": list(image.shape),
                     "datatype": datatype,
                     "parameters": {"binary_data_size": image.nbytes},
@@ -184,9 +187,17 @@ def _grpc_answers(platform: Platform) -> dict[str, float]:
     return counts
 
 
-def _grpc_sweep(bench: Bench, platform: Platform, message: bytes, cpu_key: str) -> list[dict[str, float]]:
-    """Closed-loop ModelInfer calls with h2load at each level; a call the server answered with an
-    error status counts as an error of its point."""
+def _grpc_sweep(
+    bench: Bench,
+    platform: Platform,
+    message: bytes,
+    cpu_key: str,
+    levels: list[int] | None = None,
+    *,
+    cpu_levels: bool = False,
+) -> list[dict[str, float]]:
+    """Closed-loop ModelInfer calls with h2load at each level (the run's by default); a call the
+    server answered with an error status counts as an error of its point."""
     url = f"http://127.0.0.1:{platform.env['GRPC_PORT']}{GRPC_INFER}"
     auth = {"authorization": f"Bearer {TOKEN}"}
 
@@ -200,13 +211,56 @@ def _grpc_sweep(bench: Bench, platform: Platform, message: bytes, cpu_key: str) 
 
     load(4)  # warm-up
     return bench.sweep(
-        url, message, auth, bench.levels, cpu_key=cpu_key, processes=platform.processes, loader=load
+        url,
+        message,
+        auth,
+        levels or bench.levels,
+        cpu_key=cpu_key,
+        processes=platform.processes,
+        loader=load,
+        cpu_levels=cpu_levels,
     )
+
+
+def _task_events(platform: Platform, on: bool) -> None:
+    """Turn the workers' Celery task events on or off at run time (Celery's remote control)."""
+    command = "enable_events" if on else "disable_events"
+    subprocess.run(
+        [PYTHON, "-m", "celery", "-A", "inference_project.celery_app", "control", command],
+        cwd=ROOT,
+        env=platform.env,
+        check=True,
+        capture_output=True,
+    )
+
+
+ACCEL_LEVELS = [1, 8, 64]
+
+
+def accel_measure(bench: Bench, platform: Platform) -> None:
+    """results["ours_<accel key>"] (v2 binary REST) and ["ours_<accel key>_grpc"] (raw contents):
+    the simulated accelerator at 1, 8 and 64 clients, with every process's CPU at each level
+    (results["cpu_by_level"]): the serving path a GPU tier needs, with a model that costs none."""
+    for key, datatype in ACCEL_SIGNATURES.items():
+        name = ACCEL_NAMES[datatype]
+        url = f"{platform.base}/v2/models/{name}/infer"
+        body, headers = heavy_request(bench.heavy_size, datatype, name="input")
+        wrk(url, body, concurrency=4, seconds=2, headers=headers)  # warm-up
+        log(f"ours, simulated accelerator with {datatype} input (v2 binary REST)")
+        bench.results[f"ours_{key}"] = bench.sweep(
+            url, body, headers, ACCEL_LEVELS, cpu_key=key, processes=platform.processes, cpu_levels=True
+        )
+        log(f"ours, simulated accelerator with {datatype} input (gRPC raw contents, h2load)")
+        message = grpc_request(name, "input", heavy_image(bench.heavy_size, datatype))
+        bench.results[f"ours_{key}_grpc"] = _grpc_sweep(
+            bench, platform, message, f"{key}_grpc", ACCEL_LEVELS, cpu_levels=True
+        )
 
 
 def ours_measure(bench: Bench, platform: Platform) -> None:
     """results["ours_digits"], ["noop"], ["ours_<heavy key>"], ["memory_after_load"] and
-    ["inflight_2000"], with the CPU of each at 64 clients."""
+    ["inflight_2000"], with the CPU of each at 64 clients; the same over gRPC; digits with Celery
+    task events off; the simulated accelerator's series with the CPU at every level."""
     base = platform.base
     auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
     body = bench.digits_body()
@@ -215,6 +269,19 @@ def ours_measure(bench: Bench, platform: Platform) -> None:
     bench.results["ours_digits"] = bench.sweep(
         f"{base}/api/v1/predictions", body, auth, bench.levels, cpu_key="digits", processes=platform.processes
     )
+    log("ours, digits with the workers' Celery task events off (Celery remote control)")
+    _task_events(platform, on=False)
+    try:
+        bench.results["ours_digits_events_off"] = bench.sweep(
+            f"{base}/api/v1/predictions",
+            body,
+            auth,
+            [64],
+            cpu_key="digits_events_off",
+            processes=platform.processes,
+        )
+    finally:
+        _task_events(platform, on=True)
     log("ours, digits (gRPC ModelInfer, raw contents, h2load)")
     row = json.loads(body)["inputs"][0]
     bench.results["ours_digits_grpc"] = _grpc_sweep(
@@ -234,12 +301,9 @@ def ours_measure(bench: Bench, platform: Platform) -> None:
         )
         if datatype == "FP32":
             log("ours, MobileNetV2 with FP32 input (gRPC ModelInfer, raw contents, h2load)")
-            image = np.random.default_rng(1).random(
-                (1, bench.heavy_size, bench.heavy_size, 3), dtype=np.float32
-            )
-            bench.results[f"ours_{key}_grpc"] = _grpc_sweep(
-                bench, platform, grpc_request(HEAVY_NAMES[datatype], "images", image), f"{key}_grpc"
-            )
+            message = grpc_request(HEAVY_NAMES[datatype], "images", heavy_image(bench.heavy_size, datatype))
+            bench.results[f"ours_{key}_grpc"] = _grpc_sweep(bench, platform, message, f"{key}_grpc")
+    accel_measure(bench, platform)
     bench.results["memory_after_load"] = platform.memory()
     log("2,000 concurrent requests held by one API process")
     bench.results["inflight_2000"] = wrk(

@@ -9,11 +9,14 @@ import time
 import httpx
 
 from bench.harness import BIN, PYTHON, Bench, free_port, log, wait_until
+from bench.models import ACCEL_SIGNATURES
+from bench.systems.ours import ACCEL_LEVELS, heavy_image
 
 
 def redis_loop_measure(bench: Bench) -> None:
     """results["redis_loop_digits"], with its three processes' CPU at 64 clients (cpu_key
-    "redis_loop")."""
+    "redis_loop"), then results["redis_loop_<accel key>"]: the simulated accelerator behind the
+    same loop, with the CPU at every level."""
     port, web_port = free_port(), free_port()
     redis_proc = bench.procs.start(
         "redis-loop-redis",
@@ -59,5 +62,47 @@ def redis_loop_measure(bench: Bench) -> None:
             "redis-loop redis": redis_proc.pid,
         },
     )
+    bench.procs.stop(model, signal.SIGTERM)
+    # The simulated accelerator behind the same loop (one model process, binary request bodies).
+    model = bench.procs.start(
+        "redis-loop-model-simulated",
+        [
+            PYTHON,
+            "-m",
+            "bench.peers.redis_loop",
+            "model",
+            str(bench.accel_dirs["accel_fp32"] / "model.simulated"),
+            url,
+        ],
+        dict(os.environ),
+    )
+    for key, datatype in ACCEL_SIGNATURES.items():
+        image = heavy_image(bench.heavy_size, datatype)
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "X-Shape": ",".join(str(d) for d in image.shape),
+            "X-Datatype": datatype,
+        }
+        body = image.tobytes()
+
+        def answers(body: bytes = body, headers: dict[str, str] = headers) -> bool:
+            url = f"http://127.0.0.1:{web_port}/"
+            return httpx.post(url, content=body, headers=headers, timeout=30).status_code == 200
+
+        wait_until(answers, 120, "the Redis-list loop on the simulated accelerator")
+        log(f"peer: Redis-list loop, simulated accelerator with {datatype} input (raw bytes)")
+        bench.results[f"redis_loop_{key}"] = bench.sweep(
+            f"http://127.0.0.1:{web_port}/",
+            body,
+            headers,
+            ACCEL_LEVELS,
+            cpu_key=f"redis_loop_{key}",
+            processes=lambda: {
+                "redis-loop web": web.pid,
+                "redis-loop model": model.pid,
+                "redis-loop redis": redis_proc.pid,
+            },
+            cpu_levels=True,
+        )
     for proc in (web, model, redis_proc):
         bench.procs.stop(proc, signal.SIGTERM)

@@ -38,8 +38,10 @@ def test_quick_benchmark_produces_its_figures(tmp_path: Path, demo_model_dir: Pa
         "targets",
     ):
         assert key in results, key
-    series = ("digits", "heavy", "heavy_uint8", "digits_grpc", "heavy_grpc")
+    accel = ("accel_fp32", "accel_fp32_grpc", "accel_uint8", "accel_uint8_grpc")
+    series = ("digits", "heavy", "heavy_uint8", "digits_grpc", "heavy_grpc", "digits_events_off", *accel)
     served = [point for key in series for point in results[f"ours_{key}"]]
+    served += results["redis_loop_accel_fp32"] + results["redis_loop_accel_uint8"]
     assert all(point["errors"] == 0 and point["rps"] > 0 for point in served)
     assert results["inflight_2000"]["errors"] == 0
     # Each heavy signature ran on its own worker with one child per core, measured raw in the same
@@ -58,7 +60,18 @@ def test_quick_benchmark_produces_its_figures(tmp_path: Path, demo_model_dir: Pa
         "redis_loop",
         "digits_grpc",
         "heavy_grpc",
+        "digits_events_off",
+        *accel,
+        "redis_loop_accel_fp32",
+        "redis_loop_accel_uint8",
     }
+    # The simulated accelerator: every process's CPU per image at 1, 8 and 64 clients, ours and
+    # the loop's, and the serving path's figure per image.
+    for key in (*accel, "redis_loop_accel_fp32", "redis_loop_accel_uint8"):
+        levels = results["cpu_by_level"][key]
+        assert set(levels) == {"1", "8", "64"}
+        assert all(level["core_us_per_answer_by_process"] for level in levels.values())
+    assert "## The serving path per image" in (tmp_path / "benchmarks.md").read_text()
     # ... and each system's CPU per answer, the Redis-list peer's processes included.
     assert {"redis-loop web", "redis-loop model", "redis-loop redis"} <= set(
         results["cpu_at_64"]["redis_loop"]
