@@ -50,6 +50,54 @@ def test_requests_of_one_turn_get_consecutive_counts_per_key(redis_server: str) 
     assert [count for count, _ in second] in ([6, 7], [1, 2])
 
 
+def test_checks_arriving_while_a_pipeline_waits_share_the_next_one(redis_server: str) -> None:
+    """Under load, checks come on every turn while a pipeline waits for Redis: one pipeline at a
+    time per loop, so a burst never takes one connection per turn (256 gRPC clients once took the
+    client's 100 and were answered 503)."""
+    queue = f"inference.{uuid.uuid4().hex[:8]}"
+    who = owner()
+
+    async def main() -> tuple[list[tuple[int, int]], int, int]:
+        client = aioredis.Redis.from_url(redis_server)
+        gate = AdmissionGate(client)
+        in_flight, most, sent = 0, 0, 0
+        original = client.pipeline
+
+        class Slow:
+            """A pipeline whose round trip takes 20 ms (a busy Redis)."""
+
+            def __init__(self) -> None:
+                self.pipe = original(transaction=False)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(self.pipe, name)
+
+            async def execute(self) -> list[Any]:
+                nonlocal in_flight, most, sent
+                in_flight, sent = in_flight + 1, sent + 1
+                most = max(most, in_flight)
+                await asyncio.sleep(0.02)
+                try:
+                    return await self.pipe.execute()  # type: ignore[no-any-return]
+                finally:
+                    in_flight -= 1
+
+        client.pipeline = lambda *args, **kwargs: Slow()  # type: ignore[method-assign]
+
+        async def arriving(turn: int) -> tuple[int, int]:
+            await asyncio.sleep(turn * 0.002)  # one check every 2 ms: ten per round trip
+            return await gate.counts(owner=who, queue=queue)
+
+        counts = await asyncio.gather(*[arriving(turn) for turn in range(100)])
+        await client.aclose()
+        return counts, most, sent
+
+    counts, most, sent = asyncio.run(main())
+    assert most == 1  # never two pipelines at once
+    assert sent <= 20  # about one per round trip, not one per arrival
+    assert len(counts) == 100 and all(count >= 1 and depth == 0 for count, depth in counts)
+
+
 def test_a_depth_only_check_counts_nothing_against_any_key(redis_server: str) -> None:
     """A shadow's copy asks only the queue's depth (owner None): no throttle key is written, and
     the keys checked in the same turn count as if it were not there."""
