@@ -78,11 +78,11 @@ def test_checks_arriving_while_a_pipeline_waits_share_the_next_one(redis_server:
                 most = max(most, in_flight)
                 await asyncio.sleep(0.02)
                 try:
-                    return await self.pipe.execute()  # type: ignore[no-any-return]
+                    return await self.pipe.execute()
                 finally:
                     in_flight -= 1
 
-        client.pipeline = lambda *args, **kwargs: Slow()  # type: ignore[method-assign]
+        client.pipeline = lambda *args, **kwargs: Slow()  # type: ignore[method-assign,assignment]
 
         async def arriving(turn: int) -> tuple[int, int]:
             await asyncio.sleep(turn * 0.002)  # one check every 2 ms: ten per round trip
