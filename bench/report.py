@@ -28,7 +28,6 @@ BUDGET_NAMES = {
     **{key: f"ours, {name}" for key, name in RAW_NAMES.items()},
     "noop": "ours, no-op endpoint (GET /healthz)",
     "digits_grpc": "ours, digits over gRPC",
-    "digits_events_off": "ours, digits, Celery task events off",
     **{
         key.removeprefix("ours_"): label.replace("ours (", "ours, ").rstrip(")")
         for key, label in SERIES.items()
@@ -261,8 +260,7 @@ def serving_path_us(r: dict[str, Any]) -> dict[str, float]:
 
 
 def _serving_path(r: dict[str, Any]) -> list[str]:
-    """The simulated accelerator's per-process cost per image at each level, ours and the loop's,
-    and digits with Celery task events on and off."""
+    """The simulated accelerator's per-process cost per image at each level, ours and the loop's."""
     by_level = r.get("cpu_by_level", {})
     lines: list[str] = []
     if by_level:
@@ -275,9 +273,12 @@ def _serving_path(r: dict[str, Any]) -> list[str]:
             "",
         ]
         for key, levels in by_level.items():
-            processes = list(
-                dict.fromkeys(p for level in levels.values() for p in level["core_us_per_answer_by_process"])
-            )
+            # The processes that spent something here (the other models' workers sit idle).
+            processes = [
+                p
+                for p in dict.fromkeys(p for level in levels.values() for p in level["core_us_per_answer_by_process"])
+                if any(level["core_us_per_answer_by_process"].get(p, 0) >= 10 for level in levels.values())
+            ]
             lines += [
                 f"**{BUDGET_NAMES.get(key, key)}**",
                 "",
@@ -299,18 +300,4 @@ def _serving_path(r: dict[str, Any]) -> list[str]:
                 + " (the target is ≤ 1,500 for FP32).",
                 "",
             ]
-    budget = r.get("cpu_budget", {})
-    if "digits" in budget and "digits_events_off" in budget:
-        on, off = budget["digits"], budget["digits_events_off"]
-        flower_on = r["cpu_at_64"]["digits"].get("flower", 0.0)
-        flower_off = r["cpu_at_64"]["digits_events_off"].get("flower", 0.0)
-        lines += [
-            "## Celery task events on and off (digits, 64 clients)",
-            "",
-            "| task events | req/s | core-µs per answer | Flower's cores |",
-            "|---|---|---|---|",
-            f"| on (the default) | {on['rps']:.0f} | {on['core_us_per_answer']:.0f} | {flower_on:.2f} |",
-            f"| off (`celery control disable_events`) | {off['rps']:.0f} | {off['core_us_per_answer']:.0f} | {flower_off:.2f} |",
-            "",
-        ]
     return lines

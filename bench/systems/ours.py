@@ -222,18 +222,6 @@ def _grpc_sweep(
     )
 
 
-def _task_events(platform: Platform, on: bool) -> None:
-    """Turn the workers' Celery task events on or off at run time (Celery's remote control)."""
-    command = "enable_events" if on else "disable_events"
-    subprocess.run(
-        [PYTHON, "-m", "celery", "-A", "inference_project.celery_app", "control", command],
-        cwd=ROOT,
-        env=platform.env,
-        check=True,
-        capture_output=True,
-    )
-
-
 ACCEL_LEVELS = [1, 8, 64]
 
 
@@ -259,8 +247,8 @@ def accel_measure(bench: Bench, platform: Platform) -> None:
 
 def ours_measure(bench: Bench, platform: Platform) -> None:
     """results["ours_digits"], ["noop"], ["ours_<heavy key>"], ["memory_after_load"] and
-    ["inflight_2000"], with the CPU of each at 64 clients; the same over gRPC; digits with Celery
-    task events off; the simulated accelerator's series with the CPU at every level."""
+    ["inflight_2000"], with the CPU of each at 64 clients; the same over gRPC; the simulated
+    accelerator's series with the CPU at every level."""
     base = platform.base
     auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
     body = bench.digits_body()
@@ -269,19 +257,6 @@ def ours_measure(bench: Bench, platform: Platform) -> None:
     bench.results["ours_digits"] = bench.sweep(
         f"{base}/api/v1/predictions", body, auth, bench.levels, cpu_key="digits", processes=platform.processes
     )
-    log("ours, digits with the workers' Celery task events off (Celery remote control)")
-    _task_events(platform, on=False)
-    try:
-        bench.results["ours_digits_events_off"] = bench.sweep(
-            f"{base}/api/v1/predictions",
-            body,
-            auth,
-            [64],
-            cpu_key="digits_events_off",
-            processes=platform.processes,
-        )
-    finally:
-        _task_events(platform, on=True)
     log("ours, digits (gRPC ModelInfer, raw contents, h2load)")
     row = json.loads(body)["inputs"][0]
     bench.results["ours_digits_grpc"] = _grpc_sweep(

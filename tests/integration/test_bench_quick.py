@@ -39,7 +39,7 @@ def test_quick_benchmark_produces_its_figures(tmp_path: Path, demo_model_dir: Pa
     ):
         assert key in results, key
     accel = ("accel_fp32", "accel_fp32_grpc", "accel_uint8", "accel_uint8_grpc")
-    series = ("digits", "heavy", "heavy_uint8", "digits_grpc", "heavy_grpc", "digits_events_off", *accel)
+    series = ("digits", "heavy", "heavy_uint8", "digits_grpc", "heavy_grpc", *accel)
     served = [point for key in series for point in results[f"ours_{key}"]]
     served += results["redis_loop_accel_fp32"] + results["redis_loop_accel_uint8"]
     assert all(point["errors"] == 0 and point["rps"] > 0 for point in served)
@@ -60,7 +60,6 @@ def test_quick_benchmark_produces_its_figures(tmp_path: Path, demo_model_dir: Pa
         "redis_loop",
         "digits_grpc",
         "heavy_grpc",
-        "digits_events_off",
         *accel,
         "redis_loop_accel_fp32",
         "redis_loop_accel_uint8",
