@@ -28,6 +28,8 @@ BUDGET_NAMES = {
     **{key: f"ours, {name}" for key, name in RAW_NAMES.items()},
     "noop": "ours, no-op endpoint (GET /healthz)",
     "digits_grpc": "ours, digits over gRPC",
+    "digits_events_on": "ours, digits only, Celery task events on",
+    "digits_events_off": "ours, digits only, Celery task events off",
     **{
         key.removeprefix("ours_"): label.replace("ours (", "ours, ").rstrip(")")
         for key, label in SERIES.items()
@@ -276,7 +278,9 @@ def _serving_path(r: dict[str, Any]) -> list[str]:
             # The processes that spent something here (the other models' workers sit idle).
             processes = [
                 p
-                for p in dict.fromkeys(p for level in levels.values() for p in level["core_us_per_answer_by_process"])
+                for p in dict.fromkeys(
+                    p for level in levels.values() for p in level["core_us_per_answer_by_process"]
+                )
                 if any(level["core_us_per_answer_by_process"].get(p, 0) >= 10 for level in levels.values())
             ]
             lines += [
@@ -300,4 +304,24 @@ def _serving_path(r: dict[str, Any]) -> list[str]:
                 + " (the target is ≤ 1,500 for FP32).",
                 "",
             ]
+    budget = r.get("cpu_budget", {})
+    if "digits_events_on" in budget and "digits_events_off" in budget:
+        rows = []
+        for state in ("on", "off"):
+            b, cores = budget[f"digits_events_{state}"], r["cpu_at_64"][f"digits_events_{state}"]
+            parent = cores.get("worker-digits", 0.0)
+            rows.append(
+                f"| {state} | {b['rps']:.0f} | {b['core_us_per_answer']:.0f} | "
+                f"{parent / b['rps'] * 1e6:.0f} | {cores.get('flower', 0.0) / b['rps'] * 1e6:.0f} |"
+            )
+        lines += [
+            "## Celery task events on and off (digits, 64 clients)",
+            "",
+            "Two platforms with only the demo model, started alike but for `CELERY_WORKER_SEND_TASK_EVENTS`.",
+            "",
+            "| task events | req/s | core-µs per answer (machine) | worker parent core-µs | Flower core-µs |",
+            "|---|---|---|---|---|",
+            *rows,
+            "",
+        ]
     return lines

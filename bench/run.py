@@ -21,7 +21,7 @@ from bench.harness import ROOT, Bench, machine
 from bench.memory import memory_run
 from bench.models import models_prepare
 from bench.systems.naive_celery import naive_celery_measure
-from bench.systems.ours import ours_measure, platform_start, platform_stop
+from bench.systems.ours import events_measure, ours_measure, platform_start, platform_stop
 from bench.systems.raw import raw_measure
 from bench.systems.ray_serve import ray_serve_measure
 from bench.systems.redis_loop import redis_loop_measure
@@ -42,6 +42,7 @@ def bench_run(*, quick: bool, out: Path) -> dict[str, Any]:
         if not quick:
             memory_run(bench, platform, float(os.environ.get("BENCH_MEMORY_S", "600")))
         platform_stop(bench, platform)
+        events_measure(bench)
         redis_loop_measure(bench)
         if quick:
             bench.results["ray_digits"] = {"skipped": "not in quick mode"}

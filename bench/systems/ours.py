@@ -57,8 +57,8 @@ class Platform:
 
     proc: subprocess.Popen[bytes]
 
-    def __init__(self, bench: Bench) -> None:
-        self.root = bench.work / "platform"
+    def __init__(self, bench: Bench, name: str = "platform", **overrides: str) -> None:
+        self.root = bench.work / name
         shutil.rmtree(self.root, ignore_errors=True)
         self.root.mkdir()
         self.redis_port, self.api_port = free_port(), free_port()
@@ -72,6 +72,7 @@ class Platform:
             },
             # Extra platform settings for a tuning run, e.g. BENCH_PLATFORM_ENV='{"API_WORKERS": "2"}'.
             **json.loads(os.environ.get("BENCH_PLATFORM_ENV", "{}")),
+            **overrides,
         }
         self.base = f"http://127.0.0.1:{self.api_port}"
 
@@ -99,9 +100,10 @@ class Platform:
         }
 
 
-def platform_start(bench: Bench) -> Platform:
-    """Migrate, register and deploy the heavy models, start the platform and wait for /readyz."""
-    platform = Platform(bench)
+def platform_start(bench: Bench, *, digits_only: bool = False, **overrides: str) -> Platform:
+    """Migrate, register and deploy the heavy models (`digits_only`: none, only the demo model),
+    start the platform with `overrides` to its environment and wait for /readyz."""
+    platform = Platform(bench, "platform-digits" if digits_only else "platform", **overrides)
     subprocess.run(
         [PYTHON, "manage.py", "migrate", "--noinput"],
         cwd=ROOT,
@@ -109,7 +111,7 @@ def platform_start(bench: Bench) -> Platform:
         check=True,
         capture_output=True,
     )
-    for path in [*bench.heavy_dirs.values(), *bench.accel_dirs.values()]:
+    for path in [] if digits_only else [*bench.heavy_dirs.values(), *bench.accel_dirs.values()]:
         subprocess.run(
             [PYTHON, "manage.py", "register_model", str(path), "--deploy"],
             cwd=ROOT,
@@ -117,9 +119,9 @@ def platform_start(bench: Bench) -> Platform:
             check=True,
             capture_output=True,
         )
-    log("starting the platform")
+    log(f"starting the platform{' (digits only)' if digits_only else ''} {overrides or ''}")
     platform.proc = bench.procs.start(
-        "platform", [PYTHON, "-m", "inference_project.local_platform"], platform.env
+        platform.root.name, [PYTHON, "-m", "inference_project.local_platform"], platform.env
     )
     wait_until(
         lambda: httpx.get(f"{platform.base}/readyz", timeout=2).status_code == 200, 300, "the platform"
@@ -285,3 +287,25 @@ def ours_measure(bench: Bench, platform: Platform) -> None:
         f"{base}/api/v1/predictions", body, concurrency=2000, seconds=bench.seconds + 5, headers=auth
     ).as_dict()
     log(f"  {bench.results['inflight_2000']}")
+
+
+def events_measure(bench: Bench) -> None:
+    """results["ours_digits_events_off"]: digits at 64 clients on a platform of its own whose
+    workers send no Celery task events (CELERY_WORKER_SEND_TASK_EVENTS=false: Flower keeps its
+    worker view, not its task list), beside a platform started the same way with them on, the
+    CPU of every process counted in both (cpu_at_64 "digits_events_on" and "digits_events_off").
+    A run-time `celery control disable_events` is no substitute: the workers answer "already
+    disabled" and go on sending them."""
+    auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    body = bench.digits_body()
+    for state, value in (("on", "true"), ("off", "false")):
+        platform = platform_start(bench, digits_only=True, CELERY_WORKER_SEND_TASK_EVENTS=value)
+        try:
+            url = f"{platform.base}/api/v1/predictions"
+            wrk(url, body, concurrency=8, seconds=2, headers=auth)  # warm-up
+            log(f"ours, digits with Celery task events {state}")
+            bench.results[f"ours_digits_events_{state}"] = bench.sweep(
+                url, body, auth, [64], cpu_key=f"digits_events_{state}", processes=platform.processes
+            )
+        finally:
+            platform_stop(bench, platform)

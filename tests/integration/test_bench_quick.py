@@ -39,7 +39,8 @@ def test_quick_benchmark_produces_its_figures(tmp_path: Path, demo_model_dir: Pa
     ):
         assert key in results, key
     accel = ("accel_fp32", "accel_fp32_grpc", "accel_uint8", "accel_uint8_grpc")
-    series = ("digits", "heavy", "heavy_uint8", "digits_grpc", "heavy_grpc", *accel)
+    events = ("digits_events_on", "digits_events_off")
+    series = ("digits", "heavy", "heavy_uint8", "digits_grpc", "heavy_grpc", *events, *accel)
     served = [point for key in series for point in results[f"ours_{key}"]]
     served += results["redis_loop_accel_fp32"] + results["redis_loop_accel_uint8"]
     assert all(point["errors"] == 0 and point["rps"] > 0 for point in served)
@@ -60,6 +61,8 @@ def test_quick_benchmark_produces_its_figures(tmp_path: Path, demo_model_dir: Pa
         "redis_loop",
         "digits_grpc",
         "heavy_grpc",
+        "digits_events_on",
+        "digits_events_off",
         *accel,
         "redis_loop_accel_fp32",
         "redis_loop_accel_uint8",
@@ -70,7 +73,8 @@ def test_quick_benchmark_produces_its_figures(tmp_path: Path, demo_model_dir: Pa
         levels = results["cpu_by_level"][key]
         assert set(levels) == {"1", "8", "64"}
         assert all(level["core_us_per_answer_by_process"] for level in levels.values())
-    assert "## The serving path per image" in (tmp_path / "benchmarks.md").read_text()
+    report = (tmp_path / "benchmarks.md").read_text()
+    assert "## The serving path per image" in report and "## Celery task events on and off" in report
     # ... and each system's CPU per answer, the Redis-list peer's processes included.
     assert {"redis-loop web", "redis-loop model", "redis-loop redis"} <= set(
         results["cpu_at_64"]["redis_loop"]
