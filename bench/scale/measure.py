@@ -103,11 +103,12 @@ def cpu_cores(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:
 
 
 def batches_popped(cluster: Cluster) -> int:
-    """Messages the workers have taken so far: each batch task is one BLMOVE of the reliable pop
-    (inference_project/reliable_queue.py); an idle consumer's BLMOVE that times out (1 s) counts
-    too, which under a saturating load is rare."""
+    """Messages the workers have taken so far: each batch task is one move of the reliable pop
+    (inference_project/reliable_queue.py): an LMOVE inside its Lua script with priority levels
+    (Redis counts the commands a script calls; the script moves only from a non-empty list), a
+    BLMOVE without (one that times out on an idle consumer counts too: rare under load)."""
     stats = cluster.redis_client().info("commandstats")
-    return int(stats.get("cmdstat_blmove", {}).get("calls", 0))
+    return sum(int(stats.get(f"cmdstat_{command}", {}).get("calls", 0)) for command in ("lmove", "blmove"))
 
 
 def load_point(cluster: Cluster, *, clients: int, seconds: float, warmup_s: float = 2.0) -> dict[str, Any]:
