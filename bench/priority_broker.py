@@ -39,9 +39,9 @@ import redis
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 from kombu.transport import redis as kombu_redis
 
+from bench.harness import free_port
 from inference_common.priority import HIGH, MESSAGE_PRIORITY, NORMAL, PRIORITY_STEPS
 from inference_project import reliable_queue
-from tests.conftest import free_port
 
 RESULTS = Path(__file__).parent / "results"
 QUEUE = "pb"

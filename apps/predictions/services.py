@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 
 from apps.predictions import idempotency
 from apps.predictions.admission import admission_check
-from apps.predictions.batching import Batcher, RequestWithdrawn, batcher_get
+from apps.predictions.batching import Batcher, Publish, RequestWithdrawn, batcher_get
 from apps.predictions.errors import ApiError, unavailable
 from apps.predictions.observability import request_identified
 from apps.predictions.replication import Replication
@@ -118,6 +118,12 @@ async def _publish_batch_async(
 
 
 @functools.cache
+def _publisher_of(priority: str) -> Publish:
+    """The batch publisher of a priority level, made once per level (not per request)."""
+    return functools.partial(_publish_batch_async, priority=priority)
+
+
+@functools.cache
 def _tensor_redis() -> Redis:
     return redis_sync(large_values=True)
 
@@ -130,7 +136,7 @@ def _batcher(served: ServedModel, *, shadow: bool = False, priority: str = NORMA
         priority = LOW
     return batcher_get(
         served,
-        functools.partial(_publish_batch_async, priority=priority),
+        _publisher_of(priority),
         settings.INFERENCE_MAX_INFLIGHT_BATCHES,
         eager=not shadow,
         lane=priority,
