@@ -122,8 +122,6 @@ end
 if left == 0 then redis.call('DEL', doorbell) else redis.call('LTRIM', doorbell, 0, left - 1) end
 return item
 """
-# The command whose reply a read parses (None: the single-list BLMOVE).
-_REPLY_OF = {None: "BLMOVE", "POP": "EVAL", "WAKE": "BRPOP"}
 # Tokens kept at most in a doorbell: a channel that consumes with kombu's BRPOP never takes any.
 DOORBELL_MAX = 1024
 
@@ -164,8 +162,9 @@ class ReliableChannel(kombu_redis.Channel):
         self.processing_key = f"reliable.processing.{self.consumer_id}"
         self.heartbeat_key = f"reliable.alive.{self.consumer_id}"
         self._source: str | None = None
-        self._blmove_in_flight = False
-        self._in_flight: str | None = None  # with levels: "POP" (the script) or "WAKE" (doorbell)
+        # Our command awaiting its reply: BLMOVE (one list), EVAL (the level script) or BRPOP (the
+        # doorbell); None: none, or kombu's own BRPOP.
+        self._in_flight: str | None = None
         self._doorbell_next = False  # the last pop found every level empty
         self._seen_in_processing: set[bytes] = set()
 
@@ -213,37 +212,37 @@ class ReliableChannel(kombu_redis.Channel):
             self._source = source
             self._heartbeat()
         self._in_poll = self.client.connection
-        self._blmove_in_flight = True
         self._brpop_sent_at = monotonic()
         if timeout is None:
             timeout = self.brpop_timeout
         connection = self.client.connection
         if not self._leveled:
+            self._in_flight = "BLMOVE"
             connection.send_command("BLMOVE", source, self.processing_key, "RIGHT", "LEFT", timeout or 0)
         elif self._doorbell_next:
-            self._in_flight = "WAKE"
+            self._in_flight = "BRPOP"
             connection.send_command("BRPOP", doorbell_key(source), timeout or 0)
         else:
-            self._in_flight = "POP"
+            self._in_flight = "EVAL"
             keys = [queue_list(source, level) for level in LEVELS]
             keys += [self.processing_key, doorbell_key(source), f"{source}{self.sep}skipped"]
             connection.send_command("EVAL", _POP_LEVELED, len(keys), *keys, self.priority_max_skips)
 
     def _brpop_read(self, **options: Any) -> bool:
-        if not self._blmove_in_flight:
-            return bool(super()._brpop_read(**options))  # type: ignore[misc]
         command, self._in_flight = self._in_flight, None
+        if command is None:
+            return bool(super()._brpop_read(**options))  # type: ignore[misc]
         try:
             try:
-                item = self.client.parse_response(self.client.connection, _REPLY_OF[command], **options)
+                item = self.client.parse_response(self.client.connection, command, **options)
             except self.connection_errors:
                 self.client.connection.disconnect()
                 raise
-            if command == "WAKE":  # woken (or timed out): the script looks again
+            if command == "BRPOP":  # woken (or timed out): the script looks again
                 self._doorbell_next = False
                 raise Empty()
             if not item:
-                self._doorbell_next = command == "POP"
+                self._doorbell_next = command == "EVAL"
                 raise Empty()
             self.__dict__["_popped"] = item
             try:
@@ -253,7 +252,6 @@ class ReliableChannel(kombu_redis.Channel):
             return True
         finally:
             self._in_poll = None
-            self._blmove_in_flight = False
 
     def _heartbeat(self) -> None:
         with self.conn_or_acquire() as client:
