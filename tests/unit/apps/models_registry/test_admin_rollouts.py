@@ -232,10 +232,10 @@ def test_a_breach_is_marked_and_the_rollback_logged_with_its_figures(
     rollout.refresh_from_db()
     html = page_of(client_of(staff(PROMOTE, ROLLBACK)), rollout)
     page = text_of(html)
-    assert "Rolled back: p99 500.0 ms > 7.5 ms (live 2.5 ms)" in page
+    assert "Rolled back: p99 latency 500.0 ms > 7.5 ms (live 2.5 ms)" in page
     assert 'class="breached"><th scope="row">p99 latency (worker)' in html
     assert "Rollout rolled back rollout-analysis" in page
-    assert "breach: p99 500.0 ms > 7.5 ms" in page
+    assert "breach: p99 latency 500.0 ms > 7.5 ms" in page
     assert 'id="rollout-advance"' not in html and 'id="rollout-abort"' not in html  # it has ended
     assert "window.location.reload" not in html  # an ended rollout's page stays still
 
