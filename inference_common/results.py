@@ -24,10 +24,18 @@ RESULT_PREFIX = "celery-task-meta-"
 
 # What a worker answers instead of outputs. `not_found`: the version does not exist;
 # `model_unavailable` / `load_failed`: it exists but could not be loaded here; `expired`: the
-# request's tensors expired before a worker reached it; `predict_failed`: the version loaded but
-# raised while computing the batch (every request of that batch gets it, at once, instead of
-# waiting for its deadline).
-FAILURE_CODES = ("not_found", "model_unavailable", "load_failed", "expired", "predict_failed")
+# request's tensors expired before a worker reached it; `tensors_unavailable`: they are in a
+# tensor Redis that does not answer (inference_common/tensor_store.py); `predict_failed`: the
+# version loaded but raised while computing the batch (every request of that batch gets it, at
+# once, instead of waiting for its deadline).
+FAILURE_CODES = (
+    "not_found",
+    "model_unavailable",
+    "load_failed",
+    "expired",
+    "tensors_unavailable",
+    "predict_failed",
+)
 CANCELLED = "cancelled"
 
 

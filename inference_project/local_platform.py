@@ -19,6 +19,7 @@ This process imports neither Django nor TensorFlow.
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import json
 import logging
@@ -27,6 +28,7 @@ import secrets
 import shutil
 import signal
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterable
@@ -85,8 +87,26 @@ def environment_prepare() -> Path:
     os.environ.setdefault("FLOWER_BASIC_AUTH", f"admin:{secrets.token_urlsafe(12)}")
     var = Path(os.environ.setdefault("INFERENCE_VAR_DIR", str(ROOT / "var"))).resolve()
     os.environ["INFERENCE_VAR_DIR"] = str(var)
+    if os.environ.get("INFERENCE_TENSOR_REDIS_URL") or not _true("START_REDIS"):
+        os.environ["START_TENSOR_REDIS"] = "false"
+    elif _true("START_TENSOR_REDIS"):
+        socket = tensor_socket(var)
+        os.environ["TENSOR_REDIS_SOCKET"] = str(socket)
+        os.environ["INFERENCE_TENSOR_REDIS_URL"] = f"unix://{socket}"
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     return var
+
+
+def tensor_socket(var: Path) -> Path:
+    """The tensor Redis's unix socket: in var/run, or in the temporary folder when that path is
+    past what a socket's address holds (108 bytes on Linux)."""
+    socket = var / "run" / "redis-tensors.sock"
+    if len(str(socket)) < 100:
+        return socket
+    return (
+        Path(tempfile.gettempdir())
+        / f"inference-tensors-{hashlib.sha256(str(var).encode()).hexdigest()[:12]}.sock"
+    )
 
 
 def watcher_enabled(spec: dict[str, Any]) -> bool:

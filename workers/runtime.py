@@ -42,6 +42,7 @@ from inference_common.readiness import serving_mark, serving_unmark
 from inference_common.results import Answer, answer_encode, failure_encode
 from inference_common.safe_artifacts import ArtifactRefused
 from inference_common.signing import SIGNATURE_FILENAME
+from inference_common.tensor_store import VOLATILE
 from inference_common.version_stats import ERROR_CODES, scores_confidence, version_stats_record
 from inference_common.wire import tensor_decode
 from inference_project.errors import DATABASE_UNAVAILABLE
@@ -213,6 +214,18 @@ class ModelRuntime:
         self._monitors: dict[tuple[str, int], DriftMonitor] = {}
         self._monitor_checked: dict[tuple[str, int], float] = {}
         self._publish_summary = SummaryPublisher(self.redis, environment=environment, worker_id=worker_id)
+        self._tensor_redis: redis.Redis | None = None
+
+    def tensor_client(self, store: str | None) -> redis.Redis | None:
+        """The Redis holding offloaded tensors of `store` (inference_common/tensor_store.py): the
+        broker's for None, INFERENCE_TENSOR_REDIS_URL's for VOLATILE (None if it is not set)."""
+        if store is None:
+            return self.redis
+        if store != VOLATILE or not settings.INFERENCE_TENSOR_REDIS_URL:
+            return None
+        if self._tensor_redis is None:
+            self._tensor_redis = redis_sync(settings.INFERENCE_TENSOR_REDIS_URL)
+        return self._tensor_redis
 
     def predictor_get(self, *, model_name: str, version: int) -> Predictor:
         key = (model_name, version)

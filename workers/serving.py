@@ -15,15 +15,19 @@ from typing import Any
 from celery.backends.redis import RedisBackend
 
 from inference_common.results import CANCELLED, failure_encode
-from inference_common.tensor_store import tensors_fetch, tensors_forget
+from inference_common.tensor_store import EXPIRED, UNREACHABLE, tensors_fetch, tensors_forget
 from workers.metrics import QUEUE_WAIT, REDELIVERIES, WORKER_REQUESTS
 from workers.results import results_existing, results_store
 from workers.runtime import runtime_get
 
 logger = logging.getLogger("inference.worker")
 
-# A part whose offloaded tensors expired before a worker reached it: nobody waits for it.
-_EXPIRED = failure_encode("expired", "the request's tensors expired before a worker reached it")
+# A part whose offloaded tensors cannot be had: expired before a worker reached it (nobody waits
+# for it), or in a tensor Redis that does not answer (its client gets a 503 and may retry).
+_TENSORS_MISSING = {
+    EXPIRED: failure_encode(EXPIRED, "the request's tensors expired before a worker reached it"),
+    UNREACHABLE: failure_encode(UNREACHABLE, "the request's tensors are in a tensor Redis that is down"),
+}
 
 
 def batch_serve(backend: RedisBackend, batch: dict[str, Any], *, redelivered: bool) -> dict[str, int]:
@@ -44,14 +48,14 @@ def batch_serve(backend: RedisBackend, batch: dict[str, Any], *, redelivered: bo
     if not todo:
         return {"parts": len(parts), "computed": 0}
     runtime = runtime_get()
-    expired = set(tensors_fetch(runtime.redis, todo))
-    results = [(request_id, _EXPIRED) for request_id in expired]
-    live = [p for p in todo if p["id"] not in expired]
+    missing = tensors_fetch(runtime.tensor_client, todo)
+    results = [(request_id, _TENSORS_MISSING[why]) for request_id, why in missing.items()]
+    live = [p for p in todo if p["id"] not in missing]
     run = runtime.batch_run(live, model_name=model, version=version) if live else None
     if run is not None:
         results += run.results
     results_store(backend, results)
-    tensors_forget(runtime.redis, todo)
+    tensors_forget(runtime.tensor_client, todo)
     elapsed_ms = round((time.time() - started) * 1000, 3)
     for request_id, result in results:
         outcome = result["error"]["code"] if "error" in result else "ok"
@@ -90,4 +94,4 @@ def _cancelled_skip(model: str, version: int, parts: list[dict[str, Any]]) -> No
                 "worker": runtime.worker_id,
             },
         )
-    tensors_forget(runtime.redis, parts)
+    tensors_forget(runtime.tensor_client, parts)

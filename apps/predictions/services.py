@@ -45,7 +45,7 @@ from inference_common.results import (
     task_meta,
 )
 from inference_common.task_names import PREDICT_BATCH_TASK
-from inference_common.tensor_store import batch_bytes, tensors_offload
+from inference_common.tensor_store import VOLATILE, batch_bytes, tensors_offload
 from inference_project.celery_app import app as celery_app
 from inference_project.redis_clients import redis_sync
 
@@ -63,6 +63,10 @@ PRIORITIES = Counter(
     "inference_requests_by_priority_total",
     "Requests sent to a worker, by model and priority level (shadow copies count as low).",
     ["model", "priority"],
+)
+TENSOR_STORE_FALLBACKS = Counter(
+    "inference_tensor_store_fallbacks_total",
+    "Batches of sync requests whose tensors went to the broker's Redis because the tensor Redis failed.",
 )
 _background: set[asyncio.Task[None]] = set()  # referenced until done (asyncio's advice)
 # Cancellations not yet written: (request id, its claim, whether a worker may see it).
@@ -88,8 +92,7 @@ def _publish_batch(
 ) -> None:
     rows = sum(next(iter(part["inputs"].values()))["shape"][0] for part in parts)
     if batch_bytes(parts) > settings.INFERENCE_TENSOR_OFFLOAD_BYTES:
-        ttl = int(expires) + 60 if expires else settings.CELERY_RESULT_EXPIRES
-        tensors_offload(_tensor_redis(), parts, ttl_s=ttl)
+        _tensors_offload(parts, expires)
     celery_app.send_task(
         PREDICT_BATCH_TASK,
         # "sent": the worker reports the time a batch waited in the queue.
@@ -123,9 +126,23 @@ def _publisher_of(priority: str) -> Publish:
     return functools.partial(_publish_batch_async, priority=priority)
 
 
+def _tensors_offload(parts: list[dict[str, Any]], expires: float | None) -> None:
+    """Store the batch's tensors beside its task (inference_common/tensor_store.py): in the tensor
+    Redis for sync requests when there is one, else (or when it fails) in the broker's Redis."""
+    if expires is not None and settings.INFERENCE_TENSOR_REDIS_URL:
+        try:
+            tensors_offload(_tensor_redis(volatile=True), parts, ttl_s=int(expires) + 60, store=VOLATILE)
+            return
+        except RedisError as exc:  # down, or full (maxmemory): the broker's Redis takes them
+            TENSOR_STORE_FALLBACKS.inc()
+            logger.warning("tensor Redis refused a batch (%s): its tensors go to the broker's Redis", exc)
+    ttl = int(expires) + 60 if expires else settings.CELERY_RESULT_EXPIRES
+    tensors_offload(_tensor_redis(volatile=False), parts, ttl_s=ttl)
+
+
 @functools.cache
-def _tensor_redis() -> Redis:
-    return redis_sync(large_values=True)
+def _tensor_redis(*, volatile: bool) -> Redis:
+    return redis_sync(settings.INFERENCE_TENSOR_REDIS_URL if volatile else None, large_values=True)
 
 
 def _batcher(served: ServedModel, *, shadow: bool = False, priority: str = NORMAL) -> Batcher:

@@ -318,6 +318,9 @@ INFERENCE_MAX_INFLIGHT_BATCHES = env.int("INFERENCE_MAX_INFLIGHT_BATCHES", defau
 # A batch whose tensors exceed this many bytes sends them beside the task, under Redis keys
 # (inference_common/tensor_store.py), instead of inside the broker message.
 INFERENCE_TENSOR_OFFLOAD_BYTES = env.int("INFERENCE_TENSOR_OFFLOAD_BYTES", default=64 * 1024)
+# A Redis without persistence for the offloaded tensors of sync requests (redis:// or unix://);
+# empty: they go to the broker's Redis, with its AOF. `make run` starts one (deploy/bin/redis-tensors).
+INFERENCE_TENSOR_REDIS_URL = env("INFERENCE_TENSOR_REDIS_URL", default="")
 # Prediction and model routes require `Authorization: Bearer <api key>`.
 INFERENCE_AUTH_REQUIRED = env.bool("INFERENCE_AUTH_REQUIRED", default=True)
 # How long the API trusts its in-process copy of the registry (deployed versions, signatures).

@@ -527,7 +527,9 @@ def _breaches(candidate: Side, live: Side, limits: dict[str, float]) -> list[str
         # p99_s is only that bound, a lower estimate.
         beyond = candidate.p99_beyond_buckets and not live.p99_beyond_buckets
         if beyond or candidate.p99_s > allowed:
-            found.append(f"p99 latency {candidate.p99_text()} > {allowed * 1000:.1f} ms (live {live.p99_text()})")
+            found.append(
+                f"p99 latency {candidate.p99_text()} > {allowed * 1000:.1f} ms (live {live.p99_text()})"
+            )
     if candidate.mean_latency_s is not None and live.mean_latency_s is not None:
         allowed = max(
             live.mean_latency_s * limits["max_mean_latency_ratio"], live.mean_latency_s + MEAN_LATENCY_SLACK_S

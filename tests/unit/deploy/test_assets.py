@@ -50,6 +50,7 @@ def test_compose_runs_every_part_with_health_checks() -> None:
     services = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
     expected = {
         "redis",
+        "redis-tensors",
         "postgres",
         "api",
         "worker-digits",
@@ -63,6 +64,9 @@ def test_compose_runs_every_part_with_health_checks() -> None:
     }
     assert expected <= set(services)
     assert "--appendonly" in services["redis"]["command"]
+    tensors = services["redis-tensors"]["command"]
+    assert tensors[tensors.index("--appendonly") + 1] == "no" and "noeviction" in tensors
+    assert "@redis-tensors:6379" in services["api"]["environment"]["INFERENCE_TENSOR_REDIS_URL"]
     for name in expected - {"logstash", "worker-platform"}:
         assert "healthcheck" in services[name], name
     for overlay in ("dev", "staging", "prod"):
@@ -163,6 +167,7 @@ def test_kustomize_overlays_render_valid_kubernetes(overlay: str) -> None:
         ("Deployment", "worker-digits"),
         ("ScaledObject", "worker-digits"),
         ("StatefulSet", "redis"),
+        ("Deployment", "redis-tensors"),
         ("Deployment", "flower"),
     } <= kinds
     assert all(
@@ -350,7 +355,16 @@ def test_process_file_lists_each_process_type_once_with_its_start_script() -> No
     commands = {
         s.removeprefix("watcher:"): parser[s]["cmd"] for s in parser.sections() if s.startswith("watcher:")
     }
-    assert set(commands) >= {"redis", "bootstrap", "worker", "worker-platform", "api", "flower", "prometheus"}
+    assert set(commands) >= {
+        "redis",
+        "redis-tensors",
+        "bootstrap",
+        "worker",
+        "worker-platform",
+        "api",
+        "flower",
+        "prometheus",
+    }
     assert {cmd.split()[0] for cmd in commands.values()} == {f"deploy/bin/{name}" for name in commands}
 
 

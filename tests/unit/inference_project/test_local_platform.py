@@ -18,11 +18,13 @@ import pytest
 from inference_project.local_platform import (
     Output,
     PrefixedStream,
+    environment_prepare,
     exit_description,
     per_model_expand,
     watcher_enabled,
     watchers_read,
 )
+from inference_project.redis_clients import redis_sync
 from tests.conftest import ROOT, free_port
 
 BIN = ROOT / "deploy" / "bin"
@@ -281,3 +283,52 @@ def test_every_start_script_is_posix_sh() -> None:
         assert script.stat().st_mode & stat.S_IXUSR, script.name
         assert script.read_text().startswith("#!/bin/sh\n"), script.name
         subprocess.run(["sh", "-n", str(script)], check=True)
+
+
+def test_make_run_keeps_tensors_in_a_redis_without_persistence_on_a_unix_socket(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    saved = dict(os.environ)  # environment_prepare writes os.environ
+    try:
+        for name in (
+            "START_REDIS",
+            "START_TENSOR_REDIS",
+            "INFERENCE_TENSOR_REDIS_URL",
+            "TENSOR_REDIS_SOCKET",
+        ):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("INFERENCE_VAR_DIR", str(tmp_path))
+        environment_prepare()
+        socket = Path(os.environ["TENSOR_REDIS_SOCKET"])
+        assert os.environ["INFERENCE_TENSOR_REDIS_URL"] == f"unix://{socket}" and len(str(socket)) < 100
+        _, watchers = watchers_read()
+        assert "redis-tensors" in [spec["name"] for spec in watchers]
+        server = subprocess.Popen([BIN / "redis-tensors"], env=dict(os.environ), cwd=tmp_path)
+        try:
+            client = redis_sync(os.environ["INFERENCE_TENSOR_REDIS_URL"])
+            deadline = time.monotonic() + 10
+            while not socket.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert client.ping()
+            config: dict[str | None, str | None] = {
+                **client.config_get("appendonly"),
+                **client.config_get("save"),
+                **client.config_get("maxmemory*"),
+            }
+            assert config["appendonly"] == "no" and config["save"] == ""
+            assert config["maxmemory-policy"] == "noeviction" and config["maxmemory"] == str(2**30)
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+        # Another tensor Redis named, or no Redis of our own: none started.
+        os.environ.clear()
+        os.environ.update(saved)
+        monkeypatch.setenv("INFERENCE_VAR_DIR", str(tmp_path))
+        monkeypatch.setenv("START_REDIS", "false")
+        monkeypatch.delenv("INFERENCE_TENSOR_REDIS_URL", raising=False)
+        environment_prepare()
+        assert os.environ["START_TENSOR_REDIS"] == "false" and "INFERENCE_TENSOR_REDIS_URL" not in os.environ
+    finally:
+        monkeypatch.undo()
+        os.environ.clear()
+        os.environ.update(saved)

@@ -1,14 +1,21 @@
 """prediction_response: how a worker's stored answer becomes the API's response or error."""
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
+import redis
+from pytest_django import Settings
 
+from apps.predictions import services
 from apps.predictions.errors import ApiError
 from apps.predictions.selectors import ServedModel
 from apps.predictions.services import prediction_response
 from inference_common.results import Answer, answer_encode, failure_encode
+from inference_common.tensor_store import VOLATILE, tensor_keys
+from inference_common.wire import tensor_encode
+from tests.conftest import free_port
 
 SERVED = ServedModel(name="digits", version=2, signature={})
 
@@ -32,7 +39,13 @@ def test_a_model_that_failed_at_predict_is_a_500_that_says_so() -> None:
 
 @pytest.mark.parametrize(
     ("code", "status"),
-    [("not_found", 404), ("load_failed", 503), ("model_unavailable", 503), ("expired", 503)],
+    [
+        ("not_found", 404),
+        ("load_failed", 503),
+        ("model_unavailable", 503),
+        ("expired", 503),
+        ("tensors_unavailable", 503),
+    ],
 )
 def test_the_other_failures_keep_their_mapping(code: str, status: int) -> None:
     error = refusal(stored(failure_encode(code, "why")))
@@ -46,3 +59,42 @@ def test_an_answer_and_a_failed_task() -> None:
     np.testing.assert_array_equal(response.outputs["scores"], np.eye(2, dtype=np.float32))
     assert refusal({"status": "FAILURE", "result": "boom"}).code == "inference_failed"
     assert refusal({"status": "REVOKED"}).status == 504
+
+
+@pytest.fixture
+def tensor_clients() -> Iterator[None]:
+    services._tensor_redis.cache_clear()
+    yield
+    services._tensor_redis.cache_clear()
+
+
+def large_parts() -> list[dict[str, Any]]:
+    return [{"id": "r9", "inputs": {"images": tensor_encode(np.ones((1, 64, 64, 3), np.float32))}}]
+
+
+@pytest.mark.usefixtures("tensor_clients")
+def test_sync_tensors_go_to_the_tensor_redis_async_ones_to_the_broker(
+    settings: Settings, redis_server: str
+) -> None:
+    settings.REDIS_URL = redis_server
+    settings.INFERENCE_TENSOR_REDIS_URL = volatile_url = redis_server.replace("/0", "/2")
+    sync, job = large_parts(), large_parts()
+    services._tensors_offload(sync, expires=30.0)
+    services._tensors_offload(job, expires=None)  # an async job: durable, beside its message
+    assert redis.Redis.from_url(volatile_url).ttl(tensor_keys(sync, VOLATILE)[0]) == 90
+    assert tensor_keys(job) and redis.Redis.from_url(redis_server).exists(*tensor_keys(job))
+
+
+@pytest.mark.usefixtures("tensor_clients")
+def test_a_tensor_redis_that_is_down_sends_the_tensors_to_the_broker(
+    settings: Settings, redis_server: str
+) -> None:
+    settings.REDIS_URL = redis_server
+    settings.INFERENCE_TENSOR_REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
+    before = services.TENSOR_STORE_FALLBACKS._value.get()
+    parts = large_parts()
+    services._tensors_offload(parts, expires=30.0)
+    assert tensor_keys(parts, VOLATILE) == [] and redis.Redis.from_url(redis_server).exists(
+        *tensor_keys(parts)
+    )
+    assert services.TENSOR_STORE_FALLBACKS._value.get() == before + 1

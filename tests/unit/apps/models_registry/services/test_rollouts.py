@@ -164,7 +164,9 @@ def test_a_p99_past_the_largest_bucket_is_valid_json_and_a_breach(demo_model_dir
     figures = json.loads(json.dumps(analysis.as_dict(), allow_nan=False))
     assert figures["candidate"]["p99_s"] == LATENCY_BOUNDS[-2] and figures["candidate"]["p99_beyond_buckets"]
     assert figures["live"]["p99_s"] == 0.005 and not figures["live"]["p99_beyond_buckets"]
-    assert analysis.decision == "roll_back" and analysis.breaches[0].startswith("p99 latency beyond 60000.0 ms")
+    assert analysis.decision == "roll_back" and analysis.breaches[0].startswith(
+        "p99 latency beyond 60000.0 ms"
+    )
     rollout_decide(rollout=rollout)
     rollout.refresh_from_db()
     assert rollout.state == "rolled_back" and rollout.reason.startswith("p99 latency beyond")
