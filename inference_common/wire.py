@@ -33,11 +33,15 @@ NUMPY_TO_V2 = {value: key for key, value in V2_TO_NUMPY.items()}
 BYTES_DTYPE = "bytes"
 
 
-def tensor_encode(array: np.ndarray) -> dict[str, Any]:
+def tensor_encode(array: np.ndarray, *, view: bool = False) -> dict[str, Any]:
+    """The wire form of `array`. `view`: its `data` is a memoryview of the array's bytes rather
+    than a copy, for a tensor that is sent at once and not kept (msgpack and redis-py take either;
+    a 602 KB image copied cost the API ~50 core-µs)."""
     if array.dtype == object:
         return {"dtype": BYTES_DTYPE, "shape": list(array.shape), "items": list(array.ravel())}
     array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
-    return {"dtype": array.dtype.name, "shape": list(array.shape), "data": array.tobytes()}
+    data = array.reshape(-1).view(np.uint8).data if view else array.tobytes()
+    return {"dtype": array.dtype.name, "shape": list(array.shape), "data": data}
 
 
 def bytes_array(items: list[bytes], shape: list[int]) -> np.ndarray:

@@ -79,7 +79,7 @@ class Batcher:
             if self.max_delay_s > 0 and (self._inflight or not self.eager):
                 batch.timer = loop.call_later(self.max_delay_s, self._timer_fired, batch)
         batch.parts.append(
-            {"id": request_id, "inputs": {name: tensor_encode(a) for name, a in inputs.items()}}
+            {"id": request_id, "inputs": {name: tensor_encode(a, view=True) for name, a in inputs.items()}}
         )
         batch.rows += rows
         if expires_s is None or batch.expires_at is None:

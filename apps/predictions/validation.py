@@ -91,7 +91,7 @@ def tensor_check(array: np.ndarray, *, spec: dict[str, Any], field: str) -> np.n
     dtype = np.dtype(V2_TO_NUMPY[spec["datatype"]])
     if dtype.kind == "f":
         with np.errstate(over="ignore", invalid="ignore"):
-            converted = array.astype(dtype)
+            converted = array.astype(dtype, copy=False)
         if not np.isfinite(converted).all():
             raise bad_request(
                 f"tensor contains NaN, Inf or values outside the {spec['datatype']} range", field=field
@@ -100,4 +100,4 @@ def tensor_check(array: np.ndarray, *, spec: dict[str, Any], field: str) -> np.n
     info = np.iinfo(dtype)
     if array.dtype.kind == "f" or array.min() < info.min or array.max() > info.max:
         raise bad_request(f"values must be integers within the {spec['datatype']} range", field=field)
-    return array.astype(dtype)
+    return array.astype(dtype, copy=False)

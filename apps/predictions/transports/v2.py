@@ -52,7 +52,7 @@ def metadata_render(served: ServedModel, versions: list[int]) -> dict[str, Any]:
     }
 
 
-def binary_bytes(chunk: bytes, shape: list[int], *, field: str) -> np.ndarray:
+def binary_bytes(chunk: bytes | memoryview, shape: list[int], *, field: str) -> np.ndarray:
     """BYTES in the binary data extension: each element is a 4-byte little-endian length and
     that many bytes."""
     items, offset = [], 0
@@ -63,7 +63,7 @@ def binary_bytes(chunk: bytes, shape: list[int], *, field: str) -> np.ndarray:
         offset += 4
         if offset + size > len(chunk):
             raise bad_request("BYTES element is longer than the data sent", field=f"{field}.parameters")
-        items.append(chunk[offset : offset + size])
+        items.append(bytes(chunk[offset : offset + size]))
         offset += size
     if len(items) != math.prod(shape):
         raise bad_request(
@@ -72,8 +72,11 @@ def binary_bytes(chunk: bytes, shape: list[int], *, field: str) -> np.ndarray:
     return bytes_array(items, shape)
 
 
-def _binary_tensor(item: dict[str, Any], spec: dict[str, Any], chunk: bytes, *, field: str) -> np.ndarray:
-    """A tensor sent with the binary data extension: raw little-endian bytes after the JSON."""
+def _binary_tensor(
+    item: dict[str, Any], spec: dict[str, Any], chunk: bytes | memoryview, *, field: str
+) -> np.ndarray:
+    """A tensor sent with the binary data extension: raw little-endian bytes after the JSON, seen
+    in place (a read-only array over the request body, not a copy)."""
     if spec["datatype"] == "BYTES":
         return shape_check(binary_bytes(chunk, item["shape"], field=field), spec=spec, field=f"{field}.data")
     dtype = np.dtype(V2_TO_NUMPY[spec["datatype"]]).newbyteorder("<")
@@ -140,14 +143,15 @@ def _tensor(
 class BinaryReader:
     """The bytes after the JSON header, handed out in the order the inputs list them."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes | memoryview) -> None:
         self.data = memoryview(data)
         self.offset = 0
 
-    def take(self, size: int, *, field: str) -> bytes:
+    def take(self, size: int, *, field: str) -> memoryview:
+        """The next `size` bytes, a view of the body (no copy)."""
         if self.offset + size > len(self.data):
             raise bad_request("binary data is shorter than the sizes declared", field=f"{field}.parameters")
-        chunk = self.data[self.offset : self.offset + size].tobytes()
+        chunk = self.data[self.offset : self.offset + size]
         self.offset += size
         return chunk
 
@@ -166,7 +170,7 @@ def binary_split(raw: bytes, header_length: str) -> tuple[dict[str, Any], Binary
         raise bad_request("the JSON header of the binary request is not valid JSON", field="body") from None
     if not isinstance(header, dict):
         raise bad_request("the JSON header must be an object", field="body")
-    return header, BinaryReader(raw[size:])
+    return header, BinaryReader(memoryview(raw)[size:])
 
 
 def inputs_decode(
