@@ -16,12 +16,18 @@ on a unix socket, deploy/bin/redis-tensors): they live for seconds and their cli
 so losing them with that Redis fails those requests with a 503 and loses nothing accepted. A batch
 holding an async job keeps its tensors on the broker's Redis, replicated and on disk like the
 job's message. The wire tensor then says `"store": "volatile"` beside its key.
+
+Where the API and the workers share a host, shared memory beats both (INFERENCE_TENSOR_SHM_BYTES,
+inference_common/shm_tensors.py): a sync request's tensors go there first, and to a Redis only
+when the API's region is full.
 """
 
 from collections.abc import Callable
 from typing import Any
 
 import redis
+
+from inference_common.shm_tensors import ShmReader, ShmRegion
 
 TENSOR_PREFIX = "inference:tensor:"
 VOLATILE = "volatile"  # a wire tensor's "store" when its bytes sit in INFERENCE_TENSOR_REDIS_URL
@@ -61,6 +67,25 @@ def tensors_offload(
             wire["store"] = store
 
 
+def tensors_to_shm(region: ShmRegion, parts: list[dict[str, Any]], *, ttl_s: float) -> bool:
+    """Copy each input's bytes into `region` (inference_common/shm_tensors.py); the wire tensor
+    gets its place (`shm`) instead of `data`. False, with nothing moved, when it has no room."""
+    placed = []
+    for part in parts:
+        for wire in part["inputs"].values():
+            if "data" not in wire:  # BYTES tensors stay inline
+                continue
+            place = region.put(part["id"], wire["data"], ttl_s=ttl_s)
+            if place is None:
+                for request_id in {p["id"] for p in parts}:
+                    region.release(request_id)
+                return False
+            placed.append((wire, place))
+    for wire, place in placed:
+        wire["data"], wire["shm"] = b"", place
+    return True
+
+
 def tensor_keys(parts: list[dict[str, Any]], store: str | None = None) -> list[str]:
     """The keys of the tensors of `parts` held in `store`."""
     return [
@@ -75,11 +100,14 @@ def _stores(parts: list[dict[str, Any]]) -> set[str | None]:
     return {wire.get("store") for part in parts for wire in part["inputs"].values() if wire.get("key")}
 
 
-def tensors_fetch(client_of: ClientOf, parts: list[dict[str, Any]]) -> dict[str, str]:
-    """Put the stored bytes back into the wire tensors (one MGET per store). Returns {request id:
-    EXPIRED or UNREACHABLE} for the parts whose tensors cannot be had: gone (expired: nobody waits
-    for them any more), or in a tensor Redis that does not answer (their clients get a 503). The
-    broker's Redis failing raises, as every other command on it does: the batch is redelivered."""
+def tensors_fetch(
+    client_of: ClientOf, parts: list[dict[str, Any]], shm: ShmReader | None = None
+) -> dict[str, str]:
+    """Put the stored bytes back into the wire tensors (one MGET per store, a copy out of shared
+    memory). Returns {request id: EXPIRED or UNREACHABLE} for the parts whose tensors cannot be
+    had: gone (expired: nobody waits for them any more), or in a tensor Redis that does not answer
+    or a shared-memory region not on this host (their clients get a 503). The broker's Redis
+    failing raises, as every other command on it does: the batch is redelivered."""
     values: dict[str, Any] = {}
     unreachable: set[str] = set()
     for store in _stores(parts):
@@ -96,17 +124,28 @@ def tensors_fetch(client_of: ClientOf, parts: list[dict[str, Any]]) -> dict[str,
     failed = {}
     for part in parts:
         for wire in part["inputs"].values():
-            if not wire.get("key"):
-                continue
-            if wire["key"] in unreachable:
-                failed[part["id"]] = UNREACHABLE
-                break
-            value = values[wire["key"]]
-            if value is None:
-                failed[part["id"]] = EXPIRED
+            if "shm" in wire:
+                value = _shm_read(shm, wire["shm"])
+            elif wire.get("key"):
+                value = UNREACHABLE if wire["key"] in unreachable else values[wire["key"]]
+            else:
+                continue  # inline
+            if value is None or value == UNREACHABLE:
+                failed[part["id"]] = EXPIRED if value is None else UNREACHABLE
                 break
             wire["data"] = value
     return failed
+
+
+def _shm_read(shm: ShmReader | None, place: dict[str, Any]) -> bytes | str | None:
+    """The bytes of a shared-memory slot, None if it was reused (expired), UNREACHABLE if the
+    region is not here."""
+    try:
+        if shm is None:
+            raise FileNotFoundError("no shared-memory reader here")
+        return shm.read(place)
+    except (OSError, ValueError):
+        return UNREACHABLE
 
 
 def tensors_forget(client_of: ClientOf, parts: list[dict[str, Any]]) -> None:

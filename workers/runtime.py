@@ -41,6 +41,7 @@ from inference_common.deployments import DeploymentChange, deployments_channel
 from inference_common.readiness import serving_mark, serving_unmark
 from inference_common.results import Answer, answer_encode, failure_encode
 from inference_common.safe_artifacts import ArtifactRefused
+from inference_common.shm_tensors import ShmReader
 from inference_common.signing import SIGNATURE_FILENAME
 from inference_common.tensor_store import VOLATILE
 from inference_common.version_stats import ERROR_CODES, scores_confidence, version_stats_record
@@ -215,6 +216,7 @@ class ModelRuntime:
         self._monitor_checked: dict[tuple[str, int], float] = {}
         self._publish_summary = SummaryPublisher(self.redis, environment=environment, worker_id=worker_id)
         self._tensor_redis: redis.Redis | None = None
+        self.shm = ShmReader()  # the API regions of offloaded tensors (inference_common/shm_tensors.py)
 
     def tensor_client(self, store: str | None) -> redis.Redis | None:
         """The Redis holding offloaded tensors of `store` (inference_common/tensor_store.py): the

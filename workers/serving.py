@@ -48,7 +48,7 @@ def batch_serve(backend: RedisBackend, batch: dict[str, Any], *, redelivered: bo
     if not todo:
         return {"parts": len(parts), "computed": 0}
     runtime = runtime_get()
-    missing = tensors_fetch(runtime.tensor_client, todo)
+    missing = tensors_fetch(runtime.tensor_client, todo, runtime.shm)
     results = [(request_id, _TENSORS_MISSING[why]) for request_id, why in missing.items()]
     live = [p for p in todo if p["id"] not in missing]
     run = runtime.batch_run(live, model_name=model, version=version) if live else None

@@ -44,8 +44,9 @@ from inference_common.results import (
     result_key,
     task_meta,
 )
+from inference_common.shm_tensors import ShmRegion
 from inference_common.task_names import PREDICT_BATCH_TASK
-from inference_common.tensor_store import VOLATILE, batch_bytes, tensors_offload
+from inference_common.tensor_store import VOLATILE, batch_bytes, tensors_offload, tensors_to_shm
 from inference_project.celery_app import app as celery_app
 from inference_project.redis_clients import redis_sync
 
@@ -63,6 +64,11 @@ PRIORITIES = Counter(
     "inference_requests_by_priority_total",
     "Requests sent to a worker, by model and priority level (shadow copies count as low).",
     ["model", "priority"],
+)
+OFFLOADED = Counter(
+    "inference_offloaded_batches_total",
+    "Batches whose tensors went beside their task, by where: shm (shared memory), tensor_redis, broker.",
+    ["store"],
 )
 TENSOR_STORE_FALLBACKS = Counter(
     "inference_tensor_store_fallbacks_total",
@@ -127,17 +133,45 @@ def _publisher_of(priority: str) -> Publish:
 
 
 def _tensors_offload(parts: list[dict[str, Any]], expires: float | None) -> None:
-    """Store the batch's tensors beside its task (inference_common/tensor_store.py): in the tensor
-    Redis for sync requests when there is one, else (or when it fails) in the broker's Redis."""
-    if expires is not None and settings.INFERENCE_TENSOR_REDIS_URL:
-        try:
-            tensors_offload(_tensor_redis(volatile=True), parts, ttl_s=int(expires) + 60, store=VOLATILE)
+    """Store the batch's tensors beside its task (inference_common/tensor_store.py). Sync
+    requests' go to this process's shared-memory region when there is one with room, else to the
+    tensor Redis when there is one, else (or when it fails) to the broker's Redis, with the async
+    jobs' tensors."""
+    if expires is not None:
+        region = _shm_region()
+        if region is not None and tensors_to_shm(region, parts, ttl_s=expires + 5):
+            OFFLOADED.labels("shm").inc()
             return
-        except RedisError as exc:  # down, or full (maxmemory): the broker's Redis takes them
-            TENSOR_STORE_FALLBACKS.inc()
-            logger.warning("tensor Redis refused a batch (%s): its tensors go to the broker's Redis", exc)
+        if settings.INFERENCE_TENSOR_REDIS_URL:
+            try:
+                tensors_offload(_tensor_redis(volatile=True), parts, ttl_s=int(expires) + 60, store=VOLATILE)
+                OFFLOADED.labels("tensor_redis").inc()
+                return
+            except RedisError as exc:  # down, or full (maxmemory): the broker's Redis takes them
+                TENSOR_STORE_FALLBACKS.inc()
+                logger.warning("tensor Redis refused a batch (%s): its tensors go to the broker's Redis", exc)
     ttl = int(expires) + 60 if expires else settings.CELERY_RESULT_EXPIRES
     tensors_offload(_tensor_redis(volatile=False), parts, ttl_s=ttl)
+    OFFLOADED.labels("broker").inc()
+
+
+@functools.cache
+def _shm_region() -> ShmRegion | None:
+    """This process's shared-memory region for tensors (INFERENCE_TENSOR_SHM_BYTES), made at its
+    first use; None when off or when it cannot be made."""
+    if settings.INFERENCE_TENSOR_SHM_BYTES <= 0:
+        return None
+    try:
+        return ShmRegion(settings.INFERENCE_TENSOR_SHM_BYTES)
+    except OSError as exc:
+        logger.warning("no shared-memory region for tensors (%s): they go through Redis", exc)
+        return None
+
+
+def _tensors_release(task_id: str) -> None:
+    """The request ended: free its tensors' slots in the shared-memory region, if it had any."""
+    if settings.INFERENCE_TENSOR_SHM_BYTES > 0 and (region := _shm_region()) is not None:
+        region.release(task_id)
 
 
 @functools.cache
@@ -279,6 +313,7 @@ async def prediction_run(
         finally:
             waiter.forget(task_id)
             _batcher(served, priority=caller.priority).answered(task_id)
+            _tensors_release(task_id)
     except TimeoutError:
         if claim is not None:
             await idempotency.release(result_waiter_get().redis, claim)
@@ -352,6 +387,7 @@ async def prediction_shadow_run(
     finally:
         waiter.forget(task_id)
         _batcher(served, shadow=True).answered(task_id)
+        _tensors_release(task_id)
     return prediction_response(task_id=task_id, served=served, meta=result_payload_decode(payload))
 
 

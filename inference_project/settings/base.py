@@ -321,6 +321,10 @@ INFERENCE_TENSOR_OFFLOAD_BYTES = env.int("INFERENCE_TENSOR_OFFLOAD_BYTES", defau
 # A Redis without persistence for the offloaded tensors of sync requests (redis:// or unix://);
 # empty: they go to the broker's Redis, with its AOF. `make run` starts one (deploy/bin/redis-tensors).
 INFERENCE_TENSOR_REDIS_URL = env("INFERENCE_TENSOR_REDIS_URL", default="")
+# Bytes of shared memory (/dev/shm) each API process keeps for the offloaded tensors of sync
+# requests, read there by workers on the same host (inference_common/shm_tensors.py); 0: none.
+# Only where every worker of the API's models runs on its host: `make run` sets 256 MiB.
+INFERENCE_TENSOR_SHM_BYTES = env.int("INFERENCE_TENSOR_SHM_BYTES", default=0)
 # Prediction and model routes require `Authorization: Bearer <api key>`.
 INFERENCE_AUTH_REQUIRED = env.bool("INFERENCE_AUTH_REQUIRED", default=True)
 # How long the API trusts its in-process copy of the registry (deployed versions, signatures).

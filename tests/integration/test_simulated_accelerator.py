@@ -30,13 +30,15 @@ def accel(tmp_path_factory: pytest.TempPathFactory, demo_model_dir: Path) -> Ite
     root = tmp_path_factory.mktemp("accel")
     card = simulated_write(out=root / "model", name="accel", batch_ms=KERNEL_MS, input_shape=(8, 8, 3))
     assert card["framework"] == "simulated"
-    # Batches over 1 KB (two images) send their tensors beside the task: to the tensor Redis.
+    # Batches over 1 KB (two images) send their tensors beside the task: to the API's 4 KB of
+    # shared memory when they fit, else to the tensor Redis.
     env = platform_env(
         root,
         demo_model_dir,
         WORKER_CONCURRENCY="1",
         START_PROMETHEUS="false",
         INFERENCE_TENSOR_OFFLOAD_BYTES="1024",
+        INFERENCE_TENSOR_SHM_BYTES="4096",
     )
     for command in (["migrate", "--noinput"], ["register_model", str(root / "model"), "--deploy", "dev"]):
         subprocess.run(
@@ -73,7 +75,22 @@ def test_triton_client_gets_the_simulated_answers(accel: Platform) -> None:
     assert elapsed >= KERNEL_MS / 1000  # the worker slept for the kernel
 
 
-def test_large_tensors_go_through_the_tensor_redis_and_around_it_when_it_dies(accel: Platform) -> None:
+def offloaded(platform: Platform) -> dict[str, float]:
+    """inference_offloaded_batches_total by store, from the API's /metrics."""
+    with platform.client() as client:
+        metrics = client.get("/metrics").text
+    found = re.findall(
+        r'^inference_offloaded_batches_total\{store="(\w+)"\} ([0-9.e+]+)$', metrics, re.MULTILINE
+    )
+    fallbacks = re.search(r"^inference_tensor_store_fallbacks_total ([0-9.e+]+)$", metrics, re.MULTILINE)
+    return {store: float(value) for store, value in found} | {
+        "fallbacks": float(fallbacks[1]) if fallbacks else 0
+    }
+
+
+def test_large_tensors_go_through_shared_memory_then_the_tensor_redis_then_the_broker(
+    accel: Platform,
+) -> None:
     tensors = redis_sync(f"unix://{tensor_socket(accel.var_dir)}")
     broker = redis_sync(f"redis://127.0.0.1:{accel.env['REDIS_PORT']}/0")
 
@@ -81,25 +98,29 @@ def test_large_tensors_go_through_the_tensor_redis_and_around_it_when_it_dies(ac
         """SETs so far on `client`'s Redis (each offloaded tensor is one)."""
         return int(client.info("commandstats").get("cmdstat_set", {"calls": 0})["calls"])
 
+    def answered(firsts: list[int]) -> None:
+        scores, _ = infer(accel, firsts)
+        np.testing.assert_array_equal(scores, np.array(firsts)[:, None] + np.arange(10))
+
     assert tensors.config_get("appendonly") == {"appendonly": "no"}
     assert broker.config_get("appendonly") == {"appendonly": "yes"}
-    before = sets(tensors)
-    scores, _ = infer(accel, [2, 7, 1, 8])
-    np.testing.assert_array_equal(scores, np.array([2, 7, 1, 8])[:, None] + np.arange(10))
-    assert sets(tensors) == before + 1  # the one tensor of the batch, off the broker's AOF
-    assert not tensors.keys("inference:tensor:*")  # deleted once answered
+    # 4 images (3 KB) fit the API's 4 KB of shared memory: no Redis holds them.
+    counts, before = offloaded(accel), (sets(tensors), sets(broker))
+    answered([2, 7, 1, 8])
+    assert offloaded(accel)["shm"] == counts.get("shm", 0) + 1
+    # 8 images (6 KB) do not: the tensor Redis takes them, off the broker's AOF.
+    answered(list(range(8)))
+    assert offloaded(accel)["tensor_redis"] == counts.get("tensor_redis", 0) + 1
+    assert sets(tensors) == before[0] + 1 and not tensors.keys("inference:tensor:*")  # deleted once answered
 
     # Its Redis killed: the API stores the tensors on the broker's Redis; circus restarts it.
     on_broker = sets(broker)
     os.kill(accel.pids()["redis-tensors"], signal.SIGKILL)
     for first in range(5):
-        scores, _ = infer(accel, [first, 9])
-        np.testing.assert_array_equal(scores, np.array([first, 9])[:, None] + np.arange(10))
-    with accel.client() as client:
-        metrics = client.get("/metrics").text
-    fallbacks = re.search(r"^inference_tensor_store_fallbacks_total ([0-9.e+]+)$", metrics, re.MULTILINE)
-    assert fallbacks and float(fallbacks[1]) >= 5, metrics[-2000:]
-    assert sets(broker) >= on_broker + 5  # the broker's Redis took them meanwhile
+        answered([first, *range(7)])
+    after = offloaded(accel)
+    assert after["fallbacks"] >= counts["fallbacks"] + 5 and after["broker"] >= counts.get("broker", 0) + 5
+    assert sets(broker) >= on_broker + 5
     deadline = time.monotonic() + 20
     while True:
         try:
@@ -108,7 +129,7 @@ def test_large_tensors_go_through_the_tensor_redis_and_around_it_when_it_dies(ac
         except redis.ConnectionError:
             assert time.monotonic() < deadline, "the tensor Redis was not restarted"
             time.sleep(0.2)
-    infer(accel, [1, 2, 3])
+    answered(list(range(8)))
     assert sets(tensors) == back + 1
 
 
