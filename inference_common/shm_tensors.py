@@ -53,8 +53,13 @@ class ShmRegion:
         self.path = folder / self.name
         descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.ftruncate(descriptor, size)
+            # Reserved now: a tmpfs that fills up later (a container's 64 MB /dev/shm) would
+            # otherwise kill this process with SIGBUS at its first write past the room left.
+            os.posix_fallocate(descriptor, 0, size)
             self._map = mmap.mmap(descriptor, size)
+        except OSError:
+            self.close()
+            raise
         finally:
             os.close(descriptor)
         self.size = size

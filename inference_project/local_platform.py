@@ -88,7 +88,7 @@ def environment_prepare() -> Path:
     var = Path(os.environ.setdefault("INFERENCE_VAR_DIR", str(ROOT / "var"))).resolve()
     os.environ["INFERENCE_VAR_DIR"] = str(var)
     # One host: the workers read the API's shared memory (inference_common/shm_tensors.py).
-    os.environ.setdefault("INFERENCE_TENSOR_SHM_BYTES", str(256 * 2**20))
+    os.environ.setdefault("INFERENCE_TENSOR_SHM_BYTES", str(128 * 2**20))
     if os.environ.get("INFERENCE_TENSOR_REDIS_URL") or not _true("START_REDIS"):
         os.environ["START_TENSOR_REDIS"] = "false"
     elif _true("START_TENSOR_REDIS"):

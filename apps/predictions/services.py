@@ -14,6 +14,7 @@ import functools
 import hashlib
 import json
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
@@ -74,6 +75,9 @@ TENSOR_STORE_FALLBACKS = Counter(
     "inference_tensor_store_fallbacks_total",
     "Batches of sync requests whose tensors went to the broker's Redis because the tensor Redis failed.",
 )
+# This process's shared-memory region (_shm_region), once the first offload tried to make it.
+_shm: dict[str, ShmRegion | None] = {}
+_shm_lock = threading.Lock()
 _background: set[asyncio.Task[None]] = set()  # referenced until done (asyncio's advice)
 # Cancellations not yet written: (request id, its claim, whether a worker may see it).
 _cancellations: list[tuple[str, idempotency.Claim | None, bool]] = []
@@ -155,22 +159,23 @@ def _tensors_offload(parts: list[dict[str, Any]], expires: float | None) -> None
     OFFLOADED.labels("broker").inc()
 
 
-@functools.cache
 def _shm_region() -> ShmRegion | None:
-    """This process's shared-memory region for tensors (INFERENCE_TENSOR_SHM_BYTES), made at its
-    first use; None when off or when it cannot be made."""
-    if settings.INFERENCE_TENSOR_SHM_BYTES <= 0:
-        return None
-    try:
-        return ShmRegion(settings.INFERENCE_TENSOR_SHM_BYTES)
-    except OSError as exc:
-        logger.warning("no shared-memory region for tensors (%s): they go through Redis", exc)
-        return None
+    """This process's shared-memory region for tensors (INFERENCE_TENSOR_SHM_BYTES), made at the
+    first offload; None when off or when it could not be made."""
+    with _shm_lock:
+        if "region" not in _shm:
+            _shm["region"] = None
+            if settings.INFERENCE_TENSOR_SHM_BYTES > 0:
+                try:
+                    _shm["region"] = ShmRegion(settings.INFERENCE_TENSOR_SHM_BYTES)
+                except OSError as exc:
+                    logger.warning("no shared-memory region for tensors (%s): they go through Redis", exc)
+        return _shm["region"]
 
 
 def _tensors_release(task_id: str) -> None:
     """The request ended: free its tensors' slots in the shared-memory region, if it had any."""
-    if settings.INFERENCE_TENSOR_SHM_BYTES > 0 and (region := _shm_region()) is not None:
+    if (region := _shm.get("region")) is not None:
         region.release(task_id)
 
 

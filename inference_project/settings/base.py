@@ -323,7 +323,8 @@ INFERENCE_TENSOR_OFFLOAD_BYTES = env.int("INFERENCE_TENSOR_OFFLOAD_BYTES", defau
 INFERENCE_TENSOR_REDIS_URL = env("INFERENCE_TENSOR_REDIS_URL", default="")
 # Bytes of shared memory (/dev/shm) each API process keeps for the offloaded tensors of sync
 # requests, read there by workers on the same host (inference_common/shm_tensors.py); 0: none.
-# Only where every worker of the API's models runs on its host: `make run` sets 256 MiB.
+# Only where every worker of the API's models runs on its host: `make run` sets 128 MiB. The
+# region is reserved (memory) when the process first offloads a tensor.
 INFERENCE_TENSOR_SHM_BYTES = env.int("INFERENCE_TENSOR_SHM_BYTES", default=0)
 # Prediction and model routes require `Authorization: Bearer <api key>`.
 INFERENCE_AUTH_REQUIRED = env.bool("INFERENCE_AUTH_REQUIRED", default=True)

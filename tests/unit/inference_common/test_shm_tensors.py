@@ -89,3 +89,10 @@ def test_regions_of_dead_processes_are_removed(tmp_path: Path) -> None:
     assert not dead.exists() and alive.exists() and region.path.exists()
     region.close()
     assert not region.path.exists()
+
+
+def test_a_region_larger_than_the_room_left_is_refused_at_once(tmp_path: Path) -> None:
+    # Reserved up front (posix_fallocate): no SIGBUS later at a write past a full tmpfs.
+    with pytest.raises(OSError):
+        ShmRegion(2**50, folder=tmp_path)
+    assert not list(tmp_path.glob(f"{PREFIX}*"))

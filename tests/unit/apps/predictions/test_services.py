@@ -64,8 +64,11 @@ def test_an_answer_and_a_failed_task() -> None:
 @pytest.fixture
 def tensor_clients() -> Iterator[None]:
     services._tensor_redis.cache_clear()
+    services._shm.clear()
     yield
     services._tensor_redis.cache_clear()
+    if region := services._shm.pop("region", None):
+        region.close()
 
 
 def large_parts() -> list[dict[str, Any]]:
@@ -98,3 +101,25 @@ def test_a_tensor_redis_that_is_down_sends_the_tensors_to_the_broker(
         *tensor_keys(parts)
     )
     assert services.TENSOR_STORE_FALLBACKS._value.get() == before + 1
+
+
+@pytest.mark.usefixtures("tensor_clients")
+def test_sync_tensors_go_to_shared_memory_first_and_are_freed_when_the_request_ends(
+    settings: Settings, redis_server: str
+) -> None:
+    settings.REDIS_URL = redis_server
+    settings.INFERENCE_TENSOR_SHM_BYTES = 2**20
+    settings.INFERENCE_TENSOR_REDIS_URL = ""
+    services._tensors_release("r9")  # a request ending before any offload makes no region
+    assert "region" not in services._shm
+    sync, job = large_parts(), large_parts()
+    services._tensors_offload(sync, expires=30.0)
+    services._tensors_offload(job, expires=None)
+    region = services._shm["region"]
+    assert region is not None and "shm" in sync[0]["inputs"]["images"] and region.used() > 49152
+    assert "shm" not in job[0]["inputs"]["images"] and tensor_keys(job)  # async: on the broker
+    services._tensors_release("r9")
+    assert region.used() == 0
+    too_big = [{"id": "r10", "inputs": {"images": tensor_encode(np.ones((2, 512, 512), np.float32))}}]
+    services._tensors_offload(too_big, expires=30.0)  # 2 MB: past the region, to the broker
+    assert tensor_keys(too_big) and region.used() == 0
