@@ -269,12 +269,13 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
     "interval_step": 0.2,
     "interval_max": 0.5,
 }
-# Workers send task events (Flower shows tasks from them): half of the worker parent's samples at
-# 64 digits clients (py-spy), on the path between two batches; off, two paired runs gave +2 % and
-# +21 % (docs/architecture.md). `false` turns them off (make run then starts Flower without
-# re-enabling them). The producer's "task-sent" event is off by default: one more Redis publish
-# per batch, 7 % of the API's CPU at 64 clients.
-CELERY_WORKER_SEND_TASK_EVENTS = env.bool("CELERY_WORKER_SEND_TASK_EVENTS", default=True)
+# Task events from the workers (Flower's task list): off by default, by the numbers. They cost the
+# worker parent's publishes and Flower's consumption: 3 % of the machine's CPU per digits answer
+# and 7-24 % per image of the simulated accelerator in paired runs (docs/benchmarks.md, "Celery
+# task events"). Flower's worker view stays either way; `true` brings the task list back (make
+# run then starts Flower with events enabled). The producer's "task-sent" event is off too: one
+# more Redis publish per batch, 7 % of the API's CPU at 64 clients.
+CELERY_WORKER_SEND_TASK_EVENTS = env.bool("CELERY_WORKER_SEND_TASK_EVENTS", default=False)
 CELERY_TASK_SEND_SENT_EVENT = env.bool("CELERY_TASK_SEND_SENT_EVENT", default=False)
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 

@@ -45,6 +45,8 @@ def observed(tmp_path_factory: pytest.TempPathFactory, demo_model_dir: Path) -> 
         INFERENCE_DRIFT_WINDOW="300",
         INFERENCE_DRIFT_MIN_ROWS="200",
         INFERENCE_DRIFT_EVAL_S="1",
+        # Flower's task list is off by default (CPU): this platform turns it on to check it.
+        CELERY_WORKER_SEND_TASK_EVENTS="true",
     )
     with running_platform(root, env, "observability") as platform:
         yield platform
@@ -337,3 +339,24 @@ def test_make_run_starts_prometheus_scraping_api_and_worker(platform: Platform) 
     rules = httpx.get(f"{url}/api/v1/rules", timeout=5).json()["data"]["groups"]
     assert {"inference-serving", "inference-drift"} <= {g["name"] for g in rules}
     assert "Prometheus http://127.0.0.1:" in platform.log()
+
+
+def test_flower_lists_the_workers_with_task_events_off_by_default(platform: Platform) -> None:
+    assert "CELERY_WORKER_SEND_TASK_EVENTS" not in platform.env
+    flower = f"http://127.0.0.1:{platform.env['FLOWER_PORT']}"
+    user, password = platform.env["FLOWER_BASIC_AUTH"].split(":")
+    auth = (user, password)
+
+    def digits_worker() -> dict[str, Any] | None:
+        workers = httpx.get(f"{flower}/api/workers", params={"refresh": 1}, auth=auth, timeout=20).json()
+        return next((w for name, w in workers.items() if name.startswith("digits@")), None)
+
+    worker = eventually(digits_worker, timeout=30, every=2)
+    assert worker is not None and [q["name"] for q in worker["active_queues"]] == ["inference.digits"]
+    with platform.client() as client:
+        assert (
+            client.post("/api/v1/predictions", json={"model": "digits", "inputs": [[0.0] * 64]}).status_code
+            == 200
+        )
+    time.sleep(1)
+    assert httpx.get(f"{flower}/api/tasks", params={"limit": 20}, auth=auth, timeout=10).json() == {}

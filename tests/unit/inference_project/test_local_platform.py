@@ -274,6 +274,9 @@ def test_the_api_and_flower_scripts(tmp_path: Path) -> None:
         "flower", {**env, "FLOWER_BASIC_AUTH": "u:p", "CELERY_WORKER_SEND_TASK_EVENTS": "False"}
     )
     assert "flower --port=5555 --address=127.0.0.1 --basic-auth=u:p --enable_events=False" in flower
+    assert "--enable_events=False" in run_script("flower", {**env, "FLOWER_BASIC_AUTH": "u:p"})  # default
+    on = run_script("flower", {**env, "FLOWER_BASIC_AUTH": "u:p", "CELERY_WORKER_SEND_TASK_EVENTS": "true"})
+    assert "--enable_events=True" in on
     with pytest.raises(subprocess.CalledProcessError):
         run_script("flower", env)  # never without basic auth
 
