@@ -163,7 +163,7 @@ class ShmReader:
         region = self._map(place["region"])
         offset, size = place["offset"], place["size"]
         start = offset + HEADER.size
-        if start + size > len(region):
+        if offset < 0 or size < 0 or start + size > len(region):
             return None
         data = region[start : start + size]
         (generation,) = HEADER.unpack_from(region, offset)
