@@ -25,8 +25,10 @@ from workers.serving import batch_serve
 logger = logging.getLogger(__name__)
 
 
+# Quoted: Task is generic only in celery-types' stubs, not at run time in every celery the
+# project runs on (the mechanism comparison's celery < 5.7 raised "not subscriptable").
 @app.task(bind=True, name=PREDICT_TASK)
-def predict(self: Task[Any, Any], request: dict[str, Any]) -> dict[str, Any]:
+def predict(self: "Task[Any, Any]", request: dict[str, Any]) -> dict[str, Any]:
     """One request per task, no batching: the API uses predict_batch; this is the unbatched
     path (and the naive baseline the benchmark measures against)."""
     # Delivery is at least once (late acks, requeue on a lost child): a redelivered task whose
@@ -41,7 +43,7 @@ def predict(self: Task[Any, Any], request: dict[str, Any]) -> dict[str, Any]:
 
 
 @app.task(bind=True, name=PREDICT_BATCH_TASK, ignore_result=True)
-def predict_batch(self: Task[Any, Any], batch: dict[str, Any]) -> dict[str, int]:
+def predict_batch(self: "Task[Any, Any]", batch: dict[str, Any]) -> dict[str, int]:
     """Several requests for one model version, run as one predict; each answer is stored under
     its request's id. A redelivered batch computes only the requests not yet answered. The batch's
     own return value (counts, shown by Flower) is not stored: nobody waits for the batch's id."""
@@ -81,7 +83,7 @@ for _task in (PREDICT_TASK, PREDICT_BATCH_TASK):
 
 
 @task_retry.connect
-def _count_retry(sender: Task[Any, Any] | None = None, **_: Any) -> None:
+def _count_retry(sender: "Task[Any, Any] | None" = None, **_: Any) -> None:
     RETRIES.labels(getattr(sender, "name", "unknown")).inc()
 
 
