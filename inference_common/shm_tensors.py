@@ -30,6 +30,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+from inference_common.processes import pid_alive
+
 HEADER = struct.Struct("<Q")  # the slot's generation
 ALIGN = 64
 PREFIX = "inference-tensors-"
@@ -134,19 +136,9 @@ def _stale_remove(folder: Path) -> None:
     """Remove the regions of API processes that are gone (killed before their atexit ran)."""
     for path in folder.glob(f"{PREFIX}*"):
         pid = path.name.removeprefix(PREFIX).split("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class ShmReader:

@@ -16,6 +16,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from inference_common.processes import pid_alive
+
 MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 _PID_FILE = re.compile(r"_(\d+)\.db$")
@@ -24,22 +26,12 @@ _PID_FILE = re.compile(r"_(\d+)\.db$")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def dead_processes_forget(path: str) -> None:
     """Drop the live-gauge files of processes that died without a clean exit (a SIGKILLed
     child), so "requests in flight" and "loaded version" do not count ghosts."""
     for file in Path(path).glob("gauge_live*.db"):
         match = _PID_FILE.search(file.name)
-        if match and not _pid_alive(int(match.group(1))):
+        if match and not pid_alive(int(match.group(1))):
             multiprocess.mark_process_dead(int(match.group(1)), path)
 
 
