@@ -18,11 +18,10 @@ import subprocess
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
-from bench.harness import PYTHON, ROOT, Bench, machine
+from bench.harness import Bench, machine
 from bench.loadgen import wrk
-from bench.models import ACCEL_BATCH_MS, ACCEL_NAMES
+from bench.models import ACCEL_NAMES, accel_prepare, digits_prepare
 from bench.systems.ours import Platform, heavy_request, platform_start, platform_stop
-from workers.training.simulated import simulated_write
 
 
 def faults(processes: dict[str, int]) -> dict[str, int]:
@@ -69,24 +68,10 @@ def main() -> None:
         bench = Bench(False, Path(folder))
         bench.seconds = args.seconds
         bench.results["machine"] = machine()
-        cached = ROOT / ".cache" / "demo-digits"  # the platform deploys the demo model too
-        bench.digits_dir = cached if (cached / "model_card.json").exists() else bench.work / "digits"
-        if bench.digits_dir != cached:
-            subprocess.run(
-                [PYTHON, "-m", "workers.training.digits", "--out", str(bench.digits_dir)],
-                cwd=ROOT,
-                check=True,
-            )
+        digits_prepare(bench)  # the platform deploys the demo model too
         key = f"accel_{args.datatype.lower()}"
-        bench.heavy_dirs, bench.accel_dirs = {}, {key: bench.work / key}
-        simulated_write(
-            out=bench.accel_dirs[key],
-            name=ACCEL_NAMES[args.datatype],
-            batch_ms=ACCEL_BATCH_MS,
-            row_ms=0.0,
-            input_shape=(bench.heavy_size, bench.heavy_size, 3),
-            datatype=args.datatype,
-        )
+        bench.heavy_dirs, bench.accel_dirs = {}, {}
+        accel_prepare(bench, key)
         try:
             for round_ in range(args.rounds):
                 for index, overrides in enumerate(configurations):

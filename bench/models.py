@@ -66,15 +66,7 @@ def models_prepare(bench: Bench) -> None:
     """Set `bench.digits_dir`, `bench.heavy_dirs` and `bench.accel_dirs` (result key -> folder),
     building what is missing, and record the heavy model's batching settings
     (results["heavy_batching"])."""
-    cached = ROOT / ".cache" / "demo-digits"
-    bench.digits_dir = cached if (cached / "model_card.json").exists() else bench.work / "digits"
-    if not (bench.digits_dir / "model_card.json").exists():
-        subprocess.run(
-            [PYTHON, "-m", "workers.training.digits", "--out", str(bench.digits_dir)],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        )
+    digits_prepare(bench)
     bench.heavy_dirs = {
         key: bench.work / f"mobilenet-{bench.heavy_size}-{bench.heavy_alpha}-{datatype.lower()}"
         for key, datatype in HEAVY_SIGNATURES.items()
@@ -94,16 +86,36 @@ def models_prepare(bench: Bench) -> None:
     # The simulated accelerator (workers/simulated.py) with the heavy model's input: a model that
     # costs no CPU, so what is measured is the serving path a GPU tier would need.
     bench.accel_dirs = {}
-    for key, datatype in ACCEL_SIGNATURES.items():
-        folder = bench.accel_dirs[key] = bench.work / f"{key}-{bench.heavy_size}"
-        simulated_write(
-            out=folder,
-            name=ACCEL_NAMES[datatype],
-            batch_ms=ACCEL_BATCH_MS,
-            row_ms=0.0,
-            input_shape=(bench.heavy_size, bench.heavy_size, 3),
-            datatype=datatype,
+    for key in ACCEL_SIGNATURES:
+        accel_prepare(bench, key)
+
+
+def digits_prepare(bench: Bench) -> None:
+    """Set `bench.digits_dir`: the demo model `make run` trained, else one trained here."""
+    cached = ROOT / ".cache" / "demo-digits"
+    bench.digits_dir = cached if (cached / "model_card.json").exists() else bench.work / "digits"
+    if not (bench.digits_dir / "model_card.json").exists():
+        subprocess.run(
+            [PYTHON, "-m", "workers.training.digits", "--out", str(bench.digits_dir)],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
         )
+
+
+def accel_prepare(bench: Bench, key: str) -> None:
+    """Write the simulated accelerator of signature `key` (ACCEL_SIGNATURES) into
+    `bench.accel_dirs[key]`."""
+    datatype = ACCEL_SIGNATURES[key]
+    folder = bench.accel_dirs[key] = bench.work / f"{key}-{bench.heavy_size}"
+    simulated_write(
+        out=folder,
+        name=ACCEL_NAMES[datatype],
+        batch_ms=ACCEL_BATCH_MS,
+        row_ms=0.0,
+        input_shape=(bench.heavy_size, bench.heavy_size, 3),
+        datatype=datatype,
+    )
 
 
 if __name__ == "__main__":

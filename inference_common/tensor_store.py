@@ -22,7 +22,7 @@ inference_common/shm_tensors.py): a sync request's tensors go there first, and t
 when the API's region is full.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
@@ -44,6 +44,15 @@ def batch_bytes(parts: list[dict[str, Any]]) -> int:
     return sum(len(wire.get("data", b"")) for part in parts for wire in part["inputs"].values())
 
 
+def _offloadable(parts: list[dict[str, Any]]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(request id, input name, wire tensor) of each tensor with bytes to move (BYTES tensors
+    stay inline)."""
+    for part in parts:
+        for name, wire in part["inputs"].items():
+            if "data" in wire:
+                yield part["id"], name, wire
+
+
 def tensors_offload(
     client: redis.Redis, parts: list[dict[str, Any]], *, ttl_s: int, store: str | None = None
 ) -> None:
@@ -53,13 +62,10 @@ def tensors_offload(
     as they were, to be stored elsewhere."""
     pipe = client.pipeline(transaction=False)
     moved = []
-    for part in parts:
-        for name, wire in part["inputs"].items():
-            if "data" not in wire:  # BYTES tensors stay inline
-                continue
-            key = f"{TENSOR_PREFIX}{part['id']}:{name}"
-            pipe.set(key, wire["data"], ex=ttl_s)
-            moved.append((wire, key))
+    for request_id, name, wire in _offloadable(parts):
+        key = f"{TENSOR_PREFIX}{request_id}:{name}"
+        pipe.set(key, wire["data"], ex=ttl_s)
+        moved.append((wire, key))
     pipe.execute()
     for wire, key in moved:
         wire["data"], wire["key"] = b"", key
@@ -71,16 +77,13 @@ def tensors_to_shm(region: ShmRegion, parts: list[dict[str, Any]], *, ttl_s: flo
     """Copy each input's bytes into `region` (inference_common/shm_tensors.py); the wire tensor
     gets its place (`shm`) instead of `data`. False, with nothing moved, when it has no room."""
     placed = []
-    for part in parts:
-        for wire in part["inputs"].values():
-            if "data" not in wire:  # BYTES tensors stay inline
-                continue
-            place = region.put(part["id"], wire["data"], ttl_s=ttl_s)
-            if place is None:
-                for request_id in {p["id"] for p in parts}:
-                    region.release(request_id)
-                return False
-            placed.append((wire, place))
+    for request_id, _, wire in _offloadable(parts):
+        place = region.put(request_id, wire["data"], ttl_s=ttl_s)
+        if place is None:
+            for part in parts:
+                region.release(part["id"])
+            return False
+        placed.append((wire, place))
     for wire, place in placed:
         wire["data"], wire["shm"] = b"", place
     return True
@@ -125,27 +128,29 @@ def tensors_fetch(
     for part in parts:
         for wire in part["inputs"].values():
             if "shm" in wire:
-                value = _shm_read(shm, wire["shm"])
+                value, why = _shm_read(shm, wire["shm"])
+            elif wire.get("key") in unreachable:
+                value, why = None, UNREACHABLE
             elif wire.get("key"):
-                value = UNREACHABLE if wire["key"] in unreachable else values[wire["key"]]
+                value, why = values[wire["key"]], EXPIRED
             else:
                 continue  # inline
-            if value is None or value == UNREACHABLE:
-                failed[part["id"]] = EXPIRED if value is None else UNREACHABLE
+            if value is None:
+                failed[part["id"]] = why
                 break
             wire["data"] = value
     return failed
 
 
-def _shm_read(shm: ShmReader | None, place: dict[str, Any]) -> bytes | str | None:
-    """The bytes of a shared-memory slot, None if it was reused (expired), UNREACHABLE if the
-    region is not here."""
+def _shm_read(shm: ShmReader | None, place: dict[str, Any]) -> tuple[bytes | None, str]:
+    """A shared-memory slot's bytes, and why there are none: EXPIRED (reused), UNREACHABLE (the
+    region is not on this host)."""
     try:
         if shm is None:
             raise FileNotFoundError("no shared-memory reader here")
-        return shm.read(place)
+        return shm.read(place), EXPIRED
     except (OSError, ValueError):
-        return UNREACHABLE
+        return None, UNREACHABLE
 
 
 def tensors_forget(client_of: ClientOf, parts: list[dict[str, Any]]) -> None:

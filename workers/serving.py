@@ -23,10 +23,11 @@ from workers.runtime import runtime_get
 logger = logging.getLogger("inference.worker")
 
 # A part whose offloaded tensors cannot be had: expired before a worker reached it (nobody waits
-# for it), or in a tensor Redis that does not answer (its client gets a 503 and may retry).
+# for it), or where this worker cannot read them, a tensor Redis that does not answer or another
+# host's shared memory (its client gets a 503 and may retry).
 _TENSORS_MISSING = {
     EXPIRED: failure_encode(EXPIRED, "the request's tensors expired before a worker reached it"),
-    UNREACHABLE: failure_encode(UNREACHABLE, "the request's tensors are in a tensor Redis that is down"),
+    UNREACHABLE: failure_encode(UNREACHABLE, "the request's tensors are where this worker cannot read them"),
 }
 
 

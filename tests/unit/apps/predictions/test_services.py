@@ -6,6 +6,7 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
+from prometheus_client import REGISTRY
 from pytest_django import Settings
 
 from apps.predictions import services
@@ -94,13 +95,17 @@ def test_a_tensor_redis_that_is_down_sends_the_tensors_to_the_broker(
 ) -> None:
     settings.REDIS_URL = redis_server
     settings.INFERENCE_TENSOR_REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
-    before = services.TENSOR_STORE_FALLBACKS._value.get()
+
+    def fallbacks() -> float:
+        return REGISTRY.get_sample_value("inference_tensor_store_fallbacks_total") or 0.0
+
+    before = fallbacks()
     parts = large_parts()
     services._tensors_offload(parts, expires=30.0)
     assert tensor_keys(parts, VOLATILE) == [] and redis.Redis.from_url(redis_server).exists(
         *tensor_keys(parts)
     )
-    assert services.TENSOR_STORE_FALLBACKS._value.get() == before + 1
+    assert fallbacks() == before + 1
 
 
 @pytest.mark.usefixtures("tensor_clients")
