@@ -143,7 +143,7 @@ def predictor_build(*, model_name: str, version_number: int, worker_id: str) -> 
         code = "model_unavailable" if isinstance(exc, ChecksumMismatch | OSError) else "load_failed"
         raise ModelUnavailable(code, f"{model_name} v{version_number} could not be loaded: {exc}") from exc
     seconds = time.perf_counter() - started
-    _served_record(model_name, version_number)
+    served_record(model_name, version_number, worker_id=worker_id)
     LOAD_SECONDS.labels(model_name, str(version_number)).observe(seconds)
     # Exported from 0 on, so rate(), increase() and alerts see the first increment.
     REDELIVERIES.labels(model_name)
@@ -170,11 +170,15 @@ def _load_failure_definite(exc: Exception, *, fetched: bool) -> bool:
     return fetched and not out_of_memory
 
 
-def _served_record(model_name: str, version_number: int) -> None:
-    """A live version loaded: the registry keeps it as the deployment's last good version."""
+def served_record(model_name: str, version_number: int, *, worker_id: str) -> None:
+    """A version loaded (or found loaded when made live): when it is the live one, the registry
+    records it served and keeps it as the deployment's last good version."""
     try:
         if deployment_served_record(
-            model_name=model_name, environment=settings.INFERENCE_ENVIRONMENT, version=version_number
+            model_name=model_name,
+            environment=settings.INFERENCE_ENVIRONMENT,
+            version=version_number,
+            worker_id=worker_id,
         ):
             logger.info(
                 "%s v%s is the last good version in %s",
@@ -326,8 +330,10 @@ class ModelRuntime:
 
     def swap(self, *, model_name: str, version: int, grace_s: float, load_timeout_s: float) -> None:
         """A new live version: load it beside the old one (`load_watched`), then retire the old
-        ones once idle."""
+        ones once idle. Found loaded already (a rollback to a version not yet retired, a promoted
+        rollout candidate), it is reported served here: no load reports it."""
         self.load_watched(model_name=model_name, version=version, load_timeout_s=load_timeout_s)
+        served_record(model_name, version, worker_id=self.worker_id)
         time.sleep(grace_s)
         now = time.monotonic()
         with self._lock:

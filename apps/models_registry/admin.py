@@ -39,8 +39,8 @@ from apps.models_registry.services.deployments import (
     deployment_rollback,
     environment_next,
     environments_skipped,
+    last_good_version,
     model_version_promote,
-    rollback_target,
 )
 from apps.models_registry.services.rollouts import (
     rollout_abort,
@@ -173,10 +173,12 @@ class DeploymentInline(admin.TabularInline[Deployment, RegisteredModel]):
         "previous_version",
         "last_good_version",
         "deployed",
+        "served",
         "deployed_by",
     )
     can_delete = False
     deployed = _seconds_column("deployed_at", "deployed at")
+    served = _seconds_column("served_at", "first served at")
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -610,10 +612,20 @@ def _promotion_plan(version: ModelVersion, *, environment: str | None) -> dict[s
 
 @admin.register(Deployment)
 class DeploymentAdmin(ReadOnlyAdmin[Deployment]):
-    list_display = ("model", "environment_column", "version", "previous_version", "deployed", "deployed_by")
+    list_display = (
+        "model",
+        "environment_column",
+        "version",
+        "previous_version",
+        "last_good_version",
+        "deployed",
+        "served",
+        "deployed_by",
+    )
     list_filter = ("environment", "model")
     actions = ["roll_back"]
     deployed = _seconds_column("deployed_at", "deployed at")
+    served = _seconds_column("served_at", "first served at")
 
     def get_ordering(self, request: HttpRequest) -> tuple[str, ...]:
         return PIPELINE_ORDERING
@@ -654,7 +666,9 @@ class DeploymentAdmin(ReadOnlyAdmin[Deployment]):
         plans = [
             {
                 "deployment": deployment,
-                "target": rollback_target(model=deployment.model, environment=deployment.environment),
+                "target": last_good_version(
+                    model=deployment.model, environment=deployment.environment, before_live=True
+                ),
             }
             for deployment in deployments
         ]

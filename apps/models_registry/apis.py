@@ -32,12 +32,13 @@ from inference_project.errors import error_body
 
 
 def _deployment_body(deployment: Deployment) -> dict[str, Any]:
-    previous = deployment.previous_version
+    previous, good = deployment.previous_version, deployment.last_good_version
     return {
         "model": deployment.model.name,
         "environment": deployment.environment,
         "version": deployment.version.number,
         "previous_version": previous.number if previous else None,
+        "last_good_version": good.number if good else None,
     }
 
 
@@ -102,7 +103,9 @@ class ModelOutputSerializer(serializers.ModelSerializer[RegisteredModel]):
             d.environment: {
                 "version": d.version.number,
                 "previous_version": d.previous_version.number if d.previous_version else None,
+                "last_good_version": d.last_good_version.number if d.last_good_version else None,
                 "deployed_at": d.deployed_at,
+                "served_at": d.served_at,
             }
             for d in model.deployments.all()
         }
@@ -128,6 +131,11 @@ class DeploymentOutputSerializer(serializers.Serializer[Any]):
     environment = serializers.CharField()
     version = serializers.IntegerField()
     previous_version = serializers.IntegerField(allow_null=True)
+    last_good_version = serializers.IntegerField(
+        allow_null=True,
+        help_text="the last version a worker served here since it was last rolled back out: what "
+        "serves while the live one cannot, and what a rollback returns to once the live one served",
+    )
 
 
 class PromotionOutputSerializer(DeploymentOutputSerializer):

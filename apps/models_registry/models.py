@@ -117,11 +117,15 @@ class Deployment(models.Model):
     previous_version = models.ForeignKey(
         ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
-    # The last version a worker loaded while it was live here: it keeps serving while a newer
+    # The last good version here (services/deployments.py `last_good_version`): the live one once
+    # a worker loaded it, until then the last good one before it. It keeps serving while a newer
     # live version cannot load anywhere, across restarts (workers load it when the live one fails).
     last_good_version = models.ForeignKey(
         ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # When a worker first loaded the live version since it was made live (None: none yet); the
+    # moment it became the last good version.
+    served_at = models.DateTimeField(null=True, blank=True)
     deployed_at = models.DateTimeField(auto_now=True)
     deployed_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
@@ -150,6 +154,7 @@ class RegistryEvent(models.Model):
         ROLLBACK = "rollback", "Rolled back"
         GATE_FAILED = "gate_failed", "Gate failed"
         LOAD_FAILED = "load_failed", "Worker load failed"
+        SERVED = "served", "Served (a worker loaded it while live)"
         REFUSED = "refused", "Artifact refused"
         TRUSTED = "trusted", "Trusted for unsafe loading"
         PRUNE = "prune", "Artifacts pruned"

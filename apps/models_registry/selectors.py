@@ -1,7 +1,7 @@
 """Reads from the registry."""
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import orjson
@@ -49,28 +49,35 @@ def model_version_environments(*, version: ModelVersion) -> set[str]:
 @dataclass(frozen=True)
 class Tenure:
     """One stretch of a version being live in an environment, and how it ended: `ended_by` is
-    the switch that replaced it ("promote" or "rollback", None while it is live) and
-    `successor` the version that switch made live."""
+    the switch that replaced it ("promote" or "rollback", None while it is live), `successor`
+    the version that switch made live, `served` whether a worker loaded it during the stretch."""
 
     version: int
     ended_by: str | None = None
     successor: int | None = None
+    served: bool = False
 
 
 def environment_tenures(*, model: RegisteredModel, environment: str) -> list[Tenure]:
     """The versions live in `environment` one after the other, oldest first, from the history of
-    switches (promotions, including bootstrap deployments, and rollbacks)."""
-    switches = RegistryEvent.objects.filter(
+    switches (promotions, including bootstrap deployments, and rollbacks) and of the workers'
+    reports that they served the live version."""
+    history = RegistryEvent.objects.filter(
         model=model,
         environment=environment,
-        action__in=[RegistryEvent.Action.PROMOTE, RegistryEvent.Action.ROLLBACK],
+        action__in=[RegistryEvent.Action.PROMOTE, RegistryEvent.Action.ROLLBACK, RegistryEvent.Action.SERVED],
         to_version__isnull=False,
     ).order_by("created_at", "id")
     tenures: list[Tenure] = []
-    for switch in switches:
+    for event in history.values_list("action", "to_version"):
+        action, number = event[0], int(cast("int", event[1]))
+        if action == RegistryEvent.Action.SERVED:
+            if tenures and tenures[-1].version == number:
+                tenures[-1] = replace(tenures[-1], served=True)
+            continue
         if tenures:
-            tenures[-1] = Tenure(tenures[-1].version, switch.action, switch.to_version)
-        tenures.append(Tenure(int(cast("int", switch.to_version))))
+            tenures[-1] = replace(tenures[-1], ended_by=action, successor=number)
+        tenures.append(Tenure(number))
     return tenures
 
 
@@ -79,7 +86,11 @@ def model_get(*, name: str) -> RegisteredModel | None:
 
 
 def model_list() -> list[RegisteredModel]:
-    return list(RegisteredModel.objects.prefetch_related("deployments__version"))
+    return list(
+        RegisteredModel.objects.prefetch_related(
+            "deployments__version", "deployments__previous_version", "deployments__last_good_version"
+        )
+    )
 
 
 def registry_history(*, model: RegisteredModel, limit: int = 200) -> list[RegistryEvent]:

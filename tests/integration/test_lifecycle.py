@@ -121,7 +121,14 @@ def test_hot_swap_under_load_loses_no_request(
     assert figures["rollback_switch_s"] <= SWITCH_TARGET_S, figures
 
     history = staff.get("/api/v1/models/digits/history").json()
-    assert [e["action"] for e in history[:2]] == ["rollback", "promote"]
+    switches = [e for e in history if e["action"] != "served"]
+    assert [e["action"] for e in switches[:2]] == ["rollback", "promote"]
+    # The workers reported each version they made live served: v1 found still loaded after the
+    # rollback, so it was the last good version again without a load.
+    served = [(e["to_version"], e["environment"]) for e in history if e["action"] == "served"]
+    assert served[:2] == [(1, "dev"), (second, "dev")], history[:6]
+    deployment = staff.get("/api/v1/models/digits").json()["deployments"]["dev"]
+    assert (deployment["version"], deployment["last_good_version"]) == (1, 1), deployment
 
 
 def test_pinned_versions(platform: Platform, heldout: Heldout) -> None:

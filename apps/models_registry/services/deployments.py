@@ -14,7 +14,7 @@ from typing import Any
 import redis
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import models, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from apps.models_registry import selectors
@@ -113,17 +113,24 @@ def environments_skipped(*, version: ModelVersion, environment: str) -> list[str
     return environments[_environments_passed(version=version) + 1 : environments.index(environment)]
 
 
-def rollback_target(*, model: RegisteredModel, environment: str) -> ModelVersion | None:
-    """What a rollback in `environment` returns to: the last version live there before the
-    current one that was never rolled back out of it; None when there is none. A second
-    rollback therefore goes further back, never forward."""
+def last_good_version(
+    *, model: RegisteredModel, environment: str, before_live: bool = False
+) -> ModelVersion | None:
+    """The last good version of `model` in `environment`: of the versions live there, the latest
+    one a worker served since it was last rolled back out of it (if ever). The one notion behind
+    a rollback's target (`before_live`: other than the version live now, so a second rollback
+    goes further back, never forward), the automatic rollback of a version that cannot load, and
+    what serves while the live version cannot (`Deployment.last_good_version`)."""
     tenures = selectors.environment_tenures(model=model, environment=environment)
-    if not tenures:
-        return None
-    current = tenures[-1].version
-    rolled_back = {t.version for t in tenures if t.ended_by == RegistryEvent.Action.ROLLBACK}
-    for tenure in reversed(tenures[:-1]):
-        if tenure.version != current and tenure.version not in rolled_back:
+    good: dict[int, bool] = {}
+    for tenure in tenures:
+        if tenure.served:
+            good[tenure.version] = True
+        if tenure.ended_by == RegistryEvent.Action.ROLLBACK:
+            good[tenure.version] = False
+    live = tenures[-1].version if tenures else None
+    for tenure in reversed(tenures):
+        if good.get(tenure.version) and not (before_live and tenure.version == live):
             return selectors.model_version_get(model_name=model.name, number=tenure.version)
     return None
 
@@ -211,14 +218,14 @@ def deployment_rollback(
     actor: str | None = None,
     expect_live: int | None = ANY_LIVE,
 ) -> Deployment:
-    """Make the last version live before the current one, and never rolled back out, live
-    again (`rollback_target`; checksums verified first). `expect_live` as for promotion."""
+    """Make the last good version before the live one live again (`last_good_version`;
+    checksums verified first). `expect_live` as for promotion."""
     actor_permission_require(user=user, perm="models_registry.rollback_deployment")
     _live_expected(model=model, environment=environment, expect_live=expect_live)
-    target = rollback_target(model=model, environment=environment)
+    target = last_good_version(model=model, environment=environment, before_live=True)
     if target is None:
         raise PromotionRefused(
-            f"{model.name} has nothing to roll back to in {environment}: no earlier version was live "
+            f"{model.name} has nothing to roll back to in {environment}: no earlier version served "
             "there without being rolled back"
         )
     checksum, _ = gate_checksums(version=target)
@@ -397,15 +404,30 @@ def _workers_serving(*, environment: str, model: RegisteredModel, versions: list
     return found
 
 
-def deployment_served_record(*, model_name: str, environment: str, version: int) -> bool:
-    """A worker loaded `version` while it is live in `environment`: it is now the deployment's
-    last good version (what serves while a later live version cannot load). True if it changed."""
-    updated = (
-        Deployment.objects.filter(model__name=model_name, environment=environment, version__number=version)
-        .exclude(last_good_version__number=version)
-        .update(last_good_version=models.F("version"))
-    )
-    return updated > 0
+def deployment_served_record(*, model_name: str, environment: str, version: int, worker_id: str = "") -> bool:
+    """A worker loaded `version` while it is live in `environment`: the first report since it
+    was made live records it as served (a `served` event) and makes it the deployment's last
+    good version. True if this report did."""
+    with transaction.atomic():
+        deployment = (
+            Deployment.objects.select_for_update()
+            .select_related("model", "version")
+            .filter(model__name=model_name, environment=environment, version__number=version)
+            .first()
+        )
+        if deployment is None or deployment.served_at is not None:
+            return False
+        Deployment.objects.filter(pk=deployment.pk).update(
+            served_at=timezone.now(), last_good_version=deployment.version
+        )
+        registry_event_record(
+            model=deployment.model,
+            action=RegistryEvent.Action.SERVED,
+            version=deployment.version,
+            environment=environment,
+            actor=worker_id or "worker",
+        )
+    return True
 
 
 def deployment_switch(
@@ -435,6 +457,7 @@ def deployment_switch(
                 "version": version,
                 "previous_version": previous,
                 "deployed_by": actor_account(user=user),
+                "served_at": None,
             },
         )
         registry_event_record(
@@ -448,6 +471,9 @@ def deployment_switch(
             reason=reason,
             details=details,
         )
+        # Until a worker reports the new version served: the last good version before it.
+        deployment.last_good_version = last_good_version(model=model, environment=environment)
+        deployment.save(update_fields=["last_good_version"])
         release_event_write(action=action, deployment=deployment, user=user, actor=actor)
         _rollouts_supersede(deployment=deployment, action=action, user=user, actor=actor)
         transaction.on_commit(lambda: _after_switch(deployment=deployment, previous=previous))

@@ -89,6 +89,7 @@ def test_an_evicted_version_is_collected_in_one_full_pass(
     assert full_collections[0] == 1  # one pass frees the old version and freezes the new one
 
 
+@pytest.mark.django_db  # the swap reports the version it made live to the registry
 def test_a_version_retired_by_a_swap_is_collected(runtime: runtime_module.ModelRuntime) -> None:
     runtime.max_loaded = 2  # the swap, not the eviction, retires version 1
     graph = frozen_graph(runtime, 1)

@@ -15,7 +15,7 @@ from apps.models_registry.services.deployments import (
     AUTO_ROLLBACK_ACTOR,
     deployment_served_record,
     deployment_set,
-    rollback_target,
+    last_good_version,
 )
 from inference_common.readiness import serving_mark
 from tests.unit.apps.models_registry.helpers import register
@@ -85,7 +85,7 @@ def test_two_broken_deployments_in_a_row_are_rolled_back_to_the_last_good_versio
     failed = RegistryEvent.objects.filter(action=RegistryEvent.Action.LOAD_FAILED)
     assert sorted(e.to_version or 0 for e in failed) == [first.number, second.number, second.number]
     # Both broken versions were rolled back out: a manual rollback has nowhere to go.
-    assert rollback_target(model=good.model, environment="dev") is None
+    assert last_good_version(model=good.model, environment="dev", before_live=True) is None
 
 
 def test_no_automatic_rollback_while_the_version_serves_elsewhere_or_storage_is_down(

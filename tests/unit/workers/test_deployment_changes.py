@@ -21,6 +21,10 @@ from workers import runtime as runtime_module
 from workers.predictor import ModelFiles, Predictor
 from workers.runtime import ModelRuntime, deployment_change_apply, deployments_listen
 
+# A swap reports the version it made live to the registry (nothing is live in these tests'
+# environments: it records nothing).
+pytestmark = pytest.mark.django_db(transaction=True)
+
 
 class Loaded(Predictor):
     def load(self) -> None:

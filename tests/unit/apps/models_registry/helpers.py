@@ -11,7 +11,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 
 from apps.models_registry.models import ModelVersion
-from apps.models_registry.services.deployments import deployment_set
+from apps.models_registry.services.deployments import deployment_served_record, deployment_set
 from apps.models_registry.services.registration import model_version_register
 from inference_common.version_stats import version_stats_record
 
@@ -73,3 +73,11 @@ def figures_write(
             confidence_rows=10,
             now=at,
         )
+
+
+def served(version: ModelVersion, environment: str = "dev", worker: str = "test-host:1") -> None:
+    """What a worker reports once it loaded the live version (workers/runtime.py served_record):
+    only a version that served counts as good for a rollback."""
+    assert deployment_served_record(
+        model_name=version.model.name, environment=environment, version=version.number, worker_id=worker
+    )

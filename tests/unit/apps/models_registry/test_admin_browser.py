@@ -13,7 +13,7 @@ from pytest_django.live_server_helper import LiveServer
 from apps.models_registry.models import Deployment, ModelVersion, RegistryEvent
 from apps.models_registry.services.deployments import deployment_rollback, model_version_promote
 from tests.integration.conftest import ARTIFACTS_DIR, browser_page
-from tests.unit.apps.models_registry.helpers import register, staff
+from tests.unit.apps.models_registry.helpers import register, served, staff
 from tests.unit.apps.models_registry.test_operator_flows import gates_pass  # noqa: F401 (fixture)
 
 pytestmark = [
@@ -192,6 +192,7 @@ def test_rollback_twice_goes_back_twice_then_says_there_is_nothing_left(
 ) -> None:
     for version in [register(demo_model_dir) for _ in range(3)]:
         model_version_promote(version=version, environment="dev")
+        served(version)  # a worker loaded it: only a version that served is gone back to
     login(page, server, staff(superuser=True).username)
 
     for step, (current, target, reason) in enumerate(
@@ -234,6 +235,7 @@ def test_a_version_rolled_back_out_of_dev_is_offered_dev_again_not_staging(
 ) -> None:
     v1, v2 = register(demo_model_dir), register(demo_model_dir)
     model_version_promote(version=v1, environment="dev")
+    served(v1)
     model_version_promote(version=v2, environment="dev")
     deployment_rollback(model=v1.model, environment="dev", reason="v2 misreads sevens")
     login(page, server, staff(superuser=True).username)

@@ -23,7 +23,7 @@ from apps.models_registry.charts import bars_svg
 from apps.models_registry.models import Deployment, ModelVersion, OutboxEvent, RegistryEvent
 from apps.models_registry.services.deployments import deployment_rollback, model_version_promote
 from tests.conftest import Heldout
-from tests.unit.apps.models_registry.helpers import register, staff
+from tests.unit.apps.models_registry.helpers import register, served, staff
 from tests.unit.apps.models_registry.test_operator_flows import gates_pass  # noqa: F401 (fixture)
 from workers.monitoring import DriftMonitor, SummaryPublisher
 
@@ -118,6 +118,7 @@ def test_times_show_seconds_and_deployments_follow_the_pipeline(demo_model_dir: 
     v1, v2 = register(demo_model_dir), register(demo_model_dir)
     for environment in ("dev", "staging", "prod"):
         model_version_promote(version=v1, environment=environment)
+    served(v1)
     model_version_promote(version=v2, environment="dev")
     deployment_rollback(model=v1.model, environment="dev", reason="v2 is slow")
     client = root_client()

@@ -9,7 +9,9 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.test import Client
 
+from apps.models_registry.models import ModelVersion
 from inference_project.openapi import openapi_schema
+from tests.unit.apps.models_registry.helpers import served
 
 if TYPE_CHECKING:  # a name only django-stubs has: the test client's response
     from django.test.client import _MonkeyPatchedWSGIResponse
@@ -49,6 +51,7 @@ def test_upload_promote_rollback_history(demo_model_dir: Path) -> None:
     assert promoted.status_code == 200, promoted.content
     assert promoted.json()["environment"] == "dev"
     assert promoted.json()["gates"]["passed"] is True
+    served(ModelVersion.objects.get(model__name="digits", number=1))  # a worker loaded it
     second = client.post("/api/v1/models/digits/promote", {"version": 2}, content_type="application/json")
     assert second.json()["previous_version"] == 1
 
@@ -61,7 +64,14 @@ def test_upload_promote_rollback_history(demo_model_dir: Path) -> None:
     assert (rolled.json()["version"], rolled.json()["previous_version"]) == (1, 2)
 
     history = client.get("/api/v1/models/digits/history").json()
-    assert [e["action"] for e in history] == ["rollback", "promote", "promote", "register", "register"]
+    assert [e["action"] for e in history] == [
+        "rollback",
+        "promote",
+        "served",
+        "promote",
+        "register",
+        "register",
+    ]
     detail = client.get("/api/v1/models/digits").json()
     assert [v["number"] for v in detail["versions"]] == [2, 1]
 

@@ -15,10 +15,10 @@ from apps.models_registry.services.deployments import (
     deployment_rollback,
     environment_next,
     environment_passed,
+    last_good_version,
     model_version_promote,
-    rollback_target,
 )
-from tests.unit.apps.models_registry.helpers import register, staff
+from tests.unit.apps.models_registry.helpers import register, served, staff
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("registry_settings")]
 VERSIONS = "/admin/models_registry/modelversion/"
@@ -45,9 +45,10 @@ def test_rollback_goes_back_through_the_history_never_forward(demo_model_dir: Pa
     v1, v2, v3 = (register(demo_model_dir) for _ in range(3))
     for version in (v1, v2, v3):
         model_version_promote(version=version, environment="dev")
+        served(version)
     model = v1.model
 
-    assert rollback_target(model=model, environment="dev") == v2
+    assert last_good_version(model=model, environment="dev", before_live=True) == v2
     deployment_rollback(model=model, environment="dev", reason="v3 answers slowly")
     assert live("dev") == 2
     deployment_rollback(model=model, environment="dev")  # v2 was not rolled back yet: v1
@@ -63,6 +64,7 @@ def test_rollback_goes_back_through_the_history_never_forward(demo_model_dir: Pa
 def test_only_a_version_that_went_through_an_environment_goes_on_without_a_skip(demo_model_dir: Path) -> None:
     v1, v2 = register(demo_model_dir), register(demo_model_dir)
     model_version_promote(version=v1, environment="dev")
+    served(v1)
     model_version_promote(version=v2, environment="dev")
     assert environment_passed(version=v1, environment="dev")  # replaced by a newer version
     deployment_rollback(model=v1.model, environment="dev")
@@ -118,6 +120,7 @@ def test_the_admin_confirms_a_rollback_and_says_when_there_is_nothing_to_go_back
 ) -> None:
     v1, v2 = register(demo_model_dir), register(demo_model_dir)
     model_version_promote(version=v1, environment="dev")
+    served(v1)
     model_version_promote(version=v2, environment="dev")
     deployment = Deployment.objects.get(environment="dev")
     operator = admin(staff("view_deployment", "rollback_deployment"))
@@ -142,6 +145,7 @@ def test_a_switch_acting_on_a_stale_view_of_what_is_live_is_refused(demo_model_d
     a promotion or rollback sent with `expect_live` after someone else switched changes nothing."""
     v1, v2, v3 = (register(demo_model_dir) for _ in range(3))
     model_version_promote(version=v1, environment="dev", expect_live=None)
+    served(v1)
     with pytest.raises(LiveVersionChanged, match="v1 is live now, not nothing"):
         model_version_promote(version=v2, environment="dev", expect_live=None)
     model_version_promote(version=v2, environment="dev", expect_live=1)

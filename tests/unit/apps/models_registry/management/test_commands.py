@@ -10,6 +10,8 @@ from openpyxl import Workbook
 from openpyxl.worksheet.worksheet import Worksheet
 
 from apps.models_registry import selectors
+from apps.models_registry.models import ModelVersion
+from tests.unit.apps.models_registry.helpers import served
 from workers.gates import validation_read
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("registry_settings")]
@@ -28,6 +30,7 @@ def test_register_promote_rollback_fetch(demo_model_dir: Path, tmp_path: Path) -
     assert model is not None
     assert (model.gate_metric, model.gate_minimum) == ("accuracy", 0.9)
     assert "promoted: digits v1 @ dev" in run("promote", "digits", "1")
+    served(ModelVersion.objects.get(model__name="digits", number=1))
     assert "promoted: digits v2 @ dev" in run("promote", "digits", "2", "--to", "dev")
     assert "rolled back: digits v1 @ dev" in run("rollback", "digits", "--env", "dev")
     with pytest.raises(CommandError, match="written reason"):
@@ -65,6 +68,7 @@ def test_commands_record_who_acted(demo_model_dir: Path, monkeypatch: pytest.Mon
     run("register_model", str(demo_model_dir))
     run("register_model", str(demo_model_dir), "--actor", "ci-bot")
     run("promote", "digits", "1", "--actor", "alice")
+    served(ModelVersion.objects.get(model__name="digits", number=1), worker="host-a:7")
     run("promote", "digits", "2")
     run("rollback", "digits", "--env", "dev", "--actor", "bob", "--reason", "errors up")
     actors = [(e.action, e.actor) for e in RegistryEvent.objects.order_by("created_at", "id")]
@@ -72,6 +76,7 @@ def test_commands_record_who_acted(demo_model_dir: Path, monkeypatch: pytest.Mon
         ("register", user),
         ("register", "ci-bot"),
         ("promote", "alice"),
+        ("served", "host-a:7"),
         ("promote", user),
         ("rollback", "bob"),
     ]

@@ -20,7 +20,7 @@ from apps.models_registry.services.deployments import (
     model_version_promote,
 )
 from apps.models_registry.storage import redis_cache_key
-from tests.unit.apps.models_registry.helpers import register, staff
+from tests.unit.apps.models_registry.helpers import register, served, staff
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("registry_settings")]
 
@@ -63,6 +63,7 @@ def test_promotion_needs_the_permission(demo_model_dir: Path) -> None:
 def test_rollback_returns_to_the_previous_version_and_writes_the_outbox(demo_model_dir: Path) -> None:
     first, second = register(demo_model_dir), register(demo_model_dir)
     deployment_set(version=first, environment="dev")
+    served(first)
     deployment_set(version=second, environment="dev")
     operator = staff("rollback_deployment")
     deployment = deployment_rollback(model=first.model, environment="dev", user=operator)
@@ -82,6 +83,38 @@ def test_rollback_returns_to_the_previous_version_and_writes_the_outbox(demo_mod
     assert all(len(a["sha256"]) == 64 and a["uri"] for a in payload["artifacts"])
     rollback = RegistryEvent.objects.get(action=RegistryEvent.Action.ROLLBACK)
     assert (rollback.from_version, rollback.to_version) == (2, 1)
+
+
+def test_one_last_good_version_for_rollbacks_and_for_what_serves(demo_model_dir: Path) -> None:
+    """Good: a worker served it since it was last rolled back out. A rollback goes to the last
+    good version before the live one, skipping one that never served; the deployment's last good
+    version (what serves while the live one cannot load) follows the same rule at each switch."""
+    from apps.models_registry.services.deployments import last_good_version
+
+    v1, v2, v3 = (register(demo_model_dir) for _ in range(3))
+    deployment_set(version=v1, environment="dev")
+    served(v1)
+    deployment_set(version=v2, environment="dev")  # never loads anywhere
+    assert Deployment.objects.get(environment="dev").last_good_version == v1
+    deployment_set(version=v3, environment="dev")
+    served(v3)
+    model = v1.model
+    assert last_good_version(model=model, environment="dev") == v3
+    assert last_good_version(model=model, environment="dev", before_live=True) == v1
+
+    deployment = deployment_rollback(model=model, environment="dev", reason="v3 is wrong")
+    # v1 served before: good at once, before any worker reports it again.
+    assert (deployment.version, deployment.previous_version, deployment.last_good_version) == (v1, v3, v1)
+    assert deployment.served_at is None
+    with pytest.raises(PromotionRefused, match="nothing to roll back to in dev: no earlier version served"):
+        deployment_rollback(model=model, environment="dev")  # v2 never served, v3 rolled back
+
+    # v3 made live again (say its environment was at fault): good again only once it served.
+    deployment_set(version=v3, environment="dev")
+    assert Deployment.objects.get(environment="dev").last_good_version == v1
+    served(v3)
+    assert Deployment.objects.get(environment="dev").last_good_version == v3
+    assert last_good_version(model=model, environment="dev", before_live=True) == v1
 
 
 def test_a_refused_switch_writes_nothing(demo_model_dir: Path) -> None:
