@@ -63,6 +63,8 @@ ifdef QUICK
 else
 	$(BIN)/python -m pip install --quiet -r requirements-bench.txt
 	$(BIN)/python -m bench.run --docs
+	@# What a 100 % shadow rollout costs live p50 (paired runs; its own section of docs/benchmarks.md).
+	$(BIN)/python -m bench.shadow --rounds 6 --docs
 	@# celery-batches needs celery < 5.7: the mechanism comparison runs in a virtualenv of its own.
 	@test -x .venv-mechanisms/bin/python || $(PYTHON) -m venv .venv-mechanisms
 	.venv-mechanisms/bin/python -m pip install --quiet -r requirements-dev.txt

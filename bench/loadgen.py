@@ -58,8 +58,18 @@ def _ms(text: str) -> float:
 
 
 def wrk(
-    url: str, body: bytes, *, concurrency: int, seconds: float, headers: dict[str, str], method: str = "POST"
+    url: str,
+    body: bytes,
+    *,
+    concurrency: int,
+    seconds: float,
+    headers: dict[str, str],
+    method: str = "POST",
+    pace_ms: float | None = None,
 ) -> LoadResult:
+    """`pace_ms`: each connection waits that long on average after an answer before its next request
+    (wrk's delay(), drawn uniformly from half to one and a half times it, so the connections do not
+    fall into step; the wait is not in the latencies): paced clients instead of flat out."""
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is required: apt-get install -y wrk")
     with tempfile.TemporaryDirectory() as folder:
@@ -71,6 +81,11 @@ def wrk(
             LUA.replace("{body}", str(body_path))
             .replace("{headers}", header_lines)
             .replace("{method}", method)
+            + (
+                f"delay = function() return math.random({round(pace_ms / 2)}, {round(pace_ms * 1.5)}) end\n"
+                if pace_ms is not None
+                else ""
+            )
         )
         threads = min(2, concurrency)
         done = subprocess.run(
