@@ -188,6 +188,8 @@ def served_record(model_name: str, version_number: int, *, worker_id: str) -> No
             )
     except DATABASE_UNAVAILABLE:
         logger.warning("could not record %s v%s as the last good version", model_name, version_number)
+    except Exception:  # the bookkeeping never fails a load or a swap that worked
+        logger.exception("could not record %s v%s as the last good version", model_name, version_number)
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ def _deployment_body(deployment: Deployment) -> dict[str, Any]:
         "version": deployment.version.number,
         "previous_version": previous.number if previous else None,
         "last_good_version": good.number if good else None,
+        "served_at": deployment.served_at,
     }
 
 
@@ -133,8 +134,12 @@ class DeploymentOutputSerializer(serializers.Serializer[Any]):
     previous_version = serializers.IntegerField(allow_null=True)
     last_good_version = serializers.IntegerField(
         allow_null=True,
-        help_text="the last version a worker served here since it was last rolled back out: what "
-        "serves while the live one cannot, and what a rollback returns to once the live one served",
+        help_text="the live version once a worker served it, until then the last good version "
+        "before it (the last a worker served here since it was last rolled back out): what serves "
+        "while the live one cannot",
+    )
+    served_at = serializers.DateTimeField(
+        allow_null=True, help_text="when a worker first served the live version (null: not yet)"
     )
 
 
@@ -325,15 +330,16 @@ class PromoteApi(APIView):
             if exc.report:
                 body["gates"] = exc.report.as_dict()
             return Response(body, status=status.HTTP_422_UNPROCESSABLE_ENTITY)
-        event = selectors.registry_history(model=model, limit=1)[0]
-        return Response({**_deployment_body(deployment), "gates": event.details})
+        event = selectors.switch_event_latest(model=model, environment=deployment.environment)
+        return Response({**_deployment_body(deployment), "gates": event.details if event else {}})
 
 
 class RollbackApi(APIView):
     permission_classes = [IsAdminUser]
 
     @extend_schema(
-        summary="Roll back to the last version live before the current one and never rolled back out",
+        summary="Roll back to the last good version before the live one (the last a worker served "
+        "there since it was last rolled back out)",
         request=RollbackInputSerializer,
         responses={200: DeploymentOutputSerializer, 409: ERROR, **ERRORS},
     )

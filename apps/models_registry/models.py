@@ -182,7 +182,12 @@ class RegistryEvent(models.Model):
         ordering = ["-created_at", "-id"]
 
     def __str__(self) -> str:
-        arrow = f" {self.from_version}->{self.to_version}" if self.to_version else ""
+        if self.to_version is None:
+            arrow = ""
+        elif self.from_version is None:
+            arrow = f" v{self.to_version}"
+        else:
+            arrow = f" {self.from_version}->{self.to_version}"
         where = f" @ {self.environment}" if self.environment else ""
         return f"{self.model.name}: {self.get_action_display()}{arrow}{where}"
 

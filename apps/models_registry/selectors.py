@@ -58,26 +58,42 @@ class Tenure:
     served: bool = False
 
 
+SWITCHES = (RegistryEvent.Action.PROMOTE, RegistryEvent.Action.ROLLBACK)
+
+
+def switch_event_latest(*, model: RegisteredModel, environment: str) -> RegistryEvent | None:
+    """The switch (promotion or rollback) that made the live version of `environment` live.
+    Switches of one environment are made one at a time under the deployment row's lock, so ids
+    order them whatever the clocks of the hosts that wrote them."""
+    return (
+        RegistryEvent.objects.filter(
+            model=model, environment=environment, action__in=SWITCHES, to_version__isnull=False
+        )
+        .order_by("-id")
+        .first()
+    )
+
+
 def environment_tenures(*, model: RegisteredModel, environment: str) -> list[Tenure]:
     """The versions live in `environment` one after the other, oldest first, from the history of
-    switches (promotions, including bootstrap deployments, and rollbacks) and of the workers'
-    reports that they served the live version."""
-    history = RegistryEvent.objects.filter(
-        model=model,
-        environment=environment,
-        action__in=[RegistryEvent.Action.PROMOTE, RegistryEvent.Action.ROLLBACK, RegistryEvent.Action.SERVED],
-        to_version__isnull=False,
-    ).order_by("created_at", "id")
+    switches (promotions, including bootstrap deployments, and rollbacks, in id order as
+    `switch_event_latest` explains) and the workers' reports that they served the live version,
+    each naming the switch it served under (details["switch"])."""
+    served = {
+        details.get("switch")
+        for details in RegistryEvent.objects.filter(
+            model=model, environment=environment, action=RegistryEvent.Action.SERVED
+        ).values_list("details", flat=True)
+    }
+    switches = RegistryEvent.objects.filter(
+        model=model, environment=environment, action__in=SWITCHES, to_version__isnull=False
+    ).order_by("id")
     tenures: list[Tenure] = []
-    for event in history.values_list("action", "to_version"):
-        action, number = event[0], int(cast("int", event[1]))
-        if action == RegistryEvent.Action.SERVED:
-            if tenures and tenures[-1].version == number:
-                tenures[-1] = replace(tenures[-1], served=True)
-            continue
+    for pk, action, to_version in switches.values_list("id", "action", "to_version"):
+        number = int(cast("int", to_version))
         if tenures:
             tenures[-1] = replace(tenures[-1], ended_by=action, successor=number)
-        tenures.append(Tenure(number))
+        tenures.append(Tenure(number, served=pk in served))
     return tenures
 
 

@@ -5,12 +5,23 @@ from django.db import migrations, models
 
 def served_backfill(apps, schema_editor):
     """Before this migration nothing recorded that a version served: every stretch live counted
-    as good. Keep that reading of the existing history (a `served` event right after each switch,
-    at its time) and mark the live versions that are their deployment's last good one as served."""
+    as good. Keep that reading of the existing history (a `served` event naming each switch), except
+    for a live version that no worker loaded (its deployment's last good version is another one),
+    and mark the live versions that are their deployment's last good one as served."""
     RegistryEvent = apps.get_model("models_registry", "RegistryEvent")
     Deployment = apps.get_model("models_registry", "Deployment")
+    unloaded = {
+        (d.model_id, d.environment, d.version_id)
+        for d in Deployment.objects.exclude(last_good_version_id=models.F("version_id"))
+    }
     switches = RegistryEvent.objects.filter(action__in=["promote", "rollback"], to_version__isnull=False)
-    for switch in switches.order_by("created_at", "id").iterator():
+    latest = {}
+    for switch in switches.order_by("id"):
+        latest[(switch.model_id, switch.environment)] = switch.pk
+    for switch in switches.order_by("id"):
+        current = latest[(switch.model_id, switch.environment)] == switch.pk
+        if current and (switch.model_id, switch.environment, switch.version_id) in unloaded:
+            continue
         served = RegistryEvent.objects.create(
             model_id=switch.model_id,
             version_id=switch.version_id,
@@ -18,7 +29,7 @@ def served_backfill(apps, schema_editor):
             environment=switch.environment,
             to_version=switch.to_version,
             actor="migration",
-            details={"backfilled": True},
+            details={"switch": switch.pk, "backfilled": True},
         )
         RegistryEvent.objects.filter(pk=served.pk).update(created_at=switch.created_at)
     for deployment in Deployment.objects.filter(last_good_version_id=models.F("version_id")):

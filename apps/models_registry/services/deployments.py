@@ -222,6 +222,9 @@ def deployment_rollback(
     checksums verified first). `expect_live` as for promotion."""
     actor_permission_require(user=user, perm="models_registry.rollback_deployment")
     _live_expected(model=model, environment=environment, expect_live=expect_live)
+    if expect_live == ANY_LIVE:  # the target is computed for what is live now: switch only from it
+        current = selectors.deployment_get_active(model_name=model.name, environment=environment)
+        expect_live = current.version.number if current else None
     target = last_good_version(model=model, environment=environment, before_live=True)
     if target is None:
         raise PromotionRefused(
@@ -410,13 +413,14 @@ def deployment_served_record(*, model_name: str, environment: str, version: int,
     good version. True if this report did."""
     with transaction.atomic():
         deployment = (
-            Deployment.objects.select_for_update()
+            Deployment.objects.select_for_update(of=("self",))
             .select_related("model", "version")
             .filter(model__name=model_name, environment=environment, version__number=version)
             .first()
         )
         if deployment is None or deployment.served_at is not None:
             return False
+        switch = selectors.switch_event_latest(model=deployment.model, environment=environment)
         Deployment.objects.filter(pk=deployment.pk).update(
             served_at=timezone.now(), last_good_version=deployment.version
         )
@@ -426,6 +430,7 @@ def deployment_served_record(*, model_name: str, environment: str, version: int,
             version=deployment.version,
             environment=environment,
             actor=worker_id or "worker",
+            details={"switch": switch.pk if switch else None},
         )
     return True
 
@@ -471,8 +476,11 @@ def deployment_switch(
             reason=reason,
             details=details,
         )
-        # Until a worker reports the new version served: the last good version before it.
-        deployment.last_good_version = last_good_version(model=model, environment=environment)
+        # Until a worker reports the new version served (even one that served here before: it
+        # may not load now), the last good version before it.
+        deployment.last_good_version = last_good_version(
+            model=model, environment=environment, before_live=True
+        )
         deployment.save(update_fields=["last_good_version"])
         release_event_write(action=action, deployment=deployment, user=user, actor=actor)
         _rollouts_supersede(deployment=deployment, action=action, user=user, actor=actor)

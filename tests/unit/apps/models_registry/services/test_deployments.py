@@ -4,6 +4,7 @@ its validation set)."""
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -103,11 +104,14 @@ def test_one_last_good_version_for_rollbacks_and_for_what_serves(demo_model_dir:
     assert last_good_version(model=model, environment="dev", before_live=True) == v1
 
     deployment = deployment_rollback(model=model, environment="dev", reason="v3 is wrong")
-    # v1 served before: good at once, before any worker reports it again.
-    assert (deployment.version, deployment.previous_version, deployment.last_good_version) == (v1, v3, v1)
+    # Until a worker serves v1 again (its files may not load now), the last good version is one
+    # other than v1: none, as v3 was rolled back out and v2 never served.
+    assert (deployment.version, deployment.previous_version, deployment.last_good_version) == (v1, v3, None)
     assert deployment.served_at is None
     with pytest.raises(PromotionRefused, match="nothing to roll back to in dev: no earlier version served"):
         deployment_rollback(model=model, environment="dev")  # v2 never served, v3 rolled back
+    served(v1)
+    assert Deployment.objects.get(environment="dev").last_good_version == v1
 
     # v3 made live again (say its environment was at fault): good again only once it served.
     deployment_set(version=v3, environment="dev")
@@ -177,3 +181,31 @@ def test_the_last_good_version_is_what_a_worker_loaded_while_it_was_live(demo_mo
         first,
         first,
     )
+
+
+def test_a_rollback_switches_only_from_the_version_its_target_was_chosen_for(
+    demo_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A promotion landing between a rollback's choice of target and its switch: the rollback is
+    refused (it would have rolled the new version back, to a target chosen without it)."""
+    from apps.models_registry.services import deployments
+
+    v1, v2, v3 = (register(demo_model_dir) for _ in range(3))
+    for version in (v1, v2):
+        deployment_set(version=version, environment="dev")
+        served(version)
+    chosen = deployments.last_good_version
+    promoted: list[bool] = []
+
+    def meanwhile(**kwargs: Any) -> Any:
+        target = chosen(**kwargs)
+        if not promoted:  # once: the promotion's own switch asks too
+            promoted.append(True)
+            deployment_set(version=v3, environment="dev")  # a colleague's
+        return target
+
+    monkeypatch.setattr(deployments, "last_good_version", meanwhile)
+    with pytest.raises(deployments.LiveVersionChanged, match="v3 is live now, not v2"):
+        deployment_rollback(model=v1.model, environment="dev")
+    assert Deployment.objects.get(environment="dev").version == v3
+    assert not RegistryEvent.objects.filter(action=RegistryEvent.Action.ROLLBACK).exists()
