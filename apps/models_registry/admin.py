@@ -163,19 +163,15 @@ class ArtifactInline(admin.TabularInline[Artifact, ModelVersion]):
         return format_html('<code style="word-break: break-all">{}</code>', artifact.sha256)
 
 
+# What a deployment shows, after its model and environment (the inline and the list).
+DEPLOYMENT_COLUMNS = ("version", "previous_version", "last_good_version", "deployed", "served", "deployed_by")
+
+
 class DeploymentInline(admin.TabularInline[Deployment, RegisteredModel]):
     model = Deployment
     fk_name = "model"
     extra = 0
-    fields = readonly_fields = (
-        "environment",
-        "version",
-        "previous_version",
-        "last_good_version",
-        "deployed",
-        "served",
-        "deployed_by",
-    )
+    fields = readonly_fields = ("environment", *DEPLOYMENT_COLUMNS)
     can_delete = False
     deployed = _seconds_column("deployed_at", "deployed at")
     served = _seconds_column("served_at", "first served at")
@@ -612,16 +608,7 @@ def _promotion_plan(version: ModelVersion, *, environment: str | None) -> dict[s
 
 @admin.register(Deployment)
 class DeploymentAdmin(ReadOnlyAdmin[Deployment]):
-    list_display = (
-        "model",
-        "environment_column",
-        "version",
-        "previous_version",
-        "last_good_version",
-        "deployed",
-        "served",
-        "deployed_by",
-    )
+    list_display = ("model", "environment_column", *DEPLOYMENT_COLUMNS)
     list_filter = ("environment", "model")
     actions = ["roll_back"]
     deployed = _seconds_column("deployed_at", "deployed at")
