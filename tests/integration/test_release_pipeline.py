@@ -20,6 +20,7 @@ from apps.models_registry.services.deployments import deployment_rollback, deplo
 from apps.models_registry.services.registration import model_version_register
 from lambda_trigger import handler as lambda_handler
 from tests.jenkins_server import FakeJenkins
+from tests.unit.apps.models_registry.helpers import served
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -140,6 +141,7 @@ def test_rollback_and_malformed_records(
 ) -> None:
     first, second = register(demo_model_dir), register(demo_model_dir)
     deployment_set(version=first, environment="dev")
+    served(first)  # what a worker reports once it loaded it: a rollback goes back only to that
     deployment_set(version=second, environment="dev")
     deployment_rollback(model=first.model, environment="dev")
     assert outbox_publish_pending() == 3
