@@ -30,7 +30,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from inference_common.processes import pid_alive
+import psutil
 
 HEADER = struct.Struct("<Q")  # the slot's generation
 ALIGN = 64
@@ -136,7 +136,7 @@ def _stale_remove(folder: Path) -> None:
     """Remove the regions of API processes that are gone (killed before their atexit ran)."""
     for path in folder.glob(f"{PREFIX}*"):
         pid = path.name.removeprefix(PREFIX).split("-")[0]
-        if pid.isdigit() and not pid_alive(int(pid)):
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 

@@ -12,11 +12,10 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
+import psutil
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
-
-from inference_common.processes import pid_alive
 
 MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -31,7 +30,7 @@ def dead_processes_forget(path: str) -> None:
     child), so "requests in flight" and "loaded version" do not count ghosts."""
     for file in Path(path).glob("gauge_live*.db"):
         match = _PID_FILE.search(file.name)
-        if match and not pid_alive(int(match.group(1))):
+        if match and not psutil.pid_exists(int(match.group(1))):
             multiprocess.mark_process_dead(int(match.group(1)), path)
 
 
