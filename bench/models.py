@@ -92,15 +92,25 @@ def models_prepare(bench: Bench) -> None:
 
 def digits_prepare(bench: Bench) -> None:
     """Set `bench.digits_dir`: the demo model `make run` trained, else one trained here."""
-    cached = ROOT / ".cache" / "demo-digits"
-    bench.digits_dir = cached if (cached / "model_card.json").exists() else bench.work / "digits"
-    if not (bench.digits_dir / "model_card.json").exists():
+    bench.digits_dir = digits_trained(bench)
+
+
+def digits_trained(bench: Bench, seed: int | None = None) -> Path:
+    """The digits model trained with `seed` (None: the demo model's): the one in .cache/ (`make
+    run` trains the demo model there, tests/integration/test_rollouts.py the seed-1 one), else
+    one trained into the bench's work folder."""
+    name = "demo-digits" if seed is None else f"demo-digits-seed{seed}"
+    cached = ROOT / ".cache" / name
+    folder = cached if (cached / "model_card.json").exists() else bench.work / name
+    if not (folder / "model_card.json").exists():
+        seeded = [] if seed is None else ["--seed", str(seed)]
         subprocess.run(
-            [PYTHON, "-m", "workers.training.digits", "--out", str(bench.digits_dir)],
+            [PYTHON, "-m", "workers.training.digits", "--out", str(folder), *seeded],
             cwd=ROOT,
             check=True,
             capture_output=True,
         )
+    return folder
 
 
 def accel_prepare(bench: Bench, key: str) -> None:

@@ -21,7 +21,6 @@ import argparse
 import json
 import re
 import statistics
-import subprocess
 import sys
 import textwrap
 import time
@@ -31,36 +30,15 @@ from typing import Any
 
 import httpx
 
-from bench.harness import PYTHON, ROOT, TOKEN, Bench, cpu_during, log, machine
+from bench.harness import ROOT, TOKEN, Bench, cpu_during, log, machine
 from bench.loadgen import LoadResult, wrk
-from bench.models import digits_prepare
+from bench.models import digits_prepare, digits_trained
 from bench.systems.ours import Platform, platform_start, platform_stop
 
 CLIENTS = 8
 SETTLE_S = 2.5  # the API's registry cache (INFERENCE_REGISTRY_CACHE_S, 2 s) sees a rollout start or end
 NEVER = 10**9  # min_samples no run reaches: the analysis never ends the shadow by itself
 ADMIN = {"DJANGO_SUPERUSER_USERNAME": "admin", "DJANGO_SUPERUSER_PASSWORD": "bench-admin-password"}
-
-
-def candidate_prepare(bench: Bench) -> Path:
-    """The demo model trained with seed 1 (what tests/integration/test_rollouts.py caches)."""
-    cached = ROOT / ".cache" / "demo-digits-seed1"
-    folder = cached if (cached / "model_card.json").exists() else bench.work / "digits-seed1"
-    if not (folder / "model_card.json").exists():
-        subprocess.run(
-            [PYTHON, "-m", "workers.training.digits", "--out", str(folder), "--seed", "1"],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        )
-    return folder
-
-
-def manage(platform: Platform, *args: str) -> str:
-    done = subprocess.run(
-        [PYTHON, "manage.py", *args], cwd=ROOT, env=platform.env, check=True, capture_output=True, text=True
-    )
-    return done.stdout
 
 
 def compared(api: httpx.Client) -> float:
@@ -80,11 +58,11 @@ def run(bench: Bench, platform: Platform, body: bytes, pace_ms: float) -> tuple[
 
 
 def measure(bench: Bench, rounds: int, pace_ms: float) -> dict[str, Any]:
-    candidate_dir = candidate_prepare(bench)
+    candidate_dir = digits_trained(bench, seed=1)  # the demo model trained again with another seed
     platform = platform_start(bench, digits_only=True, **ADMIN)
     try:
-        manage(platform, "register_model", str(candidate_dir))
-        token = re.search(r"[0-9a-f]{40}", manage(platform, "drf_create_token", "admin"))
+        platform.manage("register_model", str(candidate_dir))
+        token = re.search(r"[0-9a-f]{40}", platform.manage("drf_create_token", "admin"))
         assert token is not None
         staff = httpx.Client(base_url=platform.base, headers={"Authorization": f"Token {token.group(0)}"})
         api = httpx.Client(base_url=platform.base, headers={"Authorization": f"Bearer {TOKEN}"})

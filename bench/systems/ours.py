@@ -91,6 +91,13 @@ class Platform:
                     named[f"{name}/child{index}"] = child.pid
         return named
 
+    def manage(self, *args: str) -> str:
+        """Run a management command on this platform's database and storage; its output."""
+        done = subprocess.run(
+            [PYTHON, "manage.py", *args], cwd=ROOT, env=self.env, check=True, capture_output=True, text=True
+        )
+        return done.stdout
+
     def memory(self) -> dict[str, float]:
         """RSS in MB of the API and of every worker child."""
         return {
@@ -104,21 +111,9 @@ def platform_start(bench: Bench, *, digits_only: bool = False, **overrides: str)
     """Migrate, register and deploy the heavy models (`digits_only`: none, only the demo model),
     start the platform with `overrides` to its environment and wait for /readyz."""
     platform = Platform(bench, "platform-digits" if digits_only else "platform", **overrides)
-    subprocess.run(
-        [PYTHON, "manage.py", "migrate", "--noinput"],
-        cwd=ROOT,
-        env=platform.env,
-        check=True,
-        capture_output=True,
-    )
+    platform.manage("migrate", "--noinput")
     for path in [] if digits_only else [*bench.heavy_dirs.values(), *bench.accel_dirs.values()]:
-        subprocess.run(
-            [PYTHON, "manage.py", "register_model", str(path), "--deploy"],
-            cwd=ROOT,
-            env=platform.env,
-            check=True,
-            capture_output=True,
-        )
+        platform.manage("register_model", str(path), "--deploy")
     log(f"starting the platform{' (digits only)' if digits_only else ''} {overrides or ''}")
     platform.proc = bench.procs.start(
         platform.root.name, [PYTHON, "-m", "inference_project.local_platform"], platform.env
